@@ -1,0 +1,33 @@
+"""Per-sample Jacobians of a batched map through :mod:`torch.func` (``jacrev`` under ``vmap``).
+
+A leaf module (it imports nothing of lipbound), so blocks and diagnostics can both use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["batch_jacobian"]
+
+
+def batch_jacobian(fn: Callable[[Tensor], Tensor], x: Tensor, chunk_size: int | None = None
+                   ) -> Tensor:
+    """Return ``J[b] = d fn(x)[b] / d x[b]`` for every sample, shape ``(B, d_out, d_in)``.
+
+    ``fn`` maps a batch to a batch sample by sample (no cross-sample coupling; modules in training
+    mode with batch statistics, such as an uninitialised ActNorm, violate this). Inputs of any
+    per-sample shape are flattened. ``chunk_size`` bounds how many Jacobian rows are computed at
+    once (memory), as in :func:`torch.func.jacrev`.
+    """
+    if x.dim() < 2:
+        raise ValueError(f"x must be batched (B, ...), got shape {tuple(x.shape)}")
+    shape = x.shape[1:]
+
+    def single(v: Tensor) -> Tensor:
+        return fn(v.reshape((1,) + shape)).reshape(-1)
+
+    jac = torch.func.vmap(torch.func.jacrev(single, chunk_size=chunk_size))
+    return jac(x.reshape(x.shape[0], -1))

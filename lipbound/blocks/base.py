@@ -1,0 +1,146 @@
+"""The one contract every invertible block obeys.
+
+A block is a :class:`torch.nn.Module` mapping a batch ``x`` to ``y = F(x)`` with
+
+* ``forward(x) -> y`` and ``inverse(y) -> x``;
+* ``forward_and_log_det(x) -> (y, log|det J_F(x)|)`` and
+  ``inverse_and_log_det(y) -> (x, log|det J_{F^-1}(y)|)``, the log-abs-determinant given per sample,
+  shape ``(batch,)``, computed in the same pass as the map.
+
+Vectors are ``(batch, d)``; images are ``(batch, C, H, W)``. Subclasses implement
+:meth:`InvertibleBlock._forward` and :meth:`InvertibleBlock._inverse`, which receive
+``with_log_det`` so that blocks whose log-determinant is costly (i-ResNet, neural ODE) skip it when
+only the map is asked for.
+
+Blocks with iterative inverses (fixed point, ODE solves) take a tolerance and an iteration cap and
+record a :class:`ConvergenceInfo` in :attr:`InvertibleBlock.last_convergence` after every inverse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ConvergenceInfo",
+    "InvertibleBlock",
+    "check_finite_parameters",
+    "check_input",
+    "sum_per_sample",
+]
+
+
+@dataclass(frozen=True)
+class ConvergenceInfo:
+    """Outcome of an iterative inverse.
+
+    Attributes:
+        converged: whether every sample met the tolerance within the iteration cap.
+        iterations: iterations run.
+        residual: the largest per-sample residual ``||F(x_k) - y||_2`` (or the last step size,
+            as the block documents) when the iteration stopped; ``nan`` when it went non-finite.
+        tol: the tolerance that was asked for.
+    """
+
+    converged: bool
+    iterations: int
+    residual: float
+    tol: float
+
+
+def sum_per_sample(v: Tensor) -> Tensor:
+    """Sum every dimension but the batch one: ``(B, ...) -> (B,)``."""
+    return v.reshape(v.shape[0], -1).sum(dim=1)
+
+
+def check_input(x: Tensor, name: str, feature_shape: tuple[int, ...] | None = None,
+                ndims: tuple[int, ...] = (2, 4)) -> None:
+    """Raise a clear error when ``x`` is not a batch of the expected shape.
+
+    Args:
+        x: the tensor to check.
+        name: the argument name reported in the error.
+        feature_shape: the expected per-sample shape, or ``None`` to accept any.
+        ndims: accepted numbers of dimensions (batch dimension included).
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in ndims:
+        want = " or ".join(f"{n}-D" for n in ndims)
+        raise ValueError(f"{name} must be {want} (batch first), got shape {tuple(x.shape)}")
+    if feature_shape is not None and tuple(x.shape[1:]) != tuple(feature_shape):
+        raise ValueError(
+            f"{name} must have per-sample shape {tuple(feature_shape)}, got {tuple(x.shape[1:])}"
+        )
+
+
+def check_finite_parameters(module: nn.Module, owner: str | None = None) -> None:
+    """Raise ``ValueError`` naming the first parameter or buffer that holds NaN or Inf."""
+    label = owner or type(module).__name__
+    named_tensors = (("parameter", module.named_parameters()), ("buffer", module.named_buffers()))
+    for kind, named in named_tensors:
+        for pname, p in named:
+            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                n_nan = int(torch.isnan(p).sum())
+                n_inf = int(torch.isinf(p).sum())
+                raise ValueError(
+                    f"{label}: {kind} {pname!r} must be finite, found {n_nan} NaN and {n_inf} Inf"
+                )
+
+
+class InvertibleBlock(nn.Module):
+    """Base class of all invertible blocks (see the module docstring for the contract)."""
+
+    #: Set by blocks with iterative inverses after each call to an inverse.
+    last_convergence: ConvergenceInfo | None = None
+
+    def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - documented in the module docstring
+        return self._forward(x, False)[0]
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """Return ``F^-1(y)``."""
+        return self._inverse(y, False)[0]
+
+    def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``F(x)`` and ``log|det J_F(x)|`` per sample, shape ``(batch,)``."""
+        y, ld = self._forward(x, True)
+        assert ld is not None
+        return y, ld
+
+    def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``F^-1(y)`` and ``log|det J_{F^-1}(y)|`` per sample, shape ``(batch,)``."""
+        x, ld = self._inverse(y, True)
+        assert ld is not None
+        return x, ld
+
+    def log_abs_det(self, x: Tensor) -> Tensor:
+        """``log|det J_F(x)|`` per sample."""
+        return self.forward_and_log_det(x)[1]
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` when the block's parameters make it non-invertible or non-finite."""
+        check_finite_parameters(self)
+
+    @property
+    def is_iterative(self) -> bool:
+        """Whether the inverse is computed iteratively (and records :attr:`last_convergence`)."""
+        return False
+
+
+def zeros_log_det(x: Tensor) -> Tensor:
+    """A zero log-determinant per sample, for volume-preserving blocks."""
+    return x.new_zeros(x.shape[0])
+
+
+def spatial_size(x: Tensor) -> int:
+    """Number of spatial positions of an image batch, 1 for vectors."""
+    return math.prod(x.shape[2:]) if x.dim() > 2 else 1

@@ -1,0 +1,86 @@
+"""Composition of invertible blocks, with per-block tracing.
+
+``F = F_L o ... o F_1``: the forward runs the blocks in order and adds their log-determinants;
+the inverse runs the inverses in reverse order. :meth:`InvertibleSequential.trace_forward` and
+:meth:`InvertibleSequential.trace_inverse` return every intermediate value, for tools that ask
+where error enters and grows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import Tensor, nn
+
+from .base import ConvergenceInfo, InvertibleBlock, zeros_log_det
+
+__all__ = ["InvertibleSequential"]
+
+
+class InvertibleSequential(InvertibleBlock):
+    """Compose blocks: ``InvertibleSequential(b1, b2, ...)(x) = ... b2(b1(x))``."""
+
+    def __init__(self, *blocks: InvertibleBlock) -> None:
+        super().__init__()
+        for i, b in enumerate(blocks):
+            if not isinstance(b, InvertibleBlock):
+                raise TypeError(
+                    f"block {i} must be an InvertibleBlock, got {type(b).__name__}; wrap other "
+                    "models with an adapter"
+                )
+        self.blocks = nn.ModuleList(blocks)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> InvertibleBlock:
+        return self.blocks[i]
+
+    def __iter__(self) -> Iterator[InvertibleBlock]:
+        return iter(self.blocks)
+
+    def flat_blocks(self) -> list[InvertibleBlock]:
+        """The leaf blocks in forward order, nested sequentials expanded."""
+        out: list[InvertibleBlock] = []
+        for b in self.blocks:
+            out.extend(b.flat_blocks() if isinstance(b, InvertibleSequential) else [b])
+        return out
+
+    def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        total = zeros_log_det(x) if with_log_det else None
+        for b in self.blocks:
+            x, ld = b._forward(x, with_log_det)
+            if total is not None:
+                total = total + ld
+        return x, total
+
+    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        total = zeros_log_det(y) if with_log_det else None
+        for b in reversed(self.blocks):
+            y, ld = b._inverse(y, with_log_det)
+            if total is not None:
+                total = total + ld
+        return y, total
+
+    def trace_forward(self, x: Tensor) -> list[Tensor]:
+        """``[x, F_1(x), F_2(F_1(x)), ..., F(x)]`` over the leaf blocks."""
+        out = [x]
+        for b in self.flat_blocks():
+            out.append(b(out[-1]))
+        return out
+
+    def trace_inverse(self, y: Tensor) -> list[Tensor]:
+        """``[y, F_L^-1(y), ..., F^-1(y)]`` over the leaf blocks, last block first."""
+        out = [y]
+        for b in reversed(self.flat_blocks()):
+            out.append(b.inverse(out[-1]))
+        return out
+
+    @property
+    def is_iterative(self) -> bool:
+        return any(b.is_iterative for b in self.flat_blocks())
+
+    def convergence(self) -> list[tuple[int, ConvergenceInfo]]:
+        """``(leaf index, last ConvergenceInfo)`` for every iterative leaf block that has one."""
+        return [(i, b.last_convergence) for i, b in enumerate(self.flat_blocks())
+                if b.last_convergence is not None]

@@ -1,0 +1,62 @@
+"""The ``lipbound`` command.
+
+Each subcommand lives in its own module, imported only when that subcommand runs (so ``lipbound
+--help`` stays fast). A command module provides ``add_arguments(parser)`` and ``run(args) -> int``;
+register it in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "main"]
+
+#: name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("lipbound.check",
+              "per-block float32/float64 round-trip and log-det errors of a model"),
+}
+
+_HANDLED = (ValueError, TypeError, FileNotFoundError)
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    epilog = "commands:\n" + "\n".join(f"  {name:<10} {help_}" for name, (_, help_)
+                                       in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="lipbound",
+        description="Numerical invertibility of invertible neural networks "
+                    "(Behrmann et al., AISTATS 2021). Run 'lipbound COMMAND --help' for details.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", nargs="?", choices=sorted(COMMANDS), metavar="COMMAND",
+                        help="one of: " + ", ".join(COMMANDS))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    split = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    args = top.parse_args(argv[: split + 1])
+    if args.command is None:
+        top.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    parser = argparse.ArgumentParser(prog=f"lipbound {args.command}",
+                                     description=COMMANDS[args.command][1])
+    module.add_arguments(parser)
+    sub_args = parser.parse_args(argv[split + 1:])
+    try:
+        return int(module.run(sub_args))
+    except _HANDLED as err:
+        print(f"lipbound {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

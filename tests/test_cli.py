@@ -1,0 +1,78 @@
+"""The ``lipbound`` command: help, and ``check`` on the default and on a saved model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lipbound.blocks import figure1_chain
+from lipbound.cli import main
+from lipbound.io import load_inputs, load_model, save_model
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "check" in capsys.readouterr().out
+
+
+def test_check_default_model_table_and_json(tmp_path, capsys):
+    out = tmp_path / "check.json"
+    assert main(["check", "--levels", "1", "--steps", "2", "--shape", "3", "4", "4",
+                 "--hidden", "8", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "round trip float32" in text and "AffineCoupling" in text
+    rows = json.loads(out.read_text())
+    kinds = [r["kind"] for r in rows]
+    assert kinds[0] == "Squeeze" and kinds[-1] == "InvertibleSequential"
+    assert len(rows) == 1 + 2 * 3 + 1  # squeeze, 2 x (actnorm, 1x1 conv, coupling), model
+    for r in rows:
+        assert r["round_trip"]["float64"] < 1e-12
+        # float32 round trips of these well-conditioned blocks: a few hundred ulps at most
+        assert r["round_trip"]["float32"] < 1e-4
+        assert r["round_trip"]["float32"] > r["round_trip"]["float64"] or r["kind"] in (
+            "Squeeze",)
+        assert r["log_det_error"] < 1e-9
+
+
+def test_check_saved_model(tmp_path, capsys):
+    path = tmp_path / "toy.pt"
+    save_model(figure1_chain(12, "affine"), path)
+    assert isinstance(load_model(path), torch.nn.Module)
+    out = tmp_path / "rows.json"
+    assert main(["check", "--model", str(path), "--shape", "2", "--batch", "2",
+                 "--precision", "float16", "float64", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    model_row = rows[-1]
+    assert model_row["index"] == "model"
+    # float16 cannot hold 0.1^12 * x (below its smallest subnormal, 6e-8 relative to 1):
+    # the inverse loses x_2 entirely, an error of order 1 or a non-finite value.
+    f16 = model_row["round_trip"]["float16"]
+    assert f16 in ("inf", "nan") or f16 > 0.1
+
+
+def test_check_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["check", "--precision", "float8"]) == 2
+    assert "precision must be one of" in capsys.readouterr().err
+    assert main(["check", "--model", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "linear.pt")
+    assert main(["check", "--model", str(tmp_path / "linear.pt")]) == 2
+    assert "expected a lipbound InvertibleBlock" in capsys.readouterr().err
+
+
+def test_load_inputs_formats(tmp_path):
+    import numpy as np
+
+    x = np.arange(6.0).reshape(3, 2)
+    np.savez(tmp_path / "x.npz", data=x)
+    np.save(tmp_path / "x.npy", x)
+    torch.save(torch.from_numpy(x), tmp_path / "x.pt")
+    for name in ("x.npz", "x.npy", "x.pt"):
+        torch.testing.assert_close(load_inputs(tmp_path / name), torch.from_numpy(x))
+    (tmp_path / "x.csv").write_text("1,2")
+    with pytest.raises(ValueError, match=r"\.pt, \.npy or \.npz"):
+        load_inputs(tmp_path / "x.csv")
