@@ -7,6 +7,10 @@ import torch
 
 from lipbound.autodiff import batch_jacobian
 
+# The tests use small tensors, where intra-op threads cost more than they give: on a loaded
+# 2-core machine oneDNN's batch-1 conv2d slowed from ~10 us to ~10 ms with the default threads.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def float64_default():

@@ -107,6 +107,9 @@ BUILDERS = {
     "figure1_affine": lambda: (figure1_chain(3, "affine"), torch.ones(1, 2)),
     "figure1_additive_alternating": lambda: (figure1_chain(10, "additive", alternate=True),
                                              torch.ones(1, 2)),
+    "residual_flow_conv_actnorm": lambda: (
+        _rand(residual_flow((2, 4, 4), 2, 8, coeff=0.9, actnorm=True, tol=1e-14), 0.3),
+        _img(2, 4, 4, 2)),
     "residual_flow_mlp": lambda: (_rand(residual_flow((2,), 3, 16, coeff=0.8, tol=1e-14), 0.3),
                                   _vec(2, 8)),
 }
