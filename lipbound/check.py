@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .autodiff import batch_jacobian
 from .blocks import InvertibleBlock, InvertibleSequential
+from .jsonio import jsonable
 from .precision import torch_dtype
 
 __all__ = ["CheckRow", "add_arguments", "check_model", "format_rows", "rows_to_json", "run"]
@@ -126,14 +127,7 @@ def format_rows(rows: list[CheckRow]) -> str:
 def rows_to_json(rows: list[CheckRow]) -> list[dict]:
     """JSON-ready rows; non-finite floats become the strings ``"inf"``, ``"-inf"``, ``"nan"``."""
 
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        if isinstance(v, dict):
-            return {k: clean(u) for k, u in v.items()}
-        return v
-
-    return [clean(asdict(r)) for r in rows]
+    return [jsonable(r) for r in rows]
 
 
 def add_arguments(p) -> None:

@@ -16,8 +16,16 @@ __all__ = ["COMMANDS", "main"]
 
 #: name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "bounds": ("lipbound.bounds.cli",
+               "forward and inverse Lipschitz bounds (Table 3) of a spec or model, block by block"),
     "check": ("lipbound.check",
               "per-block float32/float64 round-trip and log-det errors of a model"),
+    "diagnose": ("lipbound.diagnostics.cli",
+                 "round-trip statistics, failing blocks, Jacobian spectrum, invertibility attack"),
+    "verify": ("lipbound.precision.verify_cli",
+               "rounding-versus-instability decomposition of a model against the oracle"),
+    "sweep": ("lipbound.precision.sweep_cli",
+              "the paper's Figure 1 depth sweep: PNG, CSV, table (and --json)"),
 }
 
 _HANDLED = (ValueError, TypeError, FileNotFoundError)

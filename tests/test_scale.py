@@ -66,3 +66,11 @@ def test_bad_intervals():
         SigmoidScale().sup_g(1.0, 0.0)
     with pytest.raises(ValueError, match="finite"):
         ExpScale().sup_g(0.0, float("inf"))
+
+
+def test_overflowing_sups_are_infinite_not_errors():
+    assert SigmoidScale().sup_inv_g(-800.0, 0.0) == math.inf
+    assert SigmoidScale().sup_d_inv_g(-800.0, 0.0) == math.inf
+    assert ExpScale().sup_g(0.0, 800.0) == math.inf
+    assert ExpScale().sup_inv_g(-800.0, 0.0) == math.inf
+    assert SigmoidScale().sup_g(0.0, 800.0) == pytest.approx(1.0)

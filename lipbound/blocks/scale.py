@@ -55,6 +55,14 @@ def round_up(v: float, ulps: int = 4) -> float:
     return v
 
 
+def _exp(v: float) -> float:
+    """``exp(v)``, ``inf`` where it overflows (an infinite sup is still a true upper bound)."""
+    try:
+        return math.exp(v)
+    except OverflowError:
+        return math.inf
+
+
 def _sigmoid(h: float) -> float:
     if h >= 0:
         return 1.0 / (1.0 + math.exp(-h))
@@ -148,14 +156,14 @@ class SigmoidScale(ScaleFunction):
     def sup_inv_g(self, lo: float, hi: float) -> float:
         u1, _ = self._u(lo, hi)
         if self.low == 0.0:  # 1/g = (1 + exp(-(h + shift))) / high, exact without cancellation
-            return round_up((1.0 + math.exp(-(lo + self.shift))) / self.high)
+            return round_up((1.0 + _exp(-(lo + self.shift))) / self.high)
         return round_up(1.0 / (self.low + (self.high - self.low) * u1))
 
     def sup_d_inv_g(self, lo: float, hi: float) -> float:
         k = self.high - self.low
         if self.low == 0.0:  # |(1/g)'| = exp(-(h + shift)) / high, decreasing in h
             _check_interval(lo, hi)
-            return round_up(math.exp(-(lo + self.shift)) / self.high)
+            return round_up(_exp(-(lo + self.shift)) / self.high)
         u = _clip(self.low / (self.low + self.high), *self._u(lo, hi))
         return round_up(k * u * (1.0 - u) / (self.low + k * u) ** 2)
 
@@ -174,13 +182,13 @@ class ExpScale(ScaleFunction):
 
     def sup_g(self, lo: float, hi: float) -> float:
         _check_interval(lo, hi)
-        return round_up(math.exp(hi))
+        return round_up(_exp(hi))
 
     sup_dg = sup_g
 
     def sup_inv_g(self, lo: float, hi: float) -> float:
         _check_interval(lo, hi)
-        return round_up(math.exp(-lo))
+        return round_up(_exp(-lo))
 
     sup_d_inv_g = sup_inv_g
 
@@ -224,7 +232,7 @@ class SoftClampScale(ScaleFunction):
 
     def sup_g(self, lo: float, hi: float) -> float:
         _check_interval(lo, hi)
-        return round_up(math.exp(self._c(hi)))
+        return round_up(_exp(self._c(hi)))
 
     def _piecewise(self, lo: float, hi: float, sup_factor) -> float:
         _check_interval(lo, hi)
@@ -238,7 +246,7 @@ class SoftClampScale(ScaleFunction):
 
     def sup_inv_g(self, lo: float, hi: float) -> float:
         _check_interval(lo, hi)
-        return round_up(math.exp(-self._c(lo)))
+        return round_up(_exp(-self._c(lo)))
 
     def sup_d_inv_g(self, lo: float, hi: float) -> float:
         if lo == hi:

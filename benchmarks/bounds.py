@@ -1,0 +1,143 @@
+"""Tightness and speed of ``lipbound.bounds``, measured side by side in one run.
+
+Tightness is ``bound / best empirical norm`` (the largest ``||J||_2`` found by sampling and gradient
+ascent on the same box, :mod:`lipbound.bounds.empirical`): 1 is exact, larger is looser; it can
+never be below 1 (that would be a soundness bug). Per block kind (random weights, float64), for the
+products of layer norms inside sub-networks (``Lip(t)`` of an additive coupling's MLP and conv
+net), and for 2-level Glow-like models. Speed: a 100-block architecture bounded symbolically (a
+spec with distinct symbols per block) and numerically (a 100-block coupling model with weights).
+The last line is one JSON object: ``{"tightness": {kind: ratio}, "seconds_100_blocks": {...}}``.
+
+Run: ``PYTHONPATH=. python benchmarks/bounds.py``
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import torch
+
+from lipbound.blocks import (
+    ActNorm,
+    AdditiveCoupling,
+    DiagonalScaling,
+    Invertible1x1Conv,
+    InvertibleResidual,
+    InvertibleSequential,
+    NeuralODE,
+    ODEFunc,
+    conv_subnet,
+    coupling_mlp,
+    glow_like,
+    halves,
+    mlp,
+    randomize_parameters,
+)
+from lipbound.blocks.residual import residual_conv, residual_mlp
+from lipbound.bounds import Box, bound_model
+from lipbound.bounds.empirical import max_jacobian_norm
+from lipbound.bounds.layers import lipschitz
+from lipbound.bounds.spec import spec_bounds
+from lipbound.bounds.table import expr_str
+
+SEARCH = {"n_samples": 128, "n_starts": 4, "n_steps": 30}
+
+
+def _noise(model: torch.nn.Module, std: float, seed: int = 0) -> torch.nn.Module:
+    return randomize_parameters(model, std, torch.Generator().manual_seed(seed)).eval()
+
+
+def _single(model: InvertibleSequential, shape: tuple, box: tuple, exact_inverse: bool = False
+            ) -> tuple[float, float, float, float]:
+    """(forward ratio, inverse ratio, paper/tight forward, paper/tight inverse) of a 1-block net."""
+    net = bound_model(model, shape, box=box)
+    row, block = net.blocks[0], model.flat_blocks()[0]
+    fwd = max_jacobian_norm(block, net.boxes[0], **SEARCH)
+    if exact_inverse:
+        inv = max_jacobian_norm(block, net.boxes[0], invert=True, **SEARCH)
+    else:
+        inv = max_jacobian_norm(block.inverse, net.inverse_boxes[0], **SEARCH)
+    return (row.forward.value / fwd, row.inverse.value / inv,
+            row.forward.paper_value / row.forward.value,
+            row.inverse.paper_value / row.inverse.value)
+
+
+def tightness() -> dict[str, float]:
+    torch.manual_seed(0)
+    out: dict[str, float] = {}
+    cases = {
+        "additive_mlp": (InvertibleSequential(AdditiveCoupling(halves(4), mlp(2, 2, 32, 1))),
+                         (4,), (-2, 2), 0.3, False),
+        "additive_conv": (InvertibleSequential(AdditiveCoupling(halves(4), conv_subnet(2, 2, 8))),
+                          (4, 4, 4), (0, 1), 0.1, False),
+        "affine_sigmoid": (coupling_mlp(2, 1, 32, "affine", n_hidden=1), (2,), (-4, 4), 0.3,
+                           False),
+        "affine_modified": (coupling_mlp(2, 1, 32, "affine", "modified", n_hidden=1), (2,),
+                            (-4, 4), 0.3, False),
+        "actnorm": (InvertibleSequential(ActNorm(6)), (6,), (-1, 1), 0.5, False),
+        "diagonal": (InvertibleSequential(DiagonalScaling(torch.randn(6))), (6,), (-1, 1), None,
+                     False),
+        "conv1x1": (InvertibleSequential(Invertible1x1Conv(6)), (6, 2, 2), (-1, 1), 0.5, False),
+        "iresnet_mlp": (InvertibleSequential(InvertibleResidual(residual_mlp(2, 32, 1, 0.9))),
+                        (2,), (-4, 4), None, True),
+        "iresnet_conv": (InvertibleSequential(InvertibleResidual(residual_conv(
+            2, 4, 0.9, (2, 4, 4)))), (2, 4, 4), (-1, 1), None, True),
+        "neural_ode": (InvertibleSequential(NeuralODE(ODEFunc(2, 16, 1), T=1.0, steps=8)), (2,),
+                       (-2, 2), 0.3, False),
+    }
+    for name, (model, shape, box, std, exact_inverse) in cases.items():
+        if std is not None:
+            _noise(model, std)
+        fwd, inv, pf, pi = _single(model.eval(), shape, box, exact_inverse)
+        out[f"{name}_forward"], out[f"{name}_inverse"] = fwd, inv
+        print(f"{name:16s} bound/empirical  forward {fwd:9.4g}  inverse {inv:9.4g}   "
+              f"paper/tight forward {pf:7.4g} inverse {pi:7.4g}")
+    for name, (net, shape) in {"t_mlp_2_layers": (cases["additive_mlp"][0][0].t, (2,)),
+                               "t_conv_3_layers": (cases["additive_conv"][0][0].t, (2, 4, 4))
+                               }.items():
+        lip = lipschitz(net, shape)[0]
+        found = max_jacobian_norm(net, Box.uniform(-2, 2, shape), **SEARCH)
+        out[f"layer_product_{name}"] = lip / found
+        print(f"product of layer norms / empirical Lip, {name}: {lip / found:.4g}")
+    for coupling, box in (("additive", (0, 1)), ("affine", (0, 1))):
+        model = _noise(glow_like((2, 8, 8), 2, 2, 8, coupling, "1x1conv"), 0.05)
+        net = bound_model(model, (2, 8, 8), box=box)
+        fwd = max_jacobian_norm(model, net.boxes[0], n_samples=32, n_starts=2, n_steps=10)
+        inv = max_jacobian_norm(model, net.boxes[0], invert=True, n_samples=32, n_starts=2,
+                                n_steps=10)
+        out[f"glow2_{coupling}_forward"] = net.forward / fwd
+        out[f"glow2_{coupling}_inverse"] = net.inverse / inv
+        print(f"glow 2 levels {coupling:8s} forward {net.forward:.4g} / {fwd:.4g} = "
+              f"{net.forward / fwd:.4g}   inverse {net.inverse:.4g} / {inv:.4g} = "
+              f"{net.inverse / inv:.4g}")
+    return out
+
+
+def seconds_100_blocks() -> dict[str, float]:
+    spec = {"box": [-4, 4], "inverse_box": [-4, 4], "blocks": [
+        {"kind": ["additive", "affine", "residual", "actnorm", "conv1x1"][i % 5], "tag": i}
+        for i in range(100)]}
+    t0 = time.perf_counter()
+    net = spec_bounds(spec)
+    _ = (expr_str(net.forward_expr), expr_str(net.inverse_expr))
+    symbolic = time.perf_counter() - t0
+    model = _noise(coupling_mlp(2, 100, 32, "affine", "modified", n_hidden=1), 0.1)
+    t0 = time.perf_counter()
+    net = bound_model(model, (2,), box=(-4, 4))
+    _ = (net.forward, net.inverse, net.forward_lower, expr_str(net.forward_expr))
+    numeric = time.perf_counter() - t0
+    print(f"100 blocks: symbolic spec {symbolic:.3f} s, numeric model {numeric:.3f} s")
+    return {"symbolic": symbolic, "numeric": numeric}
+
+
+def _finite_or_str(v: float) -> float | str:
+    return v if math.isfinite(v) else ("nan" if math.isnan(v) else "inf")
+
+
+if __name__ == "__main__":
+    torch.set_default_dtype(torch.float64)
+    result = {"tightness": {k: _finite_or_str(v) for k, v in tightness().items()},
+              "seconds_100_blocks": seconds_100_blocks()}
+    print(json.dumps(result))

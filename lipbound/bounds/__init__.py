@@ -1,0 +1,30 @@
+"""Lipschitz bounds of invertible networks: Table 3 of Behrmann et al. (2021), composed.
+
+* :mod:`.table`: one function per row of Table 3 (sympy expressions, the paper's and tighter).
+* :mod:`.compose`: composition over a network, Remarks 3 and 4; :func:`bound_model` for models
+  built with :mod:`lipbound.blocks`, numbers certified from their weights.
+* :mod:`.spec`: architectures without weights, from a JSON file.
+* :mod:`.norms`, :mod:`.layers`, :mod:`.interval`: certified operator norms, sub-network
+  Lipschitz constants and interval bound propagation.
+* :mod:`.empirical`: the largest Jacobian norm found by sampling and gradient ascent, to hold the
+  bounds against.
+"""
+
+from .blocks import BlockContext, BlockRule, register_block
+from .compose import NetworkBound, bound_model
+from .interval import Box
+from .layers import LayerRule, register_layer
+from .table import BlockBound, Bound
+
+__all__ = [
+    "BlockBound",
+    "BlockContext",
+    "BlockRule",
+    "Bound",
+    "Box",
+    "LayerRule",
+    "NetworkBound",
+    "bound_model",
+    "register_block",
+    "register_layer",
+]

@@ -1,0 +1,117 @@
+"""``lipbound bounds SPEC_OR_MODEL``: forward and inverse Lipschitz bounds, block by block.
+
+``SPEC_OR_MODEL`` is a ``.json`` architecture spec (:mod:`lipbound.bounds.spec`) or a model saved
+with :func:`lipbound.io.save_model`. For a model, ``--box A B`` gives the input box ``[A, B]^d``
+that local bounds (affine couplings, Lemma 6) need, and ``--shape`` the per-sample input shape
+where it cannot be read from the model (image models). Exit status: 0, or 1 when some bound is
+refused (the report says why), 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import nn
+
+from ..blocks.coupling import AdditiveCoupling, AffineCoupling
+from ..blocks.linear import ActNorm, DiagonalScaling, Invertible1x1Conv
+from ..blocks.ode import NeuralODE
+from ..blocks.partition import ChannelPartition, MaskPartition
+from ..blocks.reshape import Permutation, Squeeze
+from ..blocks.residual import InvertibleResidual, SpectralNormConv2d, SpectralNormLinear
+from ..io import load_model
+from .compose import NetworkBound, bound_model, leaf_blocks
+from .report import FORMATS, format_report
+from .spec import load_spec, spec_bounds
+
+__all__ = ["add_arguments", "infer_shape", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``lipbound bounds``."""
+    parser.add_argument("source", metavar="SPEC_OR_MODEL",
+                        help="architecture spec (.json) or saved model (lipbound.io.save_model)")
+    parser.add_argument("--box", nargs=2, type=float, metavar=("A", "B"),
+                        help="model inputs lie in [A, B]^d (needed by local bounds)")
+    parser.add_argument("--output-box", nargs=2, type=float, metavar=("A", "B"),
+                        help="bound the inverses on outputs in [A, B]^d, carried backward "
+                             "(default: on the forward images of --box)")
+    parser.add_argument("--shape", nargs="+", type=int, metavar="N",
+                        help="per-sample input shape of a model, e.g. 2 or 3 32 32")
+    parser.add_argument("--format", choices=FORMATS, default="text", help="report format")
+    parser.add_argument("--output", metavar="FILE", help="write the report to FILE")
+    parser.add_argument("--progress", action="store_true", help="show progress bars")
+
+
+def _first_dim(block: nn.Module) -> int | None:
+    """The feature dimension a vector block reads, when it says."""
+    if isinstance(block, (AdditiveCoupling, AffineCoupling)) and isinstance(block.partition,
+                                                                           ChannelPartition):
+        return block.partition.size
+    if isinstance(block, ActNorm):
+        return block.num_features
+    if isinstance(block, Invertible1x1Conv):
+        return block.num_channels
+    if isinstance(block, Permutation):
+        return block.size
+    if isinstance(block, DiagonalScaling) and block.diag.dim() == 1:
+        return block.diag.shape[0]
+    if isinstance(block, InvertibleResidual):
+        first = next((m for m in block.g.modules() if isinstance(m, SpectralNormLinear)), None)
+        return None if first is None else first.weight.shape[1]
+    if isinstance(block, NeuralODE):
+        return getattr(block.f, "d", None)
+    return None
+
+
+def infer_shape(model: nn.Module) -> tuple[int, ...]:
+    """The per-sample input shape of a model, when the model determines it.
+
+    Raises ``ValueError`` (asking for ``--shape``) for image models, which do not store their
+    spatial size.
+    """
+    blocks = leaf_blocks(model)
+    for block in blocks:  # a mask or a stored conv input shape fixes the shape until a squeeze
+        if isinstance(block, Squeeze):
+            break
+        partition = getattr(block, "partition", None)
+        if isinstance(partition, MaskPartition):
+            return tuple(partition.mask.shape)
+        convs = [m for m in block.modules() if isinstance(m, SpectralNormConv2d)]
+        if convs and convs[0].input_shape:
+            return tuple(convs[0].input_shape)
+    images = any(isinstance(m, (nn.Conv2d, SpectralNormConv2d, Squeeze)) for m in model.modules())
+    dim = next((d for d in map(_first_dim, blocks) if d is not None), None)
+    if images or dim is None:
+        raise ValueError("cannot read the per-sample input shape from this model (image models "
+                         "do not store their spatial size): pass --shape, e.g. --shape 3 32 32")
+    return (dim,)
+
+
+def bounds_for(source: str, box: Sequence[float] | None = None,
+               output_box: Sequence[float] | None = None,
+               shape: Sequence[int] | None = None, progress: bool = False) -> NetworkBound:
+    """The bounds of a spec file or saved model (see the module docstring)."""
+    path = Path(source)
+    if path.suffix.lower() == ".json":
+        if box is not None or output_box is not None or shape is not None:
+            raise ValueError("--box, --output-box and --shape apply to saved models; a spec "
+                             "gives its boxes in the file (\"box\", \"inverse_box\")")
+        return spec_bounds(load_spec(path))
+    model = load_model(path)
+    return bound_model(model, shape if shape else infer_shape(model),
+                       None if box is None else tuple(box),
+                       None if output_box is None else tuple(output_box), progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print (or write) the report; 1 when a bound is refused."""
+    net = bounds_for(args.source, args.box, args.output_box, args.shape, args.progress)
+    text = format_report(net, args.format)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    else:
+        print(text)
+    return 1 if net.refusals() else 0

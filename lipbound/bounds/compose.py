@@ -1,0 +1,236 @@
+r"""Composition of block bounds over a network (paper appendix B, Remarks 3 and 4).
+
+For ``F = F_L o ... o F_1``,
+
+.. math:: \mathrm{Lip}(F) \le \prod_k \mathrm{Lip}(F_k), \qquad
+          \mathrm{Lip}(F^{-1}) \le \prod_k \mathrm{Lip}(F_k^{-1})
+
+(the inverse applies ``F_L^{-1}`` first: the same product in reverse order). Cumulative values are
+the bounds of the prefix ``F_k o ... o F_1`` and of its inverse. Remark 3 turns upper bounds into
+lower bounds, ``Lip(F) >= 1 / L*`` and ``Lip(F^-1) >= 1 / L`` for ``L >= Lip(F)``,
+``L* >= Lip(F^-1)``; Remark 4's bi-Lipschitz constant is ``max(L, L*)``. Products are evaluated in
+ball arithmetic and rounded up, lower bounds rounded down.
+
+:func:`bound_model` builds the rows of a model made of :mod:`lipbound.blocks`, carrying the input
+box forward block by block (``[a, b]`` of each forward) and, for the inverses, either the forward
+images (each inverse then holds on the image of the input box, which is where a round trip uses it)
+or a given output box carried backward (``[a*, b*]``). So by default the network's inverse bound
+holds on ``F([a, b]^d)``; with an output box, on all of ``[a*, b*]^d``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import sympy as sp
+import torch
+from flint import arb
+from tqdm import tqdm
+
+from ..blocks.base import InvertibleBlock
+from ..blocks.sequential import InvertibleSequential
+from .blocks import BlockContext, block_rule
+from .evaluate import exact_float
+from .interval import Box
+from .rounding import down, up
+from .table import BlockBound
+
+__all__ = ["NetworkBound", "bound_model", "leaf_blocks"]
+
+_LOST = ("the box carried to this block overflowed float64 (interval propagation through the "
+         "earlier blocks diverged), so there is no finite local bound here")
+
+
+def _product(values: Sequence[float | None]) -> float | None:
+    if any(v is None for v in values):
+        return None
+    if any(math.isinf(v) for v in values):
+        return math.inf
+    total = arb(1)
+    for v in values:
+        total = total * arb(v)
+    if not total.is_finite():
+        return math.inf
+    exact = exact_float(total)
+    return exact if exact is not None else up(float(total.upper()))
+
+
+def _symbolic_product(factors: Sequence[sp.Expr]) -> sp.Expr:
+    """The product, equal factors gathered into powers, built without sympy's evaluation (fast
+    for hundreds of blocks)."""
+    counts: dict[sp.Expr, int] = {}
+    for f in factors:
+        if f != 1:  # reshapes
+            counts[f] = counts.get(f, 0) + 1
+    terms = [f if n == 1 else sp.Pow(f, n, evaluate=False) for f, n in counts.items()]
+    if not terms:
+        return sp.Integer(1)
+    return terms[0] if len(terms) == 1 else sp.Mul(*terms, evaluate=False)
+
+
+def _cumulative(values: Sequence[float | None]) -> list[float | None]:
+    return [_product(values[: k + 1]) for k in range(len(values))]
+
+
+@dataclass(frozen=True, eq=False)
+class NetworkBound:
+    """Rows of a network, in forward order, and their composition.
+
+    Attributes:
+        blocks: the rows.
+        boxes: for models, the box each block's forward was bounded on (``None``: no box).
+        inverse_boxes: for models, the box each block's inverse was bounded on.
+    """
+
+    blocks: tuple[BlockBound, ...]
+    boxes: tuple[Box | None, ...] = ()
+    inverse_boxes: tuple[Box | None, ...] = ()
+
+    def _direction(self, attr: str) -> list:
+        return [getattr(b, attr) for b in self.blocks]
+
+    @cached_property
+    def forward_expr(self) -> sp.Expr:
+        """The symbolic product of the tight forward bounds."""
+        return _symbolic_product([b.tight for b in self._direction("forward")])
+
+    @cached_property
+    def inverse_expr(self) -> sp.Expr:
+        """The symbolic product of the tight inverse bounds (reverse order, same product)."""
+        return _symbolic_product([b.tight for b in reversed(self._direction("inverse"))])
+
+    @cached_property
+    def forward_paper_expr(self) -> sp.Expr:
+        """The symbolic product of the paper's forward bounds."""
+        return _symbolic_product([b.paper for b in self._direction("forward")])
+
+    @cached_property
+    def inverse_paper_expr(self) -> sp.Expr:
+        """The symbolic product of the paper's inverse bounds."""
+        return _symbolic_product([b.paper for b in reversed(self._direction("inverse"))])
+
+    @cached_property
+    def cumulative_forward(self) -> list[float | None]:
+        """Bounds on ``Lip(F_k o ... o F_1)``, ``k = 1..L``."""
+        return _cumulative([b.value for b in self._direction("forward")])
+
+    @cached_property
+    def cumulative_inverse(self) -> list[float | None]:
+        """Bounds on ``Lip((F_k o ... o F_1)^-1)``, ``k = 1..L``."""
+        return _cumulative([b.value for b in self._direction("inverse")])
+
+    @property
+    def forward(self) -> float | None:
+        """The network's forward bound (``1`` for no blocks), or ``None`` if not numeric."""
+        return self.cumulative_forward[-1] if self.blocks else 1.0
+
+    @property
+    def inverse(self) -> float | None:
+        """The network's inverse bound, or ``None`` if not numeric."""
+        return self.cumulative_inverse[-1] if self.blocks else 1.0
+
+    @cached_property
+    def forward_paper(self) -> float | None:
+        """The product of the paper's forward bounds."""
+        return _product([b.paper_value for b in self._direction("forward")])
+
+    @cached_property
+    def inverse_paper(self) -> float | None:
+        """The product of the paper's inverse bounds."""
+        return _product([b.paper_value for b in self._direction("inverse")])
+
+    @property
+    def forward_lower(self) -> float | None:
+        """Remark 3: ``Lip(F) >= 1 / L*``."""
+        return None if self.inverse is None else down(1.0 / self.inverse)
+
+    @property
+    def inverse_lower(self) -> float | None:
+        """Remark 3: ``Lip(F^-1) >= 1 / L``."""
+        return None if self.forward is None else down(1.0 / self.forward)
+
+    @property
+    def bilipschitz(self) -> float | None:
+        """Remark 4: ``biLip(F) <= max(L, L*)``."""
+        if self.forward is None or self.inverse is None:
+            return None
+        return max(self.forward, self.inverse)
+
+    def refusals(self) -> list[str]:
+        """``"block k (kind) forward|inverse: reason"`` for every refused bound."""
+        out = []
+        for k, b in enumerate(self.blocks):
+            for name in ("forward", "inverse"):
+                reason = getattr(b, name).refused
+                if reason:
+                    out.append(f"block {k} ({b.kind}) {name}: {reason}")
+        return out
+
+
+def leaf_blocks(model: InvertibleBlock) -> list[InvertibleBlock]:
+    """The leaf blocks of a model in forward order."""
+    if isinstance(model, InvertibleSequential):
+        return model.flat_blocks()
+    if isinstance(model, InvertibleBlock):
+        return [model]
+    raise TypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
+
+
+def _carry(blocks: Sequence[InvertibleBlock], start: Box | None, inverse: bool,
+           progress: bool) -> list[Box | None]:
+    """Boxes before each block, carried forward (``inverse=False``, from the input box) or
+    backward (from the output box): ``len(blocks) + 1`` entries in forward order."""
+    boxes: list[Box | None] = [start]
+    order = list(reversed(blocks)) if inverse else list(blocks)
+    for block in tqdm(order, desc="boxes", disable=not progress or start is None, leave=False):
+        box = boxes[-1]
+        if box is not None:
+            rule = block_rule(block)
+            box = rule.inverse_box(block, box) if inverse else rule.forward_box(block, box)
+            if not box.is_finite():
+                box = None  # the box overflowed: later local bounds are refused (_LOST)
+        boxes.append(box)
+    return list(reversed(boxes)) if inverse else boxes
+
+
+def bound_model(model: InvertibleBlock, shape: Sequence[int],
+                box: tuple[float, float] | None = None,
+                output_box: tuple[float, float] | None = None,
+                progress: bool = False) -> NetworkBound:
+    """Bounds of every leaf block of ``model`` and their composition.
+
+    Args:
+        model: an :class:`~lipbound.blocks.InvertibleBlock` (sequentials are flattened).
+        shape: the per-sample input shape, e.g. ``(2,)`` or ``(3, 32, 32)``.
+        box: ``(a, b)``: inputs in ``[a, b]^d``. Local bounds (affine couplings) need it.
+        output_box: ``(a*, b*)``: the inverse's inputs in ``[a*, b*]^d``, carried backward;
+            by default the inverses are bounded on the forward images of ``box``.
+        progress: show tqdm progress bars.
+    """
+    shape = tuple(int(s) for s in shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"shape must be a non-empty per-sample shape of positive sizes, "
+                         f"got {shape}")
+    blocks = leaf_blocks(model)
+    shapes = [shape]
+    for block in blocks:
+        shapes.append(tuple(block_rule(block).out_shape(block, shapes[-1])))
+    with torch.no_grad():
+        fwd = _carry(blocks, None if box is None else Box.uniform(*box, shapes[0]), False, progress)
+        if output_box is not None:
+            inv = _carry(blocks, Box.uniform(*output_box, shapes[-1]), True, progress)
+        else:
+            inv = fwd
+    rows = []
+    for k, block in enumerate(tqdm(blocks, desc="bounds", disable=not progress, leave=False)):
+        given_inverse = output_box is not None or box is not None
+        ctx = BlockContext(k, shapes[k], fwd[k], inv[k + 1],
+                           _LOST if box is not None and fwd[k] is None else None,
+                           _LOST if given_inverse and inv[k + 1] is None else None)
+        row = block_rule(block).bound(block, ctx)
+        rows.append(BlockBound(row.kind, row.scope, row.forward, row.inverse, row.assumptions,
+                               f"{k}: {type(block).__name__}"))
+    return NetworkBound(tuple(rows), tuple(fwd[:-1]), tuple(inv[1:]))

@@ -1,0 +1,243 @@
+r"""Sub-network layers: certified Lipschitz constants and interval bound propagation (IBP).
+
+A sub-network (the ``t`` and ``s`` of a coupling, the ``g`` of an i-ResNet, the ``f`` of a neural
+ODE) is a chain of layers, so
+
+.. math:: \mathrm{Lip}(L_k \circ \dots \circ L_1) \le \prod_i \mathrm{Lip}(L_i),
+
+with ``Lip`` of a linear or convolutional layer its exact operator norm bounded from above
+(:mod:`.norms`; never the norm of a reshaped kernel) and ``Lip`` of an activation the sup of its
+derivative:
+
+===============  ==============================================================
+activation       Lip
+===============  ==============================================================
+ReLU, Tanh       1
+LeakyReLU(a)     max(1, |a|)
+ELU(alpha)       max(1, alpha)
+Sigmoid          1/4
+SiLU             1.1  (``sup (x sigmoid(x))' = 1.09984...`` at ``x = 2.3994...``)
+Softplus         1    (the derivative is a sigmoid)
+LipSwish         1    (``SiLU(beta x) / 1.1``: ``1.09984 / 1.1 < 1``)
+Constant         0
+===============  ==============================================================
+
+Each layer type has a :class:`LayerRule` in a registry (:func:`register_layer`): its Lipschitz
+constant on an input shape, its output shape, and the box of its outputs on a box of inputs (IBP,
+outward rounded, :mod:`.interval`). An unknown layer gets a ``TypeError`` that says how to register
+one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..blocks.residual import LipSwish, SpectralNormConv2d, SpectralNormLinear
+from ..blocks.subnets import Constant
+from .interval import Box, affine_map, monotone_map
+from .norms import conv2d_norm_upper, spectral_norm_upper
+from .rounding import U, up, widen
+
+__all__ = ["LayerRule", "ibp", "layer_rule", "lipschitz", "register_layer"]
+
+Shape = tuple[int, ...]
+
+#: SiLU: its minimiser ``x* = -1.27846...`` (where ``1 + x (1 - sigmoid(x)) = 0``), enclosed, and a
+#: lower bound on its minimum ``x* + 1 = -0.27846...``.
+_SILU_ARGMIN = (-1.2785, -1.2784)
+_SILU_MIN = -0.27847
+#: Upper bound on ``sup_x d/dx [x sigmoid(x)] = 1.09984...`` (checked in the tests).
+SILU_LIP = 1.1
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """How to bound one layer type.
+
+    Attributes:
+        lipschitz: ``(layer, input shape) -> (upper bound on Lip, output shape)``.
+        ibp: ``(layer, input box) -> output box`` enclosing every output.
+    """
+
+    lipschitz: Callable[[nn.Module, Shape], tuple[float, Shape]]
+    ibp: Callable[[nn.Module, Box], Box]
+
+
+_RULES: dict[type, LayerRule] = {}
+
+
+def register_layer(layer_type: type, rule: LayerRule) -> None:
+    """Teach the bounds a new sub-network layer type (subclasses inherit the rule)."""
+    if not isinstance(rule, LayerRule):
+        raise TypeError(f"rule must be a LayerRule, got {type(rule).__name__}")
+    _RULES[layer_type] = rule
+
+
+def layer_rule(layer: nn.Module) -> LayerRule:
+    """The rule registered for ``layer``'s type or its nearest registered base class."""
+    for cls in type(layer).__mro__:
+        if cls in _RULES:
+            return _RULES[cls]
+    raise TypeError(
+        f"no Lipschitz/IBP rule for layer type {type(layer).__name__}; register one with "
+        "lipbound.bounds.layers.register_layer(LayerType, LayerRule(lipschitz=..., ibp=...))"
+    )
+
+
+def lipschitz(net: nn.Module, in_shape: Shape) -> tuple[float, Shape]:
+    """A certified upper bound on ``Lip(net)`` for per-sample inputs of shape ``in_shape``, and the
+    output shape."""
+    return layer_rule(net).lipschitz(net, tuple(in_shape))
+
+
+def ibp(net: nn.Module, box: Box) -> Box:
+    """A box enclosing ``net(x)`` for every ``x`` in ``box``."""
+    return layer_rule(net).ibp(net, box)
+
+
+# --- containers and constants -------------------------------------------------------------------
+
+def _sequential_lip(net: nn.Module, shape: Shape) -> tuple[float, Shape]:
+    total = 1.0
+    for layer in net:
+        lip, shape = lipschitz(layer, shape)
+        total = up(total * lip)
+    return total, shape
+
+
+def _sequential_ibp(net: nn.Module, box: Box) -> Box:
+    for layer in net:
+        box = ibp(layer, box)
+    return box
+
+
+def _constant_ibp(net: Constant, box: Box) -> Box:
+    return Box.point(net.value.reshape(()))
+
+
+# --- linear layers -----------------------------------------------------------------------------
+
+def _weight(layer: nn.Module) -> Tensor:
+    w = layer.effective_weight() if hasattr(layer, "effective_weight") else layer.weight
+    return w.detach()
+
+
+def _linear_lip(layer: nn.Module, shape: Shape) -> tuple[float, Shape]:
+    w = _weight(layer)
+    if shape[-1] != w.shape[1]:
+        raise ValueError(f"{type(layer).__name__} expects {w.shape[1]} input features, "
+                         f"got input shape {shape}")
+    return spectral_norm_upper(w), (*shape[:-1], w.shape[0])
+
+
+def _linear_ibp(layer: nn.Module, box: Box) -> Box:
+    w = _weight(layer)
+    return affine_map(box, F.linear, w, layer.bias, w.shape[1])
+
+
+def _conv_settings(layer: nn.Module) -> tuple[int, int]:
+    """The zero padding ``(ph, pw)`` of a stride-1, undilated, ungrouped 2-D convolution."""
+    if isinstance(layer, SpectralNormConv2d):
+        return layer.padding, layer.padding
+    if (layer.stride != (1, 1) or layer.dilation != (1, 1) or layer.groups != 1
+            or layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
+        raise ValueError(
+            f"{layer}: bounds support stride 1, dilation 1, groups 1 and numeric zero padding only"
+        )
+    return tuple(layer.padding)
+
+
+def _conv_out_shape(layer: nn.Module, shape: Shape) -> Shape:
+    w = _weight(layer)
+    if len(shape) != 3 or shape[0] != w.shape[1]:
+        raise ValueError(f"{type(layer).__name__} expects input (C={w.shape[1]}, H, W), "
+                         f"got {shape}")
+    ph, pw = _conv_settings(layer)
+    return (w.shape[0], shape[1] + 2 * ph - w.shape[2] + 1, shape[2] + 2 * pw - w.shape[3] + 1)
+
+
+def _conv_lip(layer: nn.Module, shape: Shape) -> tuple[float, Shape]:
+    out = _conv_out_shape(layer, shape)
+    return conv2d_norm_upper(_weight(layer), shape[1:], _conv_settings(layer)), out
+
+
+def _conv_ibp(layer: nn.Module, box: Box) -> Box:
+    w = _weight(layer)
+    padding = _conv_settings(layer)
+
+    def op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv2d(x, weight, bias, padding=padding)
+
+    return affine_map(box, op, w, layer.bias, w.shape[1] * w.shape[2] * w.shape[3])
+
+
+# --- activations -------------------------------------------------------------------------------
+
+def _activation(lip: Callable[[nn.Module], float]) -> Callable[[nn.Module, Shape],
+                                                             tuple[float, Shape]]:
+    def rule(layer: nn.Module, shape: Shape) -> tuple[float, Shape]:
+        return lip(layer), shape
+    return rule
+
+
+def _monotone(layer: nn.Module, box: Box) -> Box:
+    absolute = 1e-8 if isinstance(layer, nn.Softplus) else 0.0  # torch's linear threshold jump
+    return monotone_map(box, layer, absolute=absolute)
+
+
+def _checked_monotone(attr: str) -> Callable[[nn.Module, Box], Box]:
+    def rule(layer: nn.Module, box: Box) -> Box:
+        if getattr(layer, attr) < 0:
+            raise ValueError(f"{layer}: {attr} < 0 makes the activation non-monotone; "
+                             "not supported")
+        return _monotone(layer, box)
+    return rule
+
+
+def _silu_like_ibp(fn: Callable[[Tensor], Tensor], beta: float, scale: float, box: Box) -> Box:
+    """Box of ``silu(beta x) * scale`` (``beta, scale > 0``): decreasing, then increasing, with
+    its minimum ``_SILU_MIN * scale`` at ``x = x* / beta``."""
+    f_lo, f_hi = fn(box.lo), fn(box.hi)
+    lo, hi = torch.minimum(f_lo, f_hi), torch.maximum(f_lo, f_hi)
+    may_hold_min = (box.lo <= _SILU_ARGMIN[1] / beta) & (box.hi >= _SILU_ARGMIN[0] / beta)
+    lo = torch.where(may_hold_min, torch.full_like(lo, _SILU_MIN * scale * (1 + 1e-9)), lo)
+    return Box(*widen(lo, hi, 16 * U))
+
+
+def _silu_ibp(layer: nn.Module, box: Box) -> Box:
+    return _silu_like_ibp(layer, 1.0, 1.0, box)
+
+
+def _lipswish_ibp(layer: LipSwish, box: Box) -> Box:
+    beta = float(F.softplus(layer.raw_beta.detach().to(torch.float64)))
+    return _silu_like_ibp(layer, beta, 1.0 / (1.1 * beta), box)
+
+
+def _identity_ibp(layer: nn.Module, box: Box) -> Box:
+    return box
+
+
+_ONE = _activation(lambda layer: 1.0)
+for _cls in (nn.ReLU, nn.Tanh):
+    register_layer(_cls, LayerRule(_ONE, _monotone))
+register_layer(nn.Sigmoid, LayerRule(_activation(lambda layer: 0.25), _monotone))
+register_layer(nn.LeakyReLU, LayerRule(
+    _activation(lambda layer: max(1.0, abs(layer.negative_slope))),
+    _checked_monotone("negative_slope")))
+register_layer(nn.ELU, LayerRule(_activation(lambda layer: max(1.0, layer.alpha)),
+                                 _checked_monotone("alpha")))
+register_layer(nn.SiLU, LayerRule(_activation(lambda layer: SILU_LIP), _silu_ibp))
+register_layer(nn.Softplus, LayerRule(_ONE, _monotone))
+register_layer(LipSwish, LayerRule(_ONE, _lipswish_ibp))
+register_layer(nn.Identity, LayerRule(_ONE, _identity_ibp))
+register_layer(nn.Sequential, LayerRule(_sequential_lip, _sequential_ibp))
+register_layer(Constant, LayerRule(lambda net, shape: (0.0, ()), _constant_ibp))
+register_layer(nn.Linear, LayerRule(_linear_lip, _linear_ibp))
+register_layer(SpectralNormLinear, LayerRule(_linear_lip, _linear_ibp))
+register_layer(nn.Conv2d, LayerRule(_conv_lip, _conv_ibp))
+register_layer(SpectralNormConv2d, LayerRule(_conv_lip, _conv_ibp))

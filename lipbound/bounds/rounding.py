@@ -1,0 +1,76 @@
+"""Directed rounding for bounds: every float reported as a bound is rounded up.
+
+IEEE 754 arithmetic rounds each ``+ - * / sqrt`` correctly (to nearest), so the exact result of one
+operation lies within half an ulp of the float result; moving that float up by one ulp
+(:func:`up`) gives an upper bound. Library functions such as ``exp`` or ``tanh`` are only faithful
+to a few ulps; where they enter a bound, the value is moved up by several ulps (:data:`LIB_ULPS`).
+
+The error of a floating-point inner product of length ``n`` (any summation order, with or without
+FMA) is at most ``gamma(n) |x|^T |y|`` with ``gamma(n) = n u / (1 - n u)`` and ``u = 2^-53``
+(Higham, *Accuracy and Stability of Numerical Algorithms*, eq. 3.5); :func:`gamma` returns that
+constant, rounded up.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["LIB_ULPS", "U", "down", "gamma", "up", "up_tensor", "widen"]
+
+#: Unit roundoff of float64.
+U = 2.0 ** -53
+#: Ulps added to results of library functions (exp, tanh, sigmoid, ...) that are not correctly
+#: rounded; glibc and SLEEF are accurate to better than 4 ulps.
+LIB_ULPS = 8
+#: Smallest positive subnormal float64: the absolute error of an operation that underflows.
+ETA = 2.0 ** -1074
+
+
+def up(v: float, ulps: int = 1) -> float:
+    """``v`` moved up by ``ulps`` ulps (``inf`` stays ``inf``); NaN is refused."""
+    if math.isnan(v):
+        raise ValueError("cannot round NaN up to a bound")
+    for _ in range(ulps):
+        v = math.nextafter(v, math.inf)
+    return v
+
+
+def down(v: float, ulps: int = 1) -> float:
+    """``v`` moved down by ``ulps`` ulps; NaN is refused."""
+    if math.isnan(v):
+        raise ValueError("cannot round NaN down to a bound")
+    for _ in range(ulps):
+        v = math.nextafter(v, -math.inf)
+    return v
+
+
+def gamma(n: int) -> float:
+    """``gamma(n) = n u / (1 - n u)`` rounded up: the relative error bound of a length-``n`` sum."""
+    nu = n * U
+    if nu >= 0.5:
+        raise ValueError(f"inner products of length {n} are too long for float64 error bounds")
+    return up(up(nu) / down(1.0 - nu))
+
+
+def up_tensor(t: Tensor, ulps: int = 1) -> Tensor:
+    """Every entry of ``t`` moved up by ``ulps`` ulps."""
+    inf = torch.full_like(t, math.inf)
+    for _ in range(ulps):
+        t = torch.nextafter(t, inf)
+    return t
+
+
+def widen(lo: Tensor, hi: Tensor, rel: float, absolute: float = 0.0) -> tuple[Tensor, Tensor]:
+    """The interval ``[lo, hi]`` widened by ``rel |.| + absolute`` on each side, the result rounded
+    outward: encloses every value within that error of the float endpoints.
+
+    ``4 u`` relative and ``4 ETA`` absolute are added to cover the rounding of the widening itself.
+    """
+    rel, absolute = rel + 4 * U, absolute + 4 * ETA
+    lo_out = lo - (lo.abs() * rel + absolute)
+    hi_out = hi + (hi.abs() * rel + absolute)
+    return (torch.nextafter(lo_out, torch.full_like(lo_out, -math.inf)),
+            torch.nextafter(hi_out, torch.full_like(hi_out, math.inf)))

@@ -1,0 +1,109 @@
+"""``lipbound diagnose MODEL DATA``: reconstruction statistics, where the round trip breaks, the
+Jacobian spectrum, the invertibility attack, and maps or histograms as PNG.
+
+MODEL is a file written with ``torch.save(model, path)``: a lipbound block, or a model of FrEIA,
+nflows, zuko, normflows or memcnn (seen through :func:`lipbound.adapters.adapt`). DATA is a
+``.pt``/``.npy``/``.npz`` array, ``checkerboard[:N]`` (the paper's 2D data, default 2000 points)
+or ``digits`` (scikit-learn's 8x8 digits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..blocks import InvertibleBlock
+from ..io import load_inputs
+from .data import checkerboard, load_digits
+from .histogram import plot_error_histograms
+from .maps import grid_maps, plot_grid_maps
+from .reconstruction import DIRECTIONS
+from .report import AttackSettings, diagnose, diagnosis_to_json, format_diagnosis
+
+__all__ = ["add_arguments", "load_data", "run"]
+
+
+def load_data(spec: str, seed: int = 0) -> Tensor:
+    """The DATA argument: a file, ``checkerboard[:N]`` or ``digits``."""
+    gen = torch.Generator().manual_seed(seed)
+    if spec == "digits":
+        return load_digits(generator=gen)
+    if spec == "checkerboard" or spec.startswith("checkerboard:"):
+        count = spec.partition(":")[2] or "2000"
+        if not count.isdigit():
+            raise ValueError(f"DATA checkerboard:N needs an integer N, got {spec!r}")
+        return checkerboard(int(count), generator=gen)
+    return load_inputs(spec)
+
+
+def _load_model(path: str) -> InvertibleBlock:
+    from ..adapters import adapt
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"model file {path!r} does not exist")
+    return adapt(torch.load(file, map_location="cpu", weights_only=False))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``lipbound diagnose``."""
+    p.description = __doc__.split("\n\n")[0].replace("\n", " ")
+    p.add_argument("model", metavar="MODEL",
+                   help="torch.save'd lipbound, FrEIA, nflows, zuko, normflows or memcnn model")
+    p.add_argument("data", metavar="DATA",
+                   help="a .pt/.npy/.npz file, checkerboard[:N] or digits")
+    p.add_argument("--precision", nargs="+", default=["float32", "float64"],
+                   help="float precisions of the round trips (default: float32 float64); the "
+                        "attack runs at the first")
+    p.add_argument("--direction", nargs="+", default=list(DIRECTIONS), choices=DIRECTIONS)
+    p.add_argument("--n", type=int, default=None, help="use the first N samples of DATA")
+    p.add_argument("--tol", type=float, default=None,
+                   help="relative failure tolerance of the per-block trace (default sqrt(eps))")
+    p.add_argument("--spectrum-samples", type=int, default=8)
+    p.add_argument("--spectrum-method", choices=["auto", "full", "matrix_free"], default="auto")
+    p.add_argument("--max-full-dim", type=int, default=2048,
+                   help="auto: full SVD up to this per-sample dimension, matrix-free above")
+    p.add_argument("--attack-samples", type=int, default=8, help="0 turns the attack off")
+    p.add_argument("--attack-iterations", type=int, default=200)
+    p.add_argument("--attack-step", type=float, default=5e-4)
+    p.add_argument("--bits", type=int, default=8,
+                   help="data bits: the attack box is one dequantization cell, 0.5 / 2^bits")
+    p.add_argument("--radius", type=float, default=None, help="attack box half-width instead")
+    p.add_argument("--grid", type=int, default=320, help="grid points per axis of 2D maps")
+    p.add_argument("--lim", type=float, default=8.0, help="2D maps cover [-lim, lim]^2")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.add_argument("--plot", metavar="FILE",
+                   help="PNG (or PDF): maps over a grid for 2D models, else error histograms")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``lipbound diagnose``."""
+    model = _load_model(args.model)
+    x = load_data(args.data, args.seed)
+    if args.n is not None:
+        if args.n < 1:
+            raise ValueError(f"--n must be >= 1, got {args.n}")
+        x = x[:args.n]
+    progress = sys.stderr.isatty()
+    attack = AttackSettings(args.attack_samples, args.attack_iterations, args.attack_step,
+                            args.bits, args.radius)
+    result = diagnose(model, x, tuple(args.precision), tuple(args.direction), args.tol,
+                      args.spectrum_samples, args.spectrum_method, args.max_full_dim, attack,
+                      args.seed, progress)
+    print(f"lipbound diagnose: {args.model} on {args.data}")
+    print(format_diagnosis(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(diagnosis_to_json(result), indent=1))
+    if args.plot:
+        if tuple(x.shape[1:]) == (2,):
+            maps = grid_maps(model, args.grid, args.lim, args.precision[0], progress=progress)
+            plot_grid_maps(maps, args.plot, data=x)
+        else:
+            plot_error_histograms(result.reconstruction, args.plot)
+    return 0

@@ -1,0 +1,82 @@
+"""Views of a model that the diagnostics share: its leaf blocks, its inverse as a model, a copy at
+a precision, and the float tolerance used to call a reconstruction failed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import Tensor
+
+from ..blocks import InvertibleBlock
+from ..precision import torch_dtype
+
+__all__ = ["Inverted", "at_precision", "default_tol", "leaf_blocks", "per_sample_norm"]
+
+
+def leaf_blocks(model: InvertibleBlock) -> list[InvertibleBlock]:
+    """The leaf blocks of ``model`` in forward order (``[model]`` for a single block).
+
+    Anything with a ``flat_blocks()`` method (:class:`InvertibleSequential`, the adapters of
+    :mod:`lipbound.adapters`) is expanded.
+    """
+    if not isinstance(model, InvertibleBlock):
+        raise TypeError(
+            f"model must be an InvertibleBlock, got {type(model).__name__}; wrap models of other "
+            "libraries with lipbound.adapters.adapt"
+        )
+    flat = getattr(model, "flat_blocks", None)
+    return list(flat()) if callable(flat) else [model]
+
+
+class Inverted(InvertibleBlock):
+    """``F^-1`` seen as a model: ``forward = F.inverse`` and ``inverse = F.forward``.
+
+    Its leaf blocks are the inverses of ``F``'s leaf blocks in reverse order, so every diagnostic
+    that runs on ``F`` in the direction ``x -> z -> x`` runs on ``Inverted(F)`` in the direction
+    ``z -> x -> z``.
+    """
+
+    def __init__(self, model: InvertibleBlock) -> None:
+        super().__init__()
+        if not isinstance(model, InvertibleBlock):
+            raise TypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
+        self.model = model
+
+    def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        return self.model._inverse(x, with_log_det)
+
+    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        return self.model._forward(y, with_log_det)
+
+    def flat_blocks(self) -> list[InvertibleBlock]:
+        """``[F_L^-1, ..., F_1^-1]`` for ``F = F_L o ... o F_1``."""
+        blocks = leaf_blocks(self.model)
+        if len(blocks) == 1:
+            return [self]
+        return [Inverted(b) for b in reversed(blocks)]
+
+    @property
+    def is_iterative(self) -> bool:
+        return self.model.is_iterative
+
+
+def at_precision(model: InvertibleBlock, precision: str) -> InvertibleBlock:
+    """A copy of ``model`` in evaluation mode with its parameters rounded to ``precision``.
+
+    ``precision`` is a float precision name of :mod:`lipbound.precision` (``"float32"``, ...).
+    """
+    dtype = torch_dtype(precision)
+    return copy.deepcopy(model).to(dtype).eval()
+
+
+def default_tol(precision: str) -> float:
+    """``sqrt(eps)`` of the precision: an error above it has lost half the digits."""
+    return math.sqrt(torch.finfo(torch_dtype(precision)).eps)
+
+
+def per_sample_norm(v: Tensor) -> Tensor:
+    """``||v_b||_2`` per sample, computed in float64, shape ``(B,)``."""
+    return torch.linalg.vector_norm(v.to(torch.float64).reshape(v.shape[0], -1), dim=1)

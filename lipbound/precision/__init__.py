@@ -1,0 +1,14 @@
+"""Precision names, runs at every precision, and the rounding-versus-instability decomposition.
+
+* :mod:`.names`: ``float16``, ``bfloat16``, ``float32``, ``float64`` (torch), ``mp:<bits>``
+  (mpmath) and ``arb:<bits>`` (python-flint) and their parsing.
+* :mod:`.run`: a model's forward or inverse at any of them (half precision emulated, and
+  marked so, where a CPU kernel is missing).
+* :mod:`.decompose`: the error decomposition of section 2 of the paper against the oracle, with
+  a verdict (``lipbound verify``).
+* :mod:`.sweep`: the Figure 1 depth sweep (``lipbound sweep``).
+"""
+
+from .names import MANTISSA_BITS, TORCH_DTYPES, Precision, parse_precision, torch_dtype
+
+__all__ = ["MANTISSA_BITS", "TORCH_DTYPES", "Precision", "parse_precision", "torch_dtype"]

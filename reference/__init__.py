@@ -1,0 +1,46 @@
+"""The oracle: an independent arbitrary-precision implementation of every lipbound block.
+
+It reads a torch model's stored parameters, converted exactly (every float is a dyadic
+rational), and implements each block's map itself; it never calls the torch code it checks.
+Two backends behind one interface: python-flint ``arb`` balls (``"arb:<bits>"``, fast, each value
+with a certified radius) and mpmath (``"mp:<bits>"``, pure Python, the independent cross-check).
+
+>>> import torch, reference
+>>> from lipbound.blocks import figure1_chain
+>>> ref = reference.compile(figure1_chain(20, "affine").double(), "arb:256")
+>>> sv = reference.singular_values(ref, torch.ones(1, 2, dtype=torch.float64))
+>>> sv.values[-1]                   # sigma_min = fl(0.1)^20 of the stored float64 g
+1.0000000000000011e-20
+"""
+
+from .backends import ArbBackend, Backend, MpBackend, make_backend
+from .certify import CertificationError, Certified, certified_forward, certified_inverse
+from .linalg import SingularValues, singular_values
+from .model import ReferenceModel, as_backend, compile
+from .registry import Compiler, UnknownLayerError, register, registered_types
+from .tensor import DualTensor, Elementwise, RTensor
+from .toy import figure1_reference
+
+__all__ = [
+    "ArbBackend",
+    "Backend",
+    "CertificationError",
+    "Certified",
+    "Compiler",
+    "DualTensor",
+    "Elementwise",
+    "MpBackend",
+    "RTensor",
+    "ReferenceModel",
+    "SingularValues",
+    "UnknownLayerError",
+    "as_backend",
+    "certified_forward",
+    "certified_inverse",
+    "compile",
+    "figure1_reference",
+    "make_backend",
+    "register",
+    "registered_types",
+    "singular_values",
+]

@@ -1,0 +1,140 @@
+"""``lipbound bounds`` on the shipped specs and on saved models, in all four formats."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lipbound.blocks import (
+    ActNorm,
+    DiagonalScaling,
+    Invertible1x1Conv,
+    InvertibleSequential,
+    Permutation,
+    coupling_mlp,
+    glow_like,
+    randomize_parameters,
+)
+from lipbound.bounds import bound_model
+from lipbound.bounds.empirical import max_jacobian_norm
+from lipbound.bounds.report import FORMATS, format_number
+from lipbound.bounds.spec import spec_bounds
+from lipbound.bounds.table import expr_str
+from lipbound.cli import main
+from lipbound.io import save_model
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples" / "architectures").glob("*.json"))
+
+
+def test_examples_are_shipped():
+    names = {p.stem for p in EXAMPLES}
+    assert {"glow_cifar_additive", "glow_cifar_affine", "checkerboard_affine",
+            "checkerboard_modified_affine", "checkerboard_residual_flow",
+            "neural_ode"} <= names
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_example_in_every_format(path, fmt, capsys):
+    rc = main(["bounds", str(path), "--format", fmt])
+    out = capsys.readouterr().out
+    net = spec_bounds(json.loads(path.read_text()))
+    assert rc == (1 if net.refusals() else 0)
+    if fmt == "json":
+        data = json.loads(out)
+        assert len(data["blocks"]) == len(net.blocks)
+        assert set(data["network"]) >= {"forward", "inverse", "forward_lower", "inverse_lower"}
+        assert {"kind", "scope", "forward", "inverse", "forward_expr"} <= set(data["blocks"][0])
+        assert data["network"]["forward_expr"] == expr_str(net.forward_expr)
+    else:
+        assert net.blocks[0].kind in out
+
+
+def test_residual_flow_example_numbers():
+    spec = json.loads((EXAMPLES[0].parent / "checkerboard_residual_flow.json").read_text())
+    net = spec_bounds(spec)
+    lip_g = 0.8**5
+    assert net.forward >= (1 + lip_g) ** 100 and net.forward == pytest.approx((1 + lip_g) ** 100)
+    assert net.inverse == pytest.approx((1 - lip_g) ** -100, rel=1e-12)
+    assert net.inverse_lower <= 1 / net.forward
+
+
+def test_figure1_example_shows_the_exploding_inverse():
+    net = spec_bounds(json.loads((EXAMPLES[0].parent / "figure1_affine.json").read_text()))
+    assert net.forward == pytest.approx(1.0) and net.inverse == pytest.approx(1e15)
+
+
+def test_modified_scale_lowers_the_inverse_bound():
+    folder = EXAMPLES[0].parent
+    std = spec_bounds(json.loads((folder / "checkerboard_affine.json").read_text()))
+    mod = spec_bounds(json.loads((folder / "checkerboard_modified_affine.json").read_text()))
+    c_std, c_mod = (next(v for k, v in net.blocks[0].inverse.values.items() if k.name == "c_1/g")
+                    for net in (std, mod))
+    assert c_mod <= 2.0 + 1e-12 < c_std
+
+
+def test_spec_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"blocks": [{"kind": "additive", "lip_tt": 1}]}))
+    assert main(["bounds", str(bad)]) == 2
+    with pytest.raises(ValueError, match="lip_tt"):
+        spec_bounds(json.loads(bad.read_text()))
+    with pytest.raises(ValueError, match="kind"):
+        spec_bounds({"blocks": [{"kind": "glow"}]})
+    with pytest.raises(ValueError, match="two numbers"):
+        spec_bounds({"blocks": [{"kind": "additive", "lip_t": 1}, {"kind": "additive",
+                                                                   "lip_t": 2}]})
+    tagged = spec_bounds({"blocks": [{"kind": "additive", "lip_t": 1, "tag": 1},
+                                     {"kind": "additive", "lip_t": 2, "tag": 2}]})
+    assert tagged.forward == pytest.approx((1 + 5**0.5) / 2 * (2 + 8**0.5) / 2)
+
+
+def test_saved_affine_model_needs_a_box(tmp_path, capsys):
+    model = coupling_mlp(2, 2, 8, "affine", "modified")
+    randomize_parameters(model, 0.3, torch.Generator().manual_seed(0))
+    path = tmp_path / "m.pt"
+    save_model(model, path)
+    assert main(["bounds", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "refused" in out and "--box" in out and "Theorem 2" in out
+    assert main(["bounds", str(path), "--box", "-4", "4", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    net = bound_model(model, (2,), box=(-4, 4))
+    assert data["network"]["forward"] == net.forward
+    assert data["network"]["inverse"] == net.inverse
+    found = max_jacobian_norm(model, net.boxes[0])
+    assert found <= data["network"]["forward"]
+
+
+def test_saved_image_model_needs_a_shape(tmp_path, capsys):
+    model = glow_like((2, 4, 4), 1, 1, 4, "additive")
+    path = tmp_path / "g.pt"
+    save_model(model, path)
+    assert main(["bounds", str(path)]) == 2
+    assert "--shape" in capsys.readouterr().err
+    assert main(["bounds", str(path), "--shape", "2", "4", "4", "--format", "markdown"]) == 0
+    assert "| network | value |" in capsys.readouterr().out
+
+
+def test_exact_blocks_are_tight():
+    torch.manual_seed(0)
+    model = InvertibleSequential(DiagonalScaling(torch.randn(3)), ActNorm(3),
+                                 Invertible1x1Conv(3), Permutation(3, "random"))
+    randomize_parameters(model, 0.5, torch.Generator().manual_seed(0))
+    net = bound_model(model, (3,), box=(-1, 1))
+    assert net.forward == bound_model(model, (3,)).forward  # global: the box changes nothing
+    for k, block in enumerate(model.flat_blocks()):
+        found = max_jacobian_norm(block, net.boxes[k], n_samples=4)
+        assert found <= net.blocks[k].forward.value <= found * (1 + 1e-3)
+
+
+def test_report_rounds_printed_bounds_up():
+    assert format_number(1.0000001234567) == "1.00001" and format_number(2.0) == "2"
+    for v in (math.pi, 1 / 3, 123456.7, 2.5e-7, 9.999999999e12):
+        assert float(format_number(v)) >= v
+        assert float(format_number(v, upward=False)) <= v
+    assert format_number(math.inf) == "inf" and format_number(None) == "-"

@@ -1,0 +1,181 @@
+"""Precision names, float runs against plain IEEE arithmetic, emulation, the decomposition and
+its verdicts, ``lipbound verify``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import reference
+from lipbound.blocks import (
+    AdditiveCoupling,
+    ChannelPartition,
+    InvertibleSequential,
+    coupling_mlp,
+    figure1_chain,
+    randomize_parameters,
+    residual_flow,
+)
+from lipbound.cli import main
+from lipbound.io import save_model
+from lipbound.jsonio import jsonable as json_safe
+from lipbound.precision import parse_precision, torch_dtype
+from lipbound.precision.decompose import decompose, format_decomposition
+from lipbound.precision.emulate import RoundEachOp, is_missing_kernel
+from lipbound.precision.run import cast_model, run_forward, run_inverse
+
+
+def test_precision_names():
+    assert parse_precision("float16").bits == 11 and parse_precision("bfloat16").bits == 8
+    assert parse_precision("arb:256").kind == "arb" and parse_precision("mp:24").bits == 24
+    assert parse_precision("float32").same_mantissa_reference() == "mp:24"
+    assert torch_dtype("bfloat16") is torch.bfloat16
+    for bad in ("float8", "arb:", "mp:1", "fp32", 32):
+        with pytest.raises(ValueError, match="precision must be"):
+            parse_precision(bad)
+
+
+def _bf16(v: np.ndarray) -> np.ndarray:
+    """Round float32 values to bfloat16 (round to nearest even), kept as float32."""
+    u = np.asarray(v, dtype=np.float32).view(np.uint32)
+    u = (u + (((u >> 16) & 1) + np.uint32(0x7FFF))) & np.uint32(0xFFFF0000)
+    return u.view(np.float32)
+
+
+def _ieee_loop(depth: int, precision: str, g: float, t: float, x2: float) -> tuple[float, float]:
+    """The toy chain's active coordinate, forward then inverse, one rounded operation at a
+    time in numpy."""
+    if precision == "bfloat16":
+        dt, rnd = np.float32, _bf16
+    else:
+        dt = {"float16": np.float16, "float32": np.float32, "float64": np.float64}[precision]
+        rnd = np.asarray
+    g, t = rnd(dt(g)), rnd(dt(t))
+    y = rnd(dt(x2))
+    for _ in range(depth):
+        y = rnd(rnd(y * g) + t)
+    x = y
+    for _ in range(depth):
+        x = rnd(rnd(x - t) / g)
+    return float(y), float(x)
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16", "float32", "float64"])
+def test_float_runs_equal_plain_ieee_arithmetic(precision):
+    depth = 6
+    model = figure1_chain(depth, "affine")
+    mp_ = cast_model(model, torch_dtype(precision))
+    g = float(mp_[0].s.value)  # the network's own stored (cast) parameters
+    t = float(mp_[0].t.value)
+    x = torch.tensor([[1.0, 0.7]])
+    fwd = run_forward(model, x, precision)
+    inv = run_inverse(model, torch.from_numpy(fwd.values), precision)
+    y_ref, x_ref = _ieee_loop(depth, precision, g, t, 0.7)
+    assert fwd.values[0, 1] == y_ref and inv.values[0, 1] == x_ref
+    assert fwd.values[0, 0] == 1.0 and not fwd.emulated
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_emulated_half_equals_native_on_elementwise_ops_and_is_marked(precision):
+    model = figure1_chain(8, "affine")
+    x = torch.tensor([[1.0, 0.3]])
+    native = run_forward(model, x, precision)
+    emulated = run_forward(model, x, precision, emulate=True)
+    assert emulated.emulated and not native.emulated
+    np.testing.assert_array_equal(native.values, emulated.values)
+    with RoundEachOp(torch_dtype(precision)):
+        out = torch.ones(2, dtype=torch_dtype(precision)) / 3
+    assert out.dtype == torch_dtype(precision)
+    assert is_missing_kernel(RuntimeError('"addmm" not implemented for \'Half\''))
+    assert not is_missing_kernel(RuntimeError("shape mismatch"))
+
+
+def test_reference_runs_at_mp_and_arb_precisions():
+    model = figure1_chain(4, "affine")
+    x = torch.tensor([[1.0, 1.0]])
+    f16 = run_forward(model, x, "float16")
+    mp11 = run_forward(cast_model(model, torch.float16), x, "mp:11")
+    # same significand: equal here, as every value stays in float16's normal range
+    np.testing.assert_array_equal(f16.values, mp11.values)
+    arb = run_forward(model, x, "arb:200")
+    assert isinstance(arb.exact, reference.RTensor)
+
+
+def test_decomposition_bound_holds_and_terms_add_up():
+    d = decompose(figure1_chain(12, "affine"), torch.ones(1, 2), "float32")
+    assert d.verdict == "instability"
+    assert d.total <= d.recon_exact + d.delta2 + 1e-12 * d.total
+    assert d.recon_exact <= d.lip_inverse * d.delta * (1 + 1e-9)  # linear map: Lip = 1/sigma_min
+    assert d.total <= d.bound * (1 + 1e-9)
+    assert abs(d.lip_inverse / 10.0 ** 12 - 1) < 1e-6
+    assert d.amplification == pytest.approx(d.recon_exact / d.delta)
+    assert len(d.trace) == 12 and d.same_mantissa["precision"] == "mp:24"
+
+
+def test_verdict_rounding_for_a_well_conditioned_model():
+    model = randomize_parameters(coupling_mlp(4, 4, 16), generator=torch.Generator().manual_seed(1))
+    d = decompose(model, torch.randn(3, 4), "float32", parameter_rounding=True)
+    assert d.verdict == "rounding", d.reasons
+    assert d.total <= 1e-5 and d.parameter_rounding > 0
+    assert "verdict: rounding" in format_decomposition(d)
+
+
+def test_verdict_range_for_an_affine_chain_that_overflows_float16():
+    model = figure1_chain(6, "affine", g=10.0)  # 10^6 > 65504, exact values are fine
+    d = decompose(model, torch.ones(1, 2), "float16")
+    assert d.verdict == "range", d.reasons
+    assert d.forward_nonfinite["inf"] > 0
+    assert d.same_mantissa["total"] < 1e-2  # mp:11 reconstructs: only the range is missing
+
+
+class _WrongInverse(AdditiveCoupling):
+    """An additive coupling whose inverse is off by a factor: a bug."""
+
+    def _inverse(self, y, with_log_det):
+        x, ld = super()._inverse(y, with_log_det)
+        return x * 1.001, ld
+
+
+reference.register(_WrongInverse)(lambda module, compiler: reference.registry._REGISTRY[
+    AdditiveCoupling](module, compiler))
+
+
+def test_verdict_wrong_in_exact_arithmetic_for_a_wrong_inverse():
+    model = InvertibleSequential(_WrongInverse(ChannelPartition([0], [1], 2), 0.5))
+    d = decompose(model, torch.ones(1, 2), "float32")
+    assert d.verdict == "wrong in exact arithmetic", d.reasons
+    assert d.delta2 > 1e-3 and d.comparison["delta2"] > 1e-3
+
+
+def test_truncation_term_of_an_iterative_inverse():
+    model = residual_flow((3,), 2, 6, coeff=0.5)
+    d = decompose(model, torch.randn(2, 3), "float32")
+    assert d.truncation is not None and d.truncation["inverse"] > 0
+    assert d.truncation["inverse"] < 1e-4
+
+
+def test_verify_command_writes_table_and_json(tmp_path, capsys):
+    model_path, x_path, out = tmp_path / "m.pt", tmp_path / "x.npz", tmp_path / "d.json"
+    save_model(figure1_chain(5, "affine", g=10.0), model_path)
+    np.savez(x_path, x=np.ones((2, 2)))
+    code = main(["verify", str(model_path), str(x_path), "--precision", "float16",
+                 "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "verdict: range" in text and "||delta2||" in text
+    data = json.loads(out.read_text())
+    assert data["verdict"] == "range" and data["total"] == "inf"
+    assert data["forward_nonfinite"]["inf"] > 0
+
+
+def test_verify_command_rejects_bad_input(tmp_path, capsys):
+    assert main(["verify", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_json_safe():
+    assert json_safe({"a": [float("inf"), float("-inf"), float("nan"), np.float32(2)]}) == {
+        "a": ["inf", "-inf", "nan", 2.0]}

@@ -1,0 +1,90 @@
+"""The Figure 1 depth sweep and ``lipbound sweep``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lipbound.cli import main
+from lipbound.precision.sweep import SweepRecord, figure1_sweep
+
+
+@pytest.fixture(scope="module")
+def records() -> list[SweepRecord]:
+    return figure1_sweep(30)
+
+
+def _get(records, chain, precision, key):
+    return np.array([getattr(r, key) for r in records
+                     if r.chain == chain and r.precision == precision])
+
+
+def test_sweep_has_every_point_and_exact_singular_values(records):
+    assert len(records) == 2 * 5 * 30
+    depth = np.arange(1, 31)
+    np.testing.assert_allclose(_get(records, "affine", "exact", "sigma_min"), 0.1 ** depth,
+                               rtol=1e-13)
+    np.testing.assert_allclose(_get(records, "affine", "exact", "sigma_max"), 1.0, rtol=1e-15)
+    np.testing.assert_allclose(_get(records, "additive", "exact", "cond"), 1.0, rtol=1e-15)
+    # the float16 network's own g = fl16(0.1) = 0.0999755859375
+    np.testing.assert_allclose(_get(records, "affine", "float16", "sigma_min"),
+                               0.0999755859375 ** depth, rtol=1e-13)
+
+
+def test_bound_holds_for_every_float_point(records):
+    for r in records:
+        if r.precision != "exact" and math.isfinite(r.recon_error):
+            assert r.recon_error <= r.bound * (1 + 1e-9), r
+
+
+def test_same_growth_rate_at_every_precision(records):
+    """Affine: the error grows by 1/g = 10 per block at every precision (instability), at an
+    offset set by the precision (rounding)."""
+    slopes, offsets = {}, {}
+    for p in ("float32", "float64"):
+        err = _get(records, "affine", p, "recon_error")
+        depth = np.arange(1, 31)
+        ok = np.isfinite(err) & (err > 0) & (depth >= 3)
+        slope, offset = np.polyfit(depth[ok], np.log10(err[ok]), 1)
+        slopes[p], offsets[p] = slope, offset
+    assert abs(slopes["float32"] - 1) < 0.1 and abs(slopes["float64"] - 1) < 0.1
+    assert 7 < offsets["float32"] - offsets["float64"] < 11  # ~ log10(2^-24 / 2^-53) = 8.7
+    additive = _get(records, "additive", "float32", "recon_error")
+    assert additive.max() < 1e-6
+
+
+def test_float16_overflow_is_kept_as_inf(records):
+    err = _get(records, "affine", "float16", "recon_error")
+    assert np.isinf(err).any() and np.isfinite(err[0])
+
+
+def test_alternating_partition():
+    rec = figure1_sweep(6, chains=("affine",), precisions=("exact",), alternate=True)
+    smin = np.array([r.sigma_min for r in rec])
+    np.testing.assert_allclose(smin, [0.1 ** (d - d // 2) for d in range(1, 7)], rtol=1e-13)
+
+
+def test_sweep_command_writes_png_csv_json(tmp_path, capsys):
+    out, js = tmp_path / "fig", tmp_path / "fig.json"
+    code = main(["sweep", "--depth", "12", "--out", str(out), "--json", str(js),
+                 "--no-progress"])
+    assert code == 0
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
+    rows = list(csv.DictReader((tmp_path / "fig.csv").open()))
+    assert len(rows) == 2 * 5 * 12
+    data = json.loads(js.read_text())
+    assert set(data[0]) == {"chain", "depth", "precision", "recon_error", "sigma_min",
+                            "sigma_max", "cond"}
+    assert any(d["recon_error"] == "inf" for d in data)
+    assert "affine chain" in capsys.readouterr().out
+
+
+def test_sweep_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="precisions"):
+        figure1_sweep(3, precisions=("arb:64",))
+    with pytest.raises(ValueError, match="chains"):
+        figure1_sweep(3, chains=("spline",))
