@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -37,6 +37,8 @@ class CheckRow:
     dim: int
     round_trip: dict[str, float]
     log_det_error: float | None
+    #: precisions at which an iterative inverse (i-ResNet fixed point) did not converge
+    not_converged: list[str] = field(default_factory=list)
 
 
 def _max_rel_error(x: Tensor, x_rec: Tensor) -> float:
@@ -49,12 +51,20 @@ def _max_rel_error(x: Tensor, x_rec: Tensor) -> float:
     return float(rel.max())
 
 
-def _round_trip(block: InvertibleBlock, x: Tensor, precision: str) -> float:
+def _converged(block: InvertibleBlock) -> bool:
+    """Whether every iterative inverse in ``block`` converged on its last call."""
+    leaves = block.flat_blocks() if isinstance(block, InvertibleSequential) else [block]
+    return all(b.last_convergence.converged for b in leaves if b.last_convergence is not None)
+
+
+def _round_trip(block: InvertibleBlock, x: Tensor, precision: str) -> tuple[float, bool]:
+    """The relative round-trip error at ``precision`` and whether iterative inverses converged."""
     dtype = torch_dtype(precision)
     b = block if dtype == x.dtype else copy.deepcopy(block).to(dtype)
     xp = x.to(dtype)
     with torch.no_grad():
-        return _max_rel_error(xp, b.inverse(b(xp)))
+        err = _max_rel_error(xp, b.inverse(b(xp)))
+    return err, _converged(b)
 
 
 def _log_det_error(block: InvertibleBlock, x: Tensor, max_dim: int) -> float | None:
@@ -99,12 +109,14 @@ def check_model(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] =
         items = tqdm(items, desc="check", unit="block")
     rows = []
     for idx, block, xi in items:
+        trips = {p: _round_trip(block, xi, p) for p in precisions}
         rows.append(CheckRow(
             index=idx,
             kind=type(block).__name__,
             dim=xi[0].numel(),
-            round_trip={p: _round_trip(block, xi, p) for p in precisions},
+            round_trip={p: err for p, (err, _) in trips.items()},
             log_det_error=_log_det_error(block, xi, max_jacobian_dim),
+            not_converged=[p for p, (_, ok) in trips.items() if not ok],
         ))
     return rows
 
@@ -116,11 +128,14 @@ def format_rows(rows: list[CheckRow]) -> str:
     body = []
     for r in rows:
         ld = "skipped" if r.log_det_error is None else f"{r.log_det_error:.3e}"
-        body.append([str(r.index), r.kind, str(r.dim)]
-                    + [f"{r.round_trip[p]:.3e}" for p in precisions] + [ld])
+        trips = [f"{r.round_trip[p]:.3e}" + ("*" if p in r.not_converged else "")
+                 for p in precisions]
+        body.append([str(r.index), r.kind, str(r.dim)] + trips + [ld])
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [head] + body]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if any(r.not_converged for r in rows):
+        lines.append("* an iterative inverse did not converge (tolerance or iteration cap)")
     return "\n".join(lines)
 
 

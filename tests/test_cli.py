@@ -76,3 +76,20 @@ def test_load_inputs_formats(tmp_path):
     (tmp_path / "x.csv").write_text("1,2")
     with pytest.raises(ValueError, match=r"\.pt, \.npy or \.npz"):
         load_inputs(tmp_path / "x.csv")
+
+
+def test_check_marks_unconverged_iterative_inverses(tmp_path, capsys):
+    """An i-ResNet whose fixed point cannot converge within its cap is marked, not hidden."""
+    from lipbound.blocks import InvertibleResidual, InvertibleSequential, SpectralNormLinear
+    from lipbound.check import check_model, format_rows
+
+    g = torch.nn.Sequential(SpectralNormLinear(2, 2, coeff=0.9, exact=True))
+    slow = InvertibleResidual(g, tol=1e-15, max_iter=2)  # 2 iterations cannot reach 1e-15
+    fast = InvertibleResidual(torch.nn.Sequential(SpectralNormLinear(2, 2, coeff=0.5, exact=True)),
+                              tol=1e-15, max_iter=500)
+    rows = check_model(InvertibleSequential(fast, slow), torch.randn(3, 2))
+    assert rows[0].not_converged == []
+    assert rows[1].not_converged == ["float32", "float64"]
+    assert rows[2].not_converged == ["float32", "float64"]  # the model contains the slow block
+    table = format_rows(rows)
+    assert "*" in table and "did not converge" in table
