@@ -5,10 +5,11 @@ maps in :mod:`reference.layers` and :mod:`reference.blocks` are written once aga
 
 * :class:`ArbBackend` (python-flint ``arb``): ball arithmetic. Every value is a midpoint and a
   radius that *certifies* the exact result lies in the ball; matrix products go through
-  ``arb_mat`` (fast, blocked).
+  ``arb_mat`` (classical for small products, blocked from about 64 rows on).
 * :class:`MpBackend` (mpmath ``mpf``): plain rounded arithmetic in pure Python, the independent
-  cross-check. It carries no error bound; results are confirmed by recomputing at a second,
-  higher precision (:mod:`reference.certify`).
+  cross-check; matrix products round each dot product once (``mpmath.fdot``). It carries no
+  error bound; results are confirmed by recomputing at a second, higher precision
+  (:mod:`reference.certify`).
 
 Conversions from floats are exact at every precision: a float16/bfloat16/float32/float64 number is
 a dyadic rational with at most 53 significant bits, and both backends hold it unrounded; only the
@@ -219,11 +220,12 @@ class ArbBackend(Backend):
         return v + flint.arb(0, error) if error > 0 else v
 
     def positive_part(self, v: Scalar) -> Scalar:
-        if v > 0:
+        zero = self._zero  # comparing with an arb is faster than with the int 0
+        if v > zero:
             return v
-        if v < 0 or (v.is_exact() and v.is_zero()):
-            return self._zero
-        return v.union(self._zero)
+        if v < zero or (v.is_exact() and v.is_zero()):
+            return zero
+        return v.union(zero)
 
     def exp(self, v: Scalar) -> Scalar:
         return v.exp()

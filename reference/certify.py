@@ -2,7 +2,10 @@
 
 * arb: a result whose largest radius exceeds ``tol * max(||value||_inf, 1)`` (measured in the
   result's units; ``tol`` is relative to the result's scale) is recomputed at twice the
-  precision, up to ``max_prec`` bits, and refused with the reason beyond that.
+  precision, up to ``max_prec`` bits, and refused with the reason beyond that. The radius is a
+  proof for models without iterative blocks; the converged fixed points and ODE flows widen
+  their balls by an a-posteriori error *estimate* (:mod:`reference.blocks`,
+  :mod:`reference.ode`), so results of models with such blocks are marked not certified.
 * mpmath: a result is recomputed :data:`MP_CONFIRM_BITS` bits higher and accepted when the two
   agree to the tolerance; the higher-precision value is returned, with the observed difference
   as its error estimate (a confirmation, not a proof); otherwise the precision doubles.
@@ -38,8 +41,9 @@ class Certified:
         value: the result (at the precision that met the tolerance).
         error: an absolute bound on any entry's error: the largest arb radius (certified), or the
             largest difference between two mpmath precisions (confirmed, an estimate).
-        prec: the precision, in bits, of ``value``.
-        certified: ``True`` for arb (a proof), ``False`` for mpmath (a confirmation).
+        prec: the precision, in bits, of ``value`` (for mpmath the confirming, higher one).
+        certified: ``True`` for arb on a model without iterative blocks (a proof); ``False``
+            for mpmath (a confirmation) and for iterative blocks (an estimate).
     """
 
     value: RTensor
@@ -63,14 +67,16 @@ def _certify(ref: ReferenceModel, run: Callable[[ReferenceModel], RTensor], tol:
         value = run(current)
         if current.backend.kind == "arb":
             error = float(value.radii().max()) if value.numel else 0.0
-            certified = True
+            certified, value_prec = not current.root.iterative, prec
         else:
-            check = run(current.at(prec + MP_CONFIRM_BITS))
-            diff = np.abs(value.to_numpy() - check.to_numpy())
+            value_prec = prec + MP_CONFIRM_BITS
+            check = run(current.at(value_prec))
+            with check.backend.active():  # the difference in mpmath: no float64 rounding
+                diff = np.abs((value - check).to_numpy())
             error = float(diff.max()) if diff.size else 0.0
             value, certified = check, False
         if error <= tol * _scale(value):
-            return Certified(value, error, prec, certified)
+            return Certified(value, error, value_prec, certified)
         if 2 * prec > max_prec:
             raise CertificationError(
                 f"{what} not certified to tol={tol:g} at {prec} bits ({current.backend.kind}): "

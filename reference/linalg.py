@@ -8,10 +8,13 @@ bits higher; by Weyl's inequality every singular value is within
 .. math:: \|J - \operatorname{mid} J\|_2 + |\sigma_i^{(P)} - \sigma_i^{(P+64)}|
           \le \|\operatorname{rad} J\|_F + |\sigma_i^{(P)} - \sigma_i^{(P+64)}|
 
-of the computed one (the second term the observed change between the two SVD precisions). When
-that error exceeds ``rtol * sigma_min`` the whole computation is repeated at twice the precision
-(``sigma_min`` of an ill-conditioned ``J`` needs about ``log2 cond`` extra bits), up to
-``max_prec`` bits; then :class:`~reference.certify.CertificationError` says why it stopped.
+of the computed one (the second term the observed change between the two SVD precisions). With
+the mpmath backend there are no radii: the Jacobian is recomputed
+:data:`~reference.certify.MP_CONFIRM_BITS` bits higher and ``||J_P - J_{P+64}||_F`` takes the place
+of the first term (an estimate, not a proof). When that error exceeds ``rtol * sigma_min``
+the whole computation is repeated at twice the precision (``sigma_min`` of an ill-conditioned
+``J`` needs about ``log2 cond`` extra bits), up to ``max_prec`` bits; then
+:class:`~reference.certify.CertificationError` says why it stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import mpmath
 
-from .certify import CertificationError
+from .certify import MP_CONFIRM_BITS, CertificationError
 from .model import ReferenceModel
 
 __all__ = ["SingularValues", "singular_values", "to_mpf"]
@@ -45,9 +48,11 @@ class SingularValues:
 
     Attributes:
         exact: the values as mpmath numbers (no underflow, e.g. ``0.1^400``).
-        error_bound: the absolute error bound of each value (see the module docstring).
+        error_bound: the absolute error bound of each value (see the module docstring; for
+            ``"mp"`` an estimate).
         prec: the reference precision (bits) that met the tolerance.
-        backend: ``"arb"`` (radius-certified Jacobian) or ``"mp"`` (confirmed at two precisions).
+        backend: ``"arb"`` (radius-certified Jacobian) or ``"mp"`` (Jacobian and SVD confirmed
+            at two precisions).
     """
 
     exact: tuple[mpmath.mpf, ...]
@@ -99,9 +104,18 @@ def singular_values(ref: ReferenceModel, x: Any, rtol: float = 1e-30,
         mids = [[to_mpf(v) for v in row] for row in rows]
         if len(mids) != len(mids[0]):
             raise ValueError(f"the Jacobian is {len(mids)} x {len(mids[0])}: F must map R^d to R^d")
+        if current.backend.kind == "arb":
+            jacobian_error = current.jacobian_radius(rows)
+        else:  # mpmath carries no radius: confirm the Jacobian at a second precision
+            check = [[to_mpf(v) for v in row]
+                     for row in current.at(prec + MP_CONFIRM_BITS).jacobian(x)]
+            with mpmath.workprec(prec + 2 * MP_CONFIRM_BITS):
+                jacobian_error = float(mpmath.sqrt(mpmath.fsum(
+                    (a - b) ** 2 for ra, rb in zip(mids, check) for a, b in zip(ra, rb))))
+            mids = check
         low, high = _svd(mids, prec + 32), _svd(mids, prec + 96)
         change = max(float(abs(a - b)) for a, b in zip(low, high))
-        error = current.jacobian_radius(rows) + change
+        error = jacobian_error + change
         if error <= rtol * float(high[-1]) or (high[-1] == 0 and error == 0):
             return SingularValues(tuple(high), error, prec, current.backend.kind)
         if 2 * prec > max_prec:

@@ -141,6 +141,9 @@ class RTensor:
         if self.shape == other.shape:
             return RTensor(list(map(op, a, b)), self.shape, self.backend)
         out = np.broadcast_shapes(self.shape, other.shape)
+        if out == self.shape and other.shape == out[len(out) - len(other.shape):]:
+            # other repeats along leading dimensions only (a bias): repeat its list
+            return RTensor(list(map(op, a, b * (len(a) // len(b)))), out, self.backend)
         ia, ib = _broadcast_index(self.shape, out), _broadcast_index(other.shape, out)
         return RTensor(list(map(op, [a[i] for i in ia], [b[j] for j in ib])), out, self.backend)
 

@@ -5,6 +5,7 @@ Each library is a test extra; a missing one skips its tests with the reason.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -13,8 +14,9 @@ from torch import nn
 
 from lipbound.adapters import AdaptedSequence, adapt
 from lipbound.blocks import figure1_chain
+from lipbound.cli import main
 from lipbound.diagnostics import diagnose, reconstruction_stats, spectrum
-from lipbound.diagnostics.report import AttackSettings
+from lipbound.diagnostics.report import AttackSettings, OracleSettings
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 D = 4
@@ -29,7 +31,9 @@ def _freia_sequence():
     fm = pytest.importorskip("FrEIA.modules")
     inn = ff.SequenceINN(D)
     for k in range(3):
-        inn.append(fm.GLOWCouplingBlock, subnet_constructor=_mlp, clamp=2.0)
+        # TANH: FrEIA's default ATAN clamp is a lambda, which torch.save cannot pickle
+        inn.append(fm.GLOWCouplingBlock, subnet_constructor=_mlp, clamp=2.0,
+                   clamp_activation="TANH")
         inn.append(fm.PermuteRandom, seed=k)
     return inn, 6
 
@@ -38,7 +42,8 @@ def _freia_graph():
     ff = pytest.importorskip("FrEIA.framework")
     fm = pytest.importorskip("FrEIA.modules")
     inp = ff.InputNode(D, name="in")
-    a = ff.Node(inp, fm.RNVPCouplingBlock, {"subnet_constructor": _mlp, "clamp": 2.0})
+    a = ff.Node(inp, fm.RNVPCouplingBlock, {"subnet_constructor": _mlp, "clamp": 2.0,
+                                            "clamp_activation": "TANH"})
     b = ff.Node(a, fm.PermuteRandom, {"seed": 1})
     return ff.GraphINN([inp, a, b, ff.OutputNode(b)]), 1
 
@@ -188,3 +193,30 @@ def test_memcnn_wrapper_is_unwrapped_to_the_same_function():
     assert not any(isinstance(m, memcnn.InvertibleModuleWrapper) for m in model.modules())
     x = torch.randn(3, D, dtype=torch.float32)
     torch.testing.assert_close(model.to(torch.float32)(x), seq(x).detach(), rtol=0, atol=0)
+
+
+def test_oracle_decomposition_is_refused_with_the_reason(adapted):
+    _, native, model, _ = adapted
+    d = diagnose(model, torch.randn(4, D), precisions=("float64",), spectrum_samples=0,
+                 attack=None, oracle=OracleSettings("arb:64", 2))
+    assert d.decomposition == []
+    assert d.oracle_note.startswith("no oracle decomposition: models of other libraries have no "
+                                    "reference implementation")
+
+
+def test_diagnose_cli_on_a_saved_model_of_each_library(adapted, tmp_path, capsys):
+    name, native, _, n_steps = adapted
+    torch.save(native, tmp_path / "m.pt")
+    torch.save(torch.randn(12, D), tmp_path / "x.pt")
+    out = tmp_path / "r.json"
+    assert main(["diagnose", str(tmp_path / "m.pt"), str(tmp_path / "x.pt"), "--json", str(out),
+                 "--spectrum-samples", "2", "--attack-samples", "2", "--attack-iterations", "3",
+                 "--reference", "arb:64"]) == 0
+    assert "no oracle decomposition" in capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    assert len(rep["blocks"]) == n_steps and rep["oracle"]["decomposition"] == []
+    for r in rep["reconstruction"]:
+        assert r["n_finite"] == 12, (name, r["direction"], r["precision"])
+        assert r["max"] < (1e-4 if r["precision"] == "float32" else 1e-12)
+    torch.testing.assert_close(torch.tensor(rep["spectrum"]["inverse_sigma_max"]),
+                               1 / torch.tensor(rep["spectrum"]["sigma_min"]), rtol=1e-8, atol=0)

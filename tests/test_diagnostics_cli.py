@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import types
 
 import pytest
 import torch
@@ -21,7 +23,8 @@ from lipbound.blocks import (
 )
 from lipbound.cli import main
 from lipbound.diagnostics import checkerboard, grid_maps, load_digits, plot_grid_maps
-from lipbound.diagnostics.data import load_images
+from lipbound.diagnostics.attack import dequantization_cell
+from lipbound.diagnostics.data import load_images, quantized_images
 from lipbound.io import save_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -55,11 +58,69 @@ def test_digits_are_dequantised_in_their_cells():
     assert bool((levels == levels.round()).all()) and float(levels.max()) == 16
 
 
+def test_digit_cells_invert_the_dequantisation():
+    pytest.importorskip("sklearn", reason="scikit-learn (test extra) ships the digits dataset")
+    x = load_digits(generator=torch.Generator().manual_seed(3))
+    centre, radius = dequantization_cell(x, 17)
+    assert radius == 0.5 / 17
+    torch.testing.assert_close(centre, load_digits(dequantize=False), rtol=0, atol=0)
+
+
 def test_image_loader_errors_clearly():
     with pytest.raises(ValueError, match="name must be one of"):
         load_images("mnist", "/tmp")
     with pytest.raises(ValueError, match="bits must be in 1..8"):
         load_images("cifar10", "/tmp", bits=9)
+    with pytest.raises(ValueError, match="split of 'cifar10' must be one of"):
+        load_images("cifar10", "/tmp", split="valid")  # CIFAR-10 has no validation split
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        load_images("svhn", "/tmp", n=0)
+    with pytest.raises(TypeError, match="must be 8-bit"):
+        quantized_images([(torch.zeros(3, 2, 2), 0)])
+
+
+class _FakeDataset:
+    """A stand-in for a torchvision dataset: HWC uint8 "PIL" images through ``transform``."""
+
+    made: list[tuple[str, dict]] = []
+
+    def __init__(self, root, download=False, transform=None, **split):
+        type(self).made.append((type(self).__name__, {"root": root, "download": download,
+                                                      **split}))
+        gen = torch.Generator().manual_seed(0)
+        self.images = torch.randint(0, 256, (5, 4, 4, 3), generator=gen, dtype=torch.uint8)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), 0
+
+
+def test_image_loader_reduces_bits_and_dequantises_a_torchvision_dataset(monkeypatch):
+    # torchvision does not import beside this torch; a fake module runs the loader's own code.
+    datasets = types.ModuleType("torchvision.datasets")
+    for name in ("CIFAR10", "SVHN", "CelebA"):
+        setattr(datasets, name, type(name, (_FakeDataset,), {}))
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.PILToTensor = lambda: (lambda img: img.permute(2, 0, 1))  # HWC -> CHW
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
+    monkeypatch.setitem(sys.modules, "torchvision.transforms", transforms)
+    monkeypatch.setattr(_FakeDataset, "made", [])
+    pixels = _FakeDataset("r").images[:3].permute(0, 3, 1, 2).double()  # (3, 3, 4, 4)
+
+    centres = load_images("cifar10", "root", n=3, split="test", bits=5, dequantize=False)
+    torch.testing.assert_close(centres, (torch.floor(pixels / 8) + 0.5) / 32, rtol=0, atol=0)
+    x = load_images("svhn", "root", n=3, split="extra", bits=8,
+                    generator=torch.Generator().manual_seed(1))
+    assert x.shape == (3, 3, 4, 4) and x.dtype == torch.float64
+    assert bool((x >= pixels / 256).all()) and bool((x < (pixels + 1) / 256).all())
+    assert len(load_images("celeba", "root", split="valid", bits=5)) == 5  # n=None: all
+    made = _FakeDataset.made[1:]  # the first is this test's own
+    assert made == [("CIFAR10", {"root": "root", "download": False, "train": False}),
+                    ("SVHN", {"root": "root", "download": False, "split": "extra"}),
+                    ("CelebA", {"root": "root", "download": False, "split": "valid"})]
 
 
 def test_grid_maps_are_analytic_for_the_figure1_chain(tmp_path):
@@ -158,3 +219,62 @@ def test_diagnose_on_digits(tmp_path):
     torch.testing.assert_close(free.sigma_max, d.spectrum.sigma_max, rtol=1e-7, atol=0)
     torch.testing.assert_close(free.sigma_min, d.spectrum.sigma_min, rtol=1e-7, atol=0)
     assert float((d.attack.x_worst.double() - x[:4]).abs().max()) <= 0.5 / 17 * (1 + 1e-6)
+
+
+def test_diagnose_cli_oracle_decomposition_agrees_with_the_float_diagnostics(tmp_path, capsys):
+    model = coupling_mlp(2, n_blocks=3, hidden=8, coupling="affine")
+    randomize_parameters(model, 0.3, torch.Generator().manual_seed(2))
+    save_model(model, tmp_path / "m.pt")
+    out = tmp_path / "r.json"
+    assert main(["diagnose", str(tmp_path / "m.pt"), "checkerboard:20", "--reference", "arb:128",
+                 "--reference-samples", "3", "--spectrum-samples", "3", "--attack-samples", "0",
+                 "--direction", "x->z->x", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("oracle decomposition (section 2)") == 2 and "verdict: rounding" in text
+    rep = _strict_json(out)
+    assert rep["oracle"]["note"] is None
+    by_precision = {r["precision"]: r for r in rep["reconstruction"]}
+    for dec in rep["oracle"]["decomposition"]:
+        assert dec["reference"] == "arb:128" and dec["n_samples"] == 3
+        # the oracle's total ||x - F_p^-1(F_p(x))|| is the float round trip's error
+        torch.testing.assert_close(torch.tensor(dec["per_sample"]["total"]),
+                                   torch.tensor(by_precision[dec["precision"]]["errors"][:3]),
+                                   rtol=1e-12, atol=1e-300)
+    dec64 = next(d for d in rep["oracle"]["decomposition"] if d["precision"] == "float64")
+    # local Lip(F^-1) from the arb Jacobian against the torch.func spectrum (float64 weights)
+    torch.testing.assert_close(torch.tensor(dec64["per_sample"]["lip_inverse"]),
+                               torch.tensor(rep["spectrum"]["inverse_sigma_max"]), rtol=1e-9,
+                               atol=0)
+
+
+def test_diagnose_cli_bad_numbers_are_clear_errors(tmp_path, capsys):
+    save_model(figure1_chain(2), tmp_path / "f.pt")
+    for options, message in [(["--tol", "-1"], "tol must be > 0"),
+                             (["--spectrum-samples", "-1"], "spectrum_samples must be >= 0"),
+                             (["--attack-samples", "-2"], "attack.samples must be >= 0"),
+                             (["--reference", "arb:64", "--reference-samples", "0"],
+                              "oracle.samples must be >= 1"),
+                             (["--reference", "float32", "--attack-samples", "0"],
+                              "oracle.reference must be 'arb:<bits>' or 'mp:<bits>'")]:
+        argv = ["diagnose", str(tmp_path / "f.pt"), "checkerboard:4", *options]
+        assert main(argv) == 2, options
+        assert message in capsys.readouterr().err, options
+
+
+def test_diagnose_cli_attacks_digits_inside_their_17_level_cells(tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="scikit-learn (test extra) ships the digits dataset")
+    model = coupling_mlp(64, n_blocks=2, hidden=16, coupling="affine")
+    randomize_parameters(model, 0.05, torch.Generator().manual_seed(0))
+    save_model(model, tmp_path / "d.pt")
+    out = tmp_path / "d.json"
+    assert main(["diagnose", str(tmp_path / "d.pt"), "digits", "--n", "30", "--precision",
+                 "float32", "--spectrum-samples", "0", "--attack-samples", "3",
+                 "--attack-iterations", "5", "--attack-step", "0.01", "--json", str(out)]) == 0
+    rep = _strict_json(out)["attack"]
+    assert rep["radius"] == 0.5 / 17
+    centres = load_digits(dequantize=False)[rep["worst_index"]]
+    torch.testing.assert_close(torch.tensor(rep["worst_start"]), centres.float().double(),
+                               rtol=0, atol=0)
+    moved = (torch.tensor(rep["worst_input"]) - centres).abs().max()
+    assert 0 < float(moved) <= 0.5 / 17 * (1 + 1e-6)
+    assert "at the start points" in capsys.readouterr().out

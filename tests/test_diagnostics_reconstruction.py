@@ -118,17 +118,33 @@ def test_per_block_trace_names_the_fragile_affine_block():
     assert reconstruction_stats(model, x / 100, "float32").first_failing_block is None
 
 
-def test_attack_flags_the_affine_model_only_when_inputs_are_scaled():
+def test_attack_does_not_flag_the_affine_model_on_the_datas_scale():
     model = _fragile_affine()
     x = checkerboard(64, torch.Generator().manual_seed(1))
-    calm = invertibility_attack(model, x, radius=0.5 / 256, iterations=20)
-    assert not bool(calm.flagged.any())
-    wild = invertibility_attack(model, 100 * x, radius=100 * 0.5 / 256, step=0.05, iterations=20)
-    assert int(wild.flagged.sum()) >= 8
-    i = wild.worst_index
-    assert not math.isfinite(wild.errors[i]) or wild.errors[i] > 1.0
-    still = torch.isfinite(wild.errors)
-    assert bool((wild.errors[still] >= wild.initial_errors[still]).all())
+    calm = invertibility_attack(model, x, iterations=20)  # the 8-bit dequantization cell
+    assert calm.radius == 0.5 / 256 and not bool(calm.flagged.any())
+
+
+def test_attack_flags_the_affine_model_driven_to_fail_and_the_trace_names_the_block():
+    # Inputs scaled by 100 (x1 = 100 * 1.5): the affine block's scale sigmoid(2 - h) decays like
+    # e^-x2, so its float32 round trip fails above x2 ~ 19 (sqrt(eps) test). Start points below
+    # that pass; the attack must find failing inputs in their boxes that the start points lack.
+    model = _fragile_affine()
+    x2 = torch.arange(14.0, 19.0, 0.25)
+    x = torch.stack([torch.full_like(x2, 150.0), x2], dim=1)
+    res = invertibility_attack(model, x, radius=1.0, step=0.1, iterations=30)
+    added = res.flagged & ~res.flagged_at_start
+    assert int(res.flagged_at_start.sum()) <= 1 and int(added.sum()) >= 4
+    assert bool((res.errors > res.initial_errors).all())  # the ascent raised every error
+    assert float((res.x_worst - x).abs().max()) <= 1.0 * (1 + 1e-6)
+    # The per-block trace of the inputs found names the affine block's inverse, alone. (Rerun
+    # in another batch, float32 rounding differs - BLAS kernels depend on the batch - so the
+    # trace is compared with itself on the start points, not with the attack's flags.)
+    found = reconstruction_stats(model, res.x_worst, "float32").failures
+    start = reconstruction_stats(model, res.start, "float32").failures
+    assert {(f.block, f.kind, f.stage) for f in found if f is not None} == {
+        (1, "AffineCoupling", "inverse")}
+    assert sum(f is not None for f in found) >= sum(f is not None for f in start) + 4
 
 
 class _DriftingInverse(InvertibleSequential):
@@ -153,12 +169,41 @@ def test_signed_gradient_ascent_reaches_the_analytic_worst_corner():
     torch.testing.assert_close(res.initial_errors, 0.01 * (x**2).norm(dim=1), rtol=1e-12, atol=0)
 
 
-def test_attack_stays_in_the_box_and_reports_reproducible_errors():
+class _DeadZoneInverse(InvertibleSequential):
+    """``F(x) = x``, ``F^-1(y) = y + 0.01 relu(y - 0.3)^2``: exact (error and gradient 0) below
+    0.3 in every coordinate, wrong above."""
+
+    def _forward(self, x, with_log_det):
+        return x, None
+
+    def _inverse(self, y, with_log_det):
+        return y + 0.01 * torch.relu(y - 0.3) ** 2, None
+
+
+def test_attack_moves_where_the_gradient_vanishes():
+    # At x = 0.28 the error and its gradient are exactly 0, so eq. 12 alone cannot move; the
+    # random directions reach the wrong region (x_i > 0.3) inside the box, then the gradient rules.
+    x = torch.full((2, 3), 0.28)
+    res = invertibility_attack(_DeadZoneInverse(), x, radius=0.05, step=0.01, iterations=20,
+                               precision="float64")
+    assert bool((res.initial_errors == 0).all()) and bool((res.errors > 0).all())
+    assert float((res.x_worst - x).abs().max()) <= 0.05 * (1 + 1e-12)
+    best = 0.01 * (0.33 - 0.3) ** 2 * math.sqrt(3)  # every coordinate at the box's edge
+    assert bool((res.errors <= best * (1 + 1e-9)).all())
+    stuck = invertibility_attack(_DeadZoneInverse(), x, radius=0.05, step=0.01, iterations=0,
+                                 precision="float64")
+    assert bool((stuck.errors == 0).all())
+
+
+def test_attack_box_is_the_dequantization_cell_of_each_input():
     model = _fragile_affine(1)
-    x = 3 * checkerboard(4, torch.Generator().manual_seed(2))
+    gen = torch.Generator().manual_seed(2)
+    k = torch.randint(-40, 40, (4, 2), generator=gen).double()  # 4-bit levels, 1/16 wide
+    x = (k + torch.rand(4, 2, generator=gen)) / 16
     res = invertibility_attack(model, x, bits=4, step=5e-3, iterations=30, precision="float64")
     assert res.radius == 0.5 / 16
-    assert float((res.x_worst - x).abs().max()) <= res.radius * (1 + 1e-12)
+    torch.testing.assert_close(res.start, (k + 0.5) / 16, rtol=0, atol=0)
+    assert float((res.x_worst - res.start).abs().max()) <= res.radius * (1 + 1e-12)
     with torch.no_grad():
         rec = model.inverse(model(res.x_worst))
     torch.testing.assert_close(res.errors, (res.x_worst - rec).norm(dim=1), rtol=1e-10, atol=0)
@@ -176,3 +221,9 @@ def test_bad_arguments_are_clear_errors():
         invertibility_attack(model, x, radius=0.0)
     with pytest.raises(ValueError, match="x must be a non-empty batch"):
         reconstruction_stats(model, torch.randn(0, 2))
+    with pytest.raises(ValueError, match="tol must be > 0"):
+        reconstruction_stats(model, x, tol=-1.0)
+    with pytest.raises(ValueError, match="tol must be > 0"):
+        invertibility_attack(model, x, tol=0.0)
+    with pytest.raises(ValueError, match="levels must be >= 2"):
+        invertibility_attack(model, x, levels=1)

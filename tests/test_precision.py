@@ -25,7 +25,7 @@ from lipbound.jsonio import jsonable as json_safe
 from lipbound.precision import parse_precision, torch_dtype
 from lipbound.precision.decompose import decompose, format_decomposition
 from lipbound.precision.emulate import RoundEachOp, is_missing_kernel
-from lipbound.precision.run import cast_model, run_forward, run_inverse
+from lipbound.precision.run import cast_model, row_norms, run_forward, run_inverse
 
 
 def test_precision_names():
@@ -45,7 +45,8 @@ def _bf16(v: np.ndarray) -> np.ndarray:
     return u.view(np.float32)
 
 
-def _ieee_loop(depth: int, precision: str, g: float, t: float, x2: float) -> tuple[float, float]:
+def _ieee_loop(depth: int, precision: str, chain: str, g: float, t: float, x2: float
+               ) -> tuple[float, float]:
     """The toy chain's active coordinate, forward then inverse, one rounded operation at a
     time in numpy."""
     if precision == "bfloat16":
@@ -56,24 +57,25 @@ def _ieee_loop(depth: int, precision: str, g: float, t: float, x2: float) -> tup
     g, t = rnd(dt(g)), rnd(dt(t))
     y = rnd(dt(x2))
     for _ in range(depth):
-        y = rnd(rnd(y * g) + t)
+        y = rnd(rnd(y * g) + t) if chain == "affine" else rnd(y + t)
     x = y
     for _ in range(depth):
-        x = rnd(rnd(x - t) / g)
+        x = rnd(rnd(x - t) / g) if chain == "affine" else rnd(x - t)
     return float(y), float(x)
 
 
+@pytest.mark.parametrize("chain", ["affine", "additive"])
 @pytest.mark.parametrize("precision", ["float16", "bfloat16", "float32", "float64"])
-def test_float_runs_equal_plain_ieee_arithmetic(precision):
-    depth = 6
-    model = figure1_chain(depth, "affine")
-    mp_ = cast_model(model, torch_dtype(precision))
-    g = float(mp_[0].s.value)  # the network's own stored (cast) parameters
-    t = float(mp_[0].t.value)
+def test_float_runs_equal_plain_ieee_arithmetic(precision, chain):
+    depth = 6 if chain == "affine" else 30  # affine float16 overflows from depth 8 on
+    model = figure1_chain(depth, chain)
+    cast = cast_model(model, torch_dtype(precision))
+    t = float(cast[0].t.value)  # the network's own stored (cast) parameters
+    g = float(cast[0].s.value) if chain == "affine" else 1.0
     x = torch.tensor([[1.0, 0.7]])
     fwd = run_forward(model, x, precision)
     inv = run_inverse(model, torch.from_numpy(fwd.values), precision)
-    y_ref, x_ref = _ieee_loop(depth, precision, g, t, 0.7)
+    y_ref, x_ref = _ieee_loop(depth, precision, chain, g, t, 0.7)
     assert fwd.values[0, 1] == y_ref and inv.values[0, 1] == x_ref
     assert fwd.values[0, 0] == 1.0 and not fwd.emulated
 
@@ -113,6 +115,23 @@ def test_decomposition_bound_holds_and_terms_add_up():
     assert abs(d.lip_inverse / 10.0 ** 12 - 1) < 1e-6
     assert d.amplification == pytest.approx(d.recon_exact / d.delta)
     assert len(d.trace) == 12 and d.same_mantissa["precision"] == "mp:24"
+
+
+def test_block_trace_is_measured_in_exact_arithmetic():
+    """In float64 the forward errors are below half an ulp of the values: the trace must
+    still see them (a float64 subtraction of the rounded exact values gives 0). Its last
+    forward row is ||delta||, its first inverse row ||delta2||."""
+    d = decompose(figure1_chain(20, "affine"), torch.ones(1, 2), "float64")
+    assert 0 < d.delta < 1e-16
+    assert d.trace[-1].forward_error == d.delta and d.trace[0].inverse_error == d.delta2
+    assert all(r.forward_error > 0 for r in d.trace[1:])
+
+
+def test_row_norms_neither_overflow_nor_underflow():
+    v = np.array([[1e200, 1e200], [3e-200, 4e-200], [np.inf, 1.0], [np.nan, np.inf], [0.0, 0.0]])
+    got = row_norms(v)
+    np.testing.assert_allclose(got[:2], [np.sqrt(2) * 1e200, 5e-200], rtol=1e-15)
+    assert got[2] == np.inf and np.isnan(got[3]) and got[4] == 0.0
 
 
 def test_verdict_rounding_for_a_well_conditioned_model():
@@ -155,6 +174,7 @@ def test_truncation_term_of_an_iterative_inverse():
     d = decompose(model, torch.randn(2, 3), "float32")
     assert d.truncation is not None and d.truncation["inverse"] > 0
     assert d.truncation["inverse"] < 1e-4
+    assert d.truncation["forward"] == 0.0  # x + g(x) is not iterative: nothing truncates
 
 
 def test_verify_command_writes_table_and_json(tmp_path, capsys):

@@ -17,7 +17,9 @@ from lipbound.blocks import (
     ActNorm,
     AdditiveCoupling,
     AffineCoupling,
+    ChannelPartition,
     DiagonalScaling,
+    IdentityScale,
     Invertible1x1Conv,
     InvertibleResidual,
     InvertibleSequential,
@@ -70,11 +72,21 @@ def _models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
                                            SpectralNormLinear(4, 3, coeff=0.5)))
     out["residual-lipswish"] = (InvertibleSequential(lip), torch.randn(2, 3))
     out["residual-conv"] = (residual_flow((1, 3, 3), 1, 2, coeff=0.4), torch.randn(1, 1, 3, 3))
+    out["mlp-additive-identity-scale-split"] = (randomize_parameters(InvertibleSequential(
+        AdditiveCoupling(ChannelPartition([0, 2], [1, 3], 4), mlp(2, 2, 5, 1, "tanh")),
+        AffineCoupling(ChannelPartition([3], [0, 1, 2], 4), mlp(1, 3, 5, 1, "elu"), 1.5,
+                       IdentityScale())), generator=g), torch.randn(2, 4))
     # built at import, before the float64 fixture runs: cast explicitly
     return {k: (m.double().eval(), x.double()) for k, (m, x) in out.items()}
 
 
 MODELS = _models()
+#: The neural ODE, whose float solve truncates: compared with torch in its own test, and here
+#: arb against mpmath in both reference modes (the torch solver's steps, and the exact flow).
+ODE = (NeuralODE(ODEFunc(2, 6), T=1.0, steps=10).double().eval(),
+       torch.randn(2, 2, generator=_gen(3)).double())
+CROSS_CHECK = {**{k: (m, x, "converged") for k, (m, x) in MODELS.items()},
+               "ode-solver-steps": (*ODE, "as_float"), "ode-exact-flow": (*ODE, "converged")}
 
 
 def _max_abs(a: np.ndarray) -> float:
@@ -95,14 +107,28 @@ def test_reference_matches_torch_float64_and_inverts(name):
     assert _max_abs(x_rec.to_numpy() - x.numpy()) <= 1e-25 * max(1.0, _max_abs(x.numpy()))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_arb_and_mpmath_agree_to_their_precision(name):
-    model, x = MODELS[name]
-    a = reference.compile(model, "arb:113").forward(x)
-    m = reference.compile(model, "mp:113").forward(x)
+def _max_difference(a: reference.RTensor, m: reference.RTensor) -> float:
     with mpmath.workprec(300):
-        diff = max(abs(float(to_mpf(u) - v)) for u, v in zip(a.data, m.data))
-    assert diff <= 2.0 ** -95 * max(1.0, _max_abs(a.to_numpy()))
+        return max(abs(float(to_mpf(u) - v)) for u, v in zip(a.data, m.data))
+
+
+@pytest.mark.parametrize("name", sorted(CROSS_CHECK))
+def test_arb_and_mpmath_agree_to_their_precision(name):
+    """Every block kind (couplings of channel and mask partitions with every scale function
+    and activation, ActNorm, diagonal, 1x1 conv plain and LU, permutation, squeeze, i-ResNet,
+    neural ODE, sequential), forward and inverse, at 113 bits."""
+    model, x, iterations = CROSS_CHECK[name]
+    arb = reference.compile(model, "arb:113", iterations=iterations)
+    mp = reference.compile(model, "mp:113", iterations=iterations)
+    y_arb, y_mp = arb.forward(x), mp.forward(x)
+    scale = max(1.0, _max_abs(y_arb.to_numpy()))
+    assert _max_difference(y_arb, y_mp) <= 2.0 ** -95 * scale
+    assert float(y_arb.radii().max()) <= 2.0 ** -95 * scale  # the ball is tight, too
+    y64 = y_arb.to_numpy()  # both inverses of the same (exactly converted) point
+    x_scale = max(1.0, _max_abs(x.numpy()))
+    assert _max_difference(arb.inverse(y64), mp.inverse(y64)) <= 2.0 ** -90 * x_scale
+    if iterations == "converged":  # a 10-step RK4 run backwards does not undo the forward one
+        assert _max_abs(arb.inverse(y_arb).to_numpy() - x.numpy()) <= 2.0 ** -90 * x_scale
 
 
 def test_arb_balls_contain_the_value_computed_at_far_higher_precision():
@@ -186,6 +212,33 @@ def test_certification_raises_precision_and_refuses_beyond_max():
     mp = reference.certified_forward(reference.compile(figure1_chain(5), "mp:80"),
                                      torch.ones(1, 2), tol=1e-20)
     assert not mp.certified and mp.error <= 1e-20
+
+
+def test_mpmath_results_are_confirmed_at_a_higher_precision():
+    """A 40-block affine inverse loses log2(1e40) = 133 bits: at 64 bits the confirmation run
+    (128 bits) disagrees, so the precision doubles; at 128 bits the 192-bit run confirms it. The
+    returned value is the 192-bit one and agrees with the certified arb result."""
+    ref = reference.figure1_reference(40, "affine", backend="mp:64")
+    z = ref.forward(torch.ones(1, 2)).to_numpy()
+    mp = reference.certified_inverse(ref, z, tol=1e-20)
+    assert not mp.certified and mp.prec == 192
+    arb = reference.certified_inverse(reference.figure1_reference(40, "affine"), z, tol=1e-20)
+    scale = np.abs(arb.value.to_numpy()).max()
+    assert arb.certified and arb.error <= 1e-20 * scale
+    with mpmath.workprec(400):
+        diff = max(abs(to_mpf(a) - b) for a, b in zip(arb.value.data, mp.value.data))
+    assert float(diff) <= mp.error + arb.error + 1e-20 * scale
+    # the difference is taken in mpmath, not after rounding both values to float64
+    assert 0 < mp.error < 1e-16 * scale
+
+
+def test_iterative_results_are_not_marked_certified():
+    """The converged fixed point widens its ball by an error estimate, not a proof."""
+    model, x = MODELS["residual-mlp"]
+    result = reference.certified_inverse(reference.compile(model, "arb:128"), x, tol=1e-25)
+    assert not result.certified and result.error <= 1e-25 * max(1.0, _max_abs(x.numpy()))
+    coupling, xc = MODELS["mlp-relu-sigmoid"]
+    assert reference.certified_forward(reference.compile(coupling, "arb:128"), xc).certified
 
 
 def test_conversion_is_exact_for_every_float_dtype():

@@ -35,6 +35,29 @@ def test_sweep_has_every_point_and_exact_singular_values(records):
                                0.0999755859375 ** depth, rtol=1e-13)
 
 
+def test_exact_row_is_exact_to_the_reference_bits(records):
+    """The reference's own round trip runs at 256 + log2(cond) + 32 bits: its certified error
+    bound stays below 2^-256 ||x|| at every depth (at a fixed 256 bits it would grow as
+    2^-256 cond, to 1e-47 at depth 30)."""
+    for chain in ("additive", "affine"):
+        err = _get(records, chain, "exact", "recon_error")
+        assert (err > 0).all() and (err <= 2.0 ** -256 * math.sqrt(2)).all(), err
+
+
+def test_deep_chain_beyond_float64_range_keeps_inf_and_nan_honest():
+    """g = 0.01 at depth 170: sigma_min = 1e-340 underflows float64 and cond overflows it; the
+    records say 0 and inf (no division by zero), the float64 error overflows to inf and its
+    bound is inf, not NaN."""
+    rec = figure1_sweep(170, chains=("affine",), precisions=("float64", "exact"), g=0.01)
+    deep = {r.precision: r for r in rec if r.depth == 170}
+    assert deep["exact"].sigma_min == 0.0 and deep["exact"].cond == math.inf
+    assert deep["float64"].recon_error == math.inf and deep["float64"].bound == math.inf
+    assert 0 < deep["exact"].recon_error <= 2.0 ** -256 * math.sqrt(2)
+    at150 = [r for r in rec if r.depth == 150 and r.precision == "exact"][0]
+    assert at150.sigma_min == pytest.approx(1e-300, rel=1e-13)
+    assert at150.cond == pytest.approx(1e300, rel=1e-13)
+
+
 def test_bound_holds_for_every_float_point(records):
     for r in records:
         if r.precision != "exact" and math.isfinite(r.recon_error):

@@ -5,6 +5,11 @@ returning ``(outputs, log_jac_det)``; ``rev=False`` is the normalizing direction
 as in lipbound. A ``SequenceINN`` becomes an :class:`~.base.AdaptedSequence` of its modules; a
 ``GraphINN`` with one input and one output node is one block (its graph need not be a chain).
 Conditional models (modules with conditions) are refused.
+
+For ``lipbound diagnose`` the model must survive ``torch.save`` of the whole module: FrEIA's
+coupling blocks store their default ``clamp_activation="ATAN"`` as a lambda, which cannot be
+pickled; build them with ``clamp_activation="TANH"`` (or a module-level function), or adapt the
+model in Python and call :func:`lipbound.diagnostics.diagnose`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 they break, the invertibility attack, 2D maps, and the datasets they run on."""
 
 from ..autodiff import batch_jacobian
-from .attack import AttackResult, invertibility_attack
+from .attack import AttackResult, dequantization_cell, invertibility_attack
 from .data import checkerboard, load_digits, load_images
 from .maps import GridMaps, grid_maps, plot_grid_maps
 from .reconstruction import (
@@ -13,7 +13,14 @@ from .reconstruction import (
     reconstruction_stats,
     round_trip_trace,
 )
-from .report import AttackSettings, Diagnosis, diagnose, diagnosis_to_json, format_diagnosis
+from .report import (
+    AttackSettings,
+    Diagnosis,
+    OracleSettings,
+    diagnose,
+    diagnosis_to_json,
+    format_diagnosis,
+)
 from .spectrum import (
     SigmaEstimate,
     Spectrum,
@@ -34,11 +41,13 @@ __all__ = [
     "Failure",
     "GridMaps",
     "Inverted",
+    "OracleSettings",
     "ReconstructionStats",
     "SigmaEstimate",
     "Spectrum",
     "batch_jacobian",
     "checkerboard",
+    "dequantization_cell",
     "diagnose",
     "diagnosis_to_json",
     "error_summary",

@@ -4,7 +4,9 @@ Jacobian spectrum, the invertibility attack, and maps or histograms as PNG.
 MODEL is a file written with ``torch.save(model, path)``: a lipbound block, or a model of FrEIA,
 nflows, zuko, normflows or memcnn (seen through :func:`lipbound.adapters.adapt`). DATA is a
 ``.pt``/``.npy``/``.npz`` array, ``checkerboard[:N]`` (the paper's 2D data, default 2000 points)
-or ``digits`` (scikit-learn's 8x8 digits).
+or ``digits`` (scikit-learn's 8x8 digits, 17 grey levels: the attack box is their dequantization
+cell unless ``--radius`` is given). ``--reference arb:256`` adds the oracle's decomposition of
+section 2 for models whose blocks all have a reference implementation (not adapted models).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from .data import checkerboard, load_digits
 from .histogram import plot_error_histograms
 from .maps import grid_maps, plot_grid_maps
 from .reconstruction import DIRECTIONS
-from .report import AttackSettings, diagnose, diagnosis_to_json, format_diagnosis
+from .report import AttackSettings, OracleSettings, diagnose, diagnosis_to_json, format_diagnosis
+
+#: Quantisation levels of the named datasets (the attack's dequantization cell).
+DATA_LEVELS = {"digits": 17}
 
 __all__ = ["add_arguments", "load_data", "run"]
 
@@ -71,11 +76,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack-samples", type=int, default=8, help="0 turns the attack off")
     p.add_argument("--attack-iterations", type=int, default=200)
     p.add_argument("--attack-step", type=float, default=5e-4)
-    p.add_argument("--bits", type=int, default=8,
-                   help="data bits: the attack box is one dequantization cell, 0.5 / 2^bits")
+    p.add_argument("--bits", type=int, default=None,
+                   help="data bits: the attack box is the dequantization cell of each start "
+                        "point, half-width 0.5 / 2^bits (default 8; digits: 17 levels)")
     p.add_argument("--radius", type=float, default=None, help="attack box half-width instead")
     p.add_argument("--grid", type=int, default=320, help="grid points per axis of 2D maps")
     p.add_argument("--lim", type=float, default=8.0, help="2D maps cover [-lim, lim]^2")
+    p.add_argument("--reference", metavar="ORACLE", default=None,
+                   help="add the oracle decomposition (section 2) at each precision against "
+                        "arb:<bits> or mp:<bits>, e.g. arb:256 (off by default: about 35 s per "
+                        "precision at d = 64)")
+    p.add_argument("--reference-samples", type=int, default=4,
+                   help="first samples of DATA the oracle decomposition runs on (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--plot", metavar="FILE",
@@ -91,11 +103,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--n must be >= 1, got {args.n}")
         x = x[:args.n]
     progress = sys.stderr.isatty()
+    levels = DATA_LEVELS.get(args.data) if args.bits is None else None
     attack = AttackSettings(args.attack_samples, args.attack_iterations, args.attack_step,
-                            args.bits, args.radius)
+                            8 if args.bits is None else args.bits, args.radius, levels=levels)
+    oracle = (None if args.reference is None
+              else OracleSettings(args.reference, args.reference_samples))
     result = diagnose(model, x, tuple(args.precision), tuple(args.direction), args.tol,
                       args.spectrum_samples, args.spectrum_method, args.max_full_dim, attack,
-                      args.seed, progress)
+                      args.seed, progress, oracle)
     print(f"lipbound diagnose: {args.model} on {args.data}")
     print(format_diagnosis(result))
     if args.json:

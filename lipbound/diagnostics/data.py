@@ -14,13 +14,13 @@ import importlib
 import torch
 from torch import Tensor
 
-__all__ = ["IMAGE_DATASETS", "checkerboard", "load_digits", "load_images"]
+__all__ = ["IMAGE_DATASETS", "checkerboard", "load_digits", "load_images", "quantized_images"]
 
-#: torchvision dataset class and constructor keyword for the split, per name.
-IMAGE_DATASETS: dict[str, tuple[str, str]] = {
-    "cifar10": ("CIFAR10", "train"),
-    "svhn": ("SVHN", "split"),
-    "celeba": ("CelebA", "split"),
+#: torchvision dataset class, constructor keyword for the split, and the splits, per name.
+IMAGE_DATASETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "cifar10": ("CIFAR10", "train", ("train", "test")),
+    "svhn": ("SVHN", "split", ("train", "test", "extra")),
+    "celeba": ("CelebA", "split", ("train", "valid", "test", "all")),
 }
 
 
@@ -61,24 +61,50 @@ def load_digits(dequantize: bool = True, generator: torch.Generator | None = Non
     return _dequantize(pixels, 17, dequantize, generator)
 
 
+def _check_count_and_bits(n: int | None, bits: int) -> None:
+    if not 1 <= int(bits) <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    if n is not None and int(n) < 1:
+        raise ValueError(f"n must be >= 1 (or None for all), got {n}")
+
+
+def quantized_images(data, n: int | None = None, bits: int = 8, dequantize: bool = True,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """The first ``n`` images of ``data`` (a sequence of ``(image, label)`` with 8-bit images
+    ``(C, H, W)``, as torchvision datasets give them), reduced to ``bits`` bits (level ``k =
+    floor(pixel / 2^(8 - bits))``) and dequantised into ``[0, 1)``, float64."""
+    _check_count_and_bits(n, bits)
+    count = len(data) if n is None else min(int(n), len(data))
+    if count == 0:
+        raise ValueError("data holds no images")
+    pixels = torch.stack([torch.as_tensor(data[i][0]) for i in range(count)])
+    if pixels.dtype != torch.uint8:
+        raise TypeError(f"images must be 8-bit (torch.uint8), got {pixels.dtype}")
+    levels = torch.div(pixels, 2 ** (8 - int(bits)), rounding_mode="floor")
+    return _dequantize(levels, 2 ** int(bits), dequantize, generator)
+
+
 def load_images(name: str, root: str, n: int | None = None, split: str = "train", bits: int = 8,
                 download: bool = False, dequantize: bool = True,
                 generator: torch.Generator | None = None) -> Tensor:
     """The first ``n`` images of a torchvision dataset, ``(n, 3, H, W)``, reduced to ``bits`` bits
-    and dequantised into ``[0, 1)``.
+    and dequantised into ``[0, 1)`` (:func:`quantized_images`).
 
     Args:
         name: a key of :data:`IMAGE_DATASETS` (``"cifar10"``, ``"svhn"``, ``"celeba"``).
         root: the torchvision data folder.
         n: how many images (``None``: all).
-        split: ``"train"`` or ``"test"`` (CelebA also ``"valid"``).
+        split: ``"train"`` or ``"test"`` (SVHN also ``"extra"``, CelebA ``"valid"`` and
+            ``"all"``).
         bits: quantisation of the data (the paper: 8 on CIFAR-10, 5 on CelebA64).
         download: let torchvision download the data.
     """
     if name not in IMAGE_DATASETS:
         raise ValueError(f"name must be one of {sorted(IMAGE_DATASETS)}, got {name!r}")
-    if not 1 <= int(bits) <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
+    cls, split_kw, splits = IMAGE_DATASETS[name]
+    if split not in splits:
+        raise ValueError(f"split of {name!r} must be one of {list(splits)}, got {split!r}")
+    _check_count_and_bits(n, bits)
     try:
         datasets = importlib.import_module("torchvision.datasets")
         transforms = importlib.import_module("torchvision.transforms")
@@ -87,12 +113,7 @@ def load_images(name: str, root: str, n: int | None = None, split: str = "train"
             f"loading {name!r} needs a working torchvision matching torch {torch.__version__}: "
             f"pip install 'lipbound[datasets]' ({err})"
         ) from err
-    cls, split_kw = IMAGE_DATASETS[name]
     split_value: str | bool = split == "train" if split_kw == "train" else split
     data = getattr(datasets, cls)(root, **{split_kw: split_value}, download=download,
                                   transform=transforms.PILToTensor())
-    count = len(data) if n is None else min(int(n), len(data))
-    pixels = torch.stack([data[i][0] for i in range(count)])
-    levels = 2 ** int(bits)
-    return _dequantize(torch.div(pixels, 2 ** (8 - int(bits)), rounding_mode="floor"), levels,
-                       dequantize, generator)
+    return quantized_images(data, n, bits, dequantize, generator)

@@ -183,6 +183,8 @@ def reconstruction_stats(model: InvertibleBlock, x: Tensor, precision: str = "fl
             f"x must be a non-empty batch (B, ...) tensor, got {getattr(x, 'shape', type(x))}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
     tol = default_tol(precision) if tol is None else float(tol)
     run = at_precision(model, precision)
     if direction == "z->x->z":

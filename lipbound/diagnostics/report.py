@@ -5,7 +5,11 @@
   sampling), with the first failing block per sample (:mod:`.reconstruction`);
 * the Jacobian spectrum of ``F`` and ``F^-1`` on the first samples, in float64 (:mod:`.spectrum`);
 * the invertibility attack on the first samples (:mod:`.attack`);
-* the convergence of iterative inverses during the float64 round trip.
+* the convergence of iterative inverses during the float64 round trip;
+* on request (``reference``), the oracle's rounding-versus-instability decomposition of section 2
+  (:func:`lipbound.precision.decompose.decompose`) on the first samples at each precision, where
+  every block has a reference implementation. Models of other libraries (the adapters of
+  :mod:`lipbound.adapters`) have none: the report says so and skips it.
 """
 
 from __future__ import annotations
@@ -15,19 +19,32 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+import reference
+
+from ..adapters.base import ForeignBlock
 from ..blocks import InvertibleBlock
 from ..jsonio import jsonable
+from ..precision.decompose import Decomposition, decompose, format_decomposition
+from ..precision.names import parse_precision
 from .attack import AttackResult, invertibility_attack
 from .reconstruction import DIRECTIONS, ReconstructionStats, reconstruction_stats
 from .spectrum import Spectrum, spectrum
 from .views import at_precision, leaf_blocks
 
-__all__ = ["AttackSettings", "Diagnosis", "diagnose", "diagnosis_to_json", "format_diagnosis"]
+__all__ = [
+    "AttackSettings",
+    "Diagnosis",
+    "OracleSettings",
+    "diagnose",
+    "diagnosis_to_json",
+    "format_diagnosis",
+]
 
 
 @dataclass(frozen=True)
 class AttackSettings:
-    """Settings of the invertibility attack in :func:`diagnose` (paper defaults; appendix E)."""
+    """Settings of the invertibility attack in :func:`diagnose` (paper defaults; appendix E);
+    see :func:`~.attack.invertibility_attack` for ``bits``, ``levels`` and ``radius``."""
 
     samples: int = 8
     iterations: int = 200
@@ -35,6 +52,17 @@ class AttackSettings:
     bits: int = 8
     radius: float | None = None
     precision: str | None = None
+    levels: int | None = None
+
+
+@dataclass(frozen=True)
+class OracleSettings:
+    """The oracle decomposition in :func:`diagnose`: the reference (``arb:<bits>`` or
+    ``mp:<bits>``) and how many of the first samples it runs on (its cost grows fast with the
+    dimension: 0.15 s for 4 samples at ``d = 2``, 35 s per precision at ``d = 64``)."""
+
+    reference: str = "arb:256"
+    samples: int = 4
 
 
 @dataclass
@@ -49,6 +77,8 @@ class Diagnosis:
     spectrum: Spectrum | None = None
     attack: AttackResult | None = None
     convergence: list[dict] = field(default_factory=list)
+    decomposition: list[Decomposition] = field(default_factory=list)
+    oracle_note: str | None = None
 
 
 def _latent_samples(model: InvertibleBlock, x: Tensor, seed: int) -> Tensor:
@@ -68,11 +98,26 @@ def _convergence(model: InvertibleBlock, x: Tensor) -> list[dict]:
             for i, b in enumerate(leaf_blocks(run)) if b.last_convergence is not None]
 
 
+def _oracle(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...],
+            settings: OracleSettings) -> tuple[list[Decomposition], str | None]:
+    """The decompositions at every precision, or none and the reason there is no reference."""
+    foreign = sorted({type(b.module).__name__ for b in leaf_blocks(model)
+                      if isinstance(b, ForeignBlock)})
+    if foreign:
+        return [], (f"no oracle decomposition: models of other libraries have no reference "
+                    f"implementation (adapted modules: {', '.join(foreign)})")
+    try:
+        return [decompose(model, x[:settings.samples], p, settings.reference)
+                for p in precisions], None
+    except reference.UnknownLayerError as err:
+        return [], f"no oracle decomposition: {err}"
+
+
 def diagnose(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] = ("float32",
              "float64"), directions: tuple[str, ...] = DIRECTIONS, tol: float | None = None,
              spectrum_samples: int = 8, spectrum_method: str = "auto", max_full_dim: int = 2048,
              attack: AttackSettings | None = AttackSettings(), seed: int = 0,
-             progress: bool = False) -> Diagnosis:
+             progress: bool = False, oracle: OracleSettings | None = None) -> Diagnosis:
     """Run the diagnostics of this package on ``model`` and the dataset ``x``.
 
     Args:
@@ -86,11 +131,21 @@ def diagnose(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] = ("
         spectrum_method, max_full_dim: see :func:`~.spectrum.spectrum`.
         attack: attack settings, or ``None`` for no attack; its precision defaults to the first
             of ``precisions``.
-        seed: seed of the latent samples.
+        seed: seed of the latent samples and of the attack's random directions.
         progress: tqdm bars.
+        oracle: settings of the oracle decomposition, or ``None`` (default) for none.
     """
     if not precisions:
         raise ValueError("precisions must name at least one precision")
+    if spectrum_samples < 0:
+        raise ValueError(f"spectrum_samples must be >= 0, got {spectrum_samples}")
+    if attack is not None and attack.samples < 0:
+        raise ValueError(f"attack.samples must be >= 0, got {attack.samples}")
+    if oracle is not None and oracle.samples < 1:
+        raise ValueError(f"oracle.samples must be >= 1, got {oracle.samples}")
+    if oracle is not None and parse_precision(oracle.reference).is_float:
+        raise ValueError(f"oracle.reference must be 'arb:<bits>' or 'mp:<bits>', got "
+                         f"{oracle.reference!r}")
     for d in directions:
         if d not in DIRECTIONS:
             raise ValueError(f"directions must be among {list(DIRECTIONS)}, got {d!r}")
@@ -107,8 +162,10 @@ def diagnose(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] = ("
     if attack is not None and attack.samples > 0:
         result.attack = invertibility_attack(
             model, x[:attack.samples], attack.radius, attack.bits, attack.step, attack.iterations,
-            attack.precision or precisions[0], tol, progress)
+            attack.precision or precisions[0], tol, progress, attack.levels, seed)
     result.convergence = _convergence(model, x)
+    if oracle is not None:
+        result.decomposition, result.oracle_note = _oracle(model, x, precisions, oracle)
     return result
 
 
@@ -139,9 +196,14 @@ def diagnosis_to_json(d: Diagnosis) -> dict:
             "precision": a.precision, "radius": a.radius, "step": a.step,
             "iterations": a.iterations, "tol": a.tol, "initial_errors": a.initial_errors,
             "errors": a.errors, "flagged": a.flagged, "n_flagged": int(a.flagged.sum()),
+            "n_flagged_at_start": int(a.flagged_at_start.sum()),
             "worst_index": a.worst_index, "worst_error": float(a.errors[a.worst_index]),
+            "worst_input": a.x_worst[a.worst_index], "worst_start": a.start[a.worst_index],
         }
     out["convergence"] = d.convergence
+    if d.decomposition or d.oracle_note:
+        out["oracle"] = {"note": d.oracle_note,
+                         "decomposition": [dec.to_dict() for dec in d.decomposition]}
     return jsonable(out)
 
 
@@ -187,12 +249,19 @@ def format_diagnosis(d: Diagnosis) -> str:
         a = d.attack
         lines += ["", f"invertibility attack ({a.precision}, L-inf radius {a.radius:.3e}, step "
                       f"{a.step:g}, {a.iterations} iterations): {int(a.flagged.sum())} of "
-                      f"{a.flagged.numel()} samples flagged",
+                      f"{a.flagged.numel()} samples flagged ({int(a.flagged_at_start.sum())} "
+                      "at the start points)",
                   f"  error at start       {_tensor_range(a.initial_errors)}",
                   f"  error after attack   {_tensor_range(a.errors)}",
-                  f"  worst: sample {a.worst_index}, error {float(a.errors[a.worst_index]):.3e}"]
+                  f"  worst: sample {a.worst_index}, error {float(a.errors[a.worst_index]):.3e}, "
+                  f"max |x' - x_hat| {float((a.x_worst - a.start)[a.worst_index].abs().max()):.3e}"
+                  " (the input itself is in the JSON report)"]
     if d.convergence:
         lines += ["", "iterative inverses (float64 round trip)"]
         lines += [f"  block {c['block']} {c['kind']}: converged {c['converged']}, "
                   f"{c['iterations']} iterations, residual {c['residual']}" for c in d.convergence]
+    if d.oracle_note:
+        lines += ["", d.oracle_note]
+    for dec in d.decomposition:
+        lines += ["", "oracle decomposition (section 2): " + format_decomposition(dec)]
     return "\n".join(lines)

@@ -228,23 +228,31 @@ class Spectrum:
         return self.inverse_sigma_max / self.inverse_sigma_min
 
 
-def _full_spectrum(model: InvertibleBlock, x: Tensor, chunk_size: int | None) -> Spectrum:
-    with torch.no_grad():
-        z = model(x)
-    fwd = singular_values(model, x, chunk_size)
-    inv = singular_values(model.inverse, z, chunk_size)
-    return Spectrum("full", fwd[:, 0], fwd[:, -1], inv[:, 0], inv[:, -1], singular_values=fwd)
+def _samples(n: int, desc: str, progress: bool):
+    """``range(n)``, under a tqdm bar when ``progress``."""
+    if not progress:
+        return range(n)
+    from tqdm import tqdm
+
+    return tqdm(range(n), desc=desc, unit="sample")
+
+
+def _full_spectrum(model: InvertibleBlock, x: Tensor, chunk_size: int | None, progress: bool
+                   ) -> Spectrum:
+    fwd, inv = [], []
+    for b in _samples(x.shape[0], "Jacobian spectrum (full)", progress):
+        with torch.no_grad():
+            z = model(x[b:b + 1])
+        fwd.append(singular_values(model, x[b:b + 1], chunk_size))
+        inv.append(singular_values(model.inverse, z, chunk_size))
+    f, i = torch.cat(fwd), torch.cat(inv)
+    return Spectrum("full", f[:, 0], f[:, -1], i[:, 0], i[:, -1], singular_values=f)
 
 
 def _matrix_free_spectrum(model: InvertibleBlock, x: Tensor, tol: float, progress: bool
                           ) -> Spectrum:
-    samples = range(x.shape[0])
-    if progress:
-        from tqdm import tqdm
-
-        samples = tqdm(samples, desc="matrix-free sigma", unit="sample")
     rows = []
-    for b in samples:
+    for b in _samples(x.shape[0], "Jacobian spectrum (matrix-free)", progress):
         top = sigma_max(model, x[b], tol, seed=b)
         low = sigma_min(model, x[b], tol, seed=b)
         rows.append((top.value, low.value, top.rel_accuracy, low.rel_accuracy))
@@ -266,7 +274,7 @@ def spectrum(model: InvertibleBlock, x: Tensor, method: str = "auto", max_full_d
         max_full_dim: the ``"auto"`` threshold.
         tol: ARPACK tolerance of the matrix-free method.
         chunk_size: Jacobian rows computed at once by the full method.
-        progress: a tqdm bar over samples (matrix-free).
+        progress: a tqdm bar over samples.
     """
     if method not in ("auto", "full", "matrix_free"):
         raise ValueError(f"method must be 'auto', 'full' or 'matrix_free', got {method!r}")
@@ -277,5 +285,5 @@ def spectrum(model: InvertibleBlock, x: Tensor, method: str = "auto", max_full_d
     if method == "auto":
         method = "full" if x[0].numel() <= max_full_dim else "matrix_free"
     if method == "full":
-        return _full_spectrum(model, x, chunk_size)
+        return _full_spectrum(model, x, chunk_size, progress)
     return _matrix_free_spectrum(model, x, tol, progress)

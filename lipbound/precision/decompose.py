@@ -10,9 +10,12 @@ For a model ``F``, inputs ``x`` (cast to the tested dtype first) and a float pre
 ``amplification``   ``||x - x_1|| / ||delta||``
 ``delta2``          ``F_p^-1(z_p) - x_1``: the float inverse's own rounding
 ``total``           ``||x - F_p^-1(z_p)||`` (the reconstruction error)
-``lip_inverse``     ``1 / sigma_min(J_F(x))``, the local ``Lip(F^-1)``, from the reference
-                    Jacobian (small ``d``) or a float64 one
-``bound``           ``lip_inverse ||delta|| + ||delta2||`` (to first order, ``total <= bound``)
+``lip_inverse``     ``1 / sigma_min(J_F(x)) = ||J_{F^-1}(z)||_2``, the local ``Lip(F^-1)``
+                    (the constant of eq. 2 near ``z``, by eq. 5 applied to ``F^-1``), from
+                    the reference Jacobian (small ``d``) or a float64 one
+``bound``           ``lip_inverse ||delta|| + ||delta2||``: the paper's (unnumbered) bound of
+                    section 2, ``||x - x_d2|| <= Lip(F^-1) ||delta|| + ||delta2||``, with the
+                    local constant: ``total <= bound`` to first order in ``delta``
 ==================  =========================================================================
 
 All norms are per sample (Euclidean, over the flattened sample). Optional terms: the *parameter
@@ -44,13 +47,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 import reference
 from lipbound.autodiff import batch_jacobian
 from lipbound.blocks import InvertibleBlock
 
 from .names import parse_precision
-from .run import Run, cast_model, count_nonfinite, exact_difference, run_forward, run_inverse
+from .run import (
+    Run,
+    cast_model,
+    count_nonfinite,
+    exact_difference,
+    row_norms,
+    run_forward,
+    run_inverse,
+)
 
 __all__ = ["AMPLIFY", "BlockTrace", "Decomposition", "decompose", "format_decomposition"]
 
@@ -58,15 +70,6 @@ __all__ = ["AMPLIFY", "BlockTrace", "Decomposition", "decompose", "format_decomp
 AMPLIFY = 100.0
 
 VERDICTS = ("wrong in exact arithmetic", "range", "instability", "rounding")
-
-
-def _norms(v: np.ndarray) -> np.ndarray:
-    """Per-sample Euclidean norms; a sample with NaN gives NaN, with Inf (and no NaN) Inf."""
-    flat = v.reshape(v.shape[0], -1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = np.sqrt(np.sum(flat * flat, axis=1))
-    out[np.isinf(flat).any(axis=1) & ~np.isnan(flat).any(axis=1)] = np.inf
-    return out
 
 
 def _worst(v: np.ndarray) -> float:
@@ -139,6 +142,14 @@ def _minus(ref: reference.ReferenceModel, values: np.ndarray,
     return approx * np.nan if exact is None else exact_difference(ref, values, exact)
 
 
+def _exact_minus(ref: reference.ReferenceModel, a: reference.RTensor, b: reference.RTensor
+                 ) -> np.ndarray:
+    """``a - b`` of two reference results, in the reference arithmetic (no float64 rounding of
+    either before the subtraction), as float64."""
+    with ref.backend.active():
+        return (a - b).to_numpy()
+
+
 def _lip_inverse(model: InvertibleBlock, ref: reference.ReferenceModel, x: np.ndarray,
                  max_reference_dim: int, max_float_dim: int) -> tuple[np.ndarray | None,
                                                                      str | None]:
@@ -170,8 +181,8 @@ def _errors_at(model: InvertibleBlock, x: np.ndarray, name: str, reference_name:
     zp = torch.from_numpy(fwd.values).to(p.dtype)
     inv = run_inverse(model, zp, name)
     x1_np, x1 = _exact_inverse(ref, zp.double().numpy())
-    return _worst(_norms(exact_difference(ref, fwd.values, z))), _worst(
-        _norms(_minus(ref, inv.values, x1, x1_np)))
+    return _worst(row_norms(exact_difference(ref, fwd.values, z))), _worst(
+        row_norms(_minus(ref, inv.values, x1, x1_np)))
 
 
 def _not_shrinking(err_low: float, err_high: float, u_low: float, u_high: float,
@@ -206,7 +217,8 @@ def _range_problem(fwd: Run, inv: Run, exact_trace: list[np.ndarray], dtype: tor
 def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
               reference_name: str = "arb:256", parameter_rounding: bool = False,
               same_mantissa: bool | None = None, max_reference_jacobian_dim: int = 64,
-              max_float_jacobian_dim: int = 4096, trace: bool = True) -> Decomposition:
+              max_float_jacobian_dim: int = 4096, trace: bool = True,
+              progress: bool = False) -> Decomposition:
     """The decomposition of the reconstruction error of ``model`` on ``x`` at ``precision``.
 
     Args:
@@ -220,6 +232,8 @@ def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
         max_reference_jacobian_dim: per-sample dimension up to which ``sigma_min`` comes from
             the reference Jacobian; above it (up to ``max_float_jacobian_dim``) from float64.
         trace: compute the per-block trace.
+        progress: show a progress bar over the stages (each runs the reference once or more,
+            minutes for a large image model).
     """
     p = parse_precision(precision)
     if not p.is_float:
@@ -235,6 +249,14 @@ def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
     xp = x.detach().to(p.dtype)
     x64 = xp.double().numpy()
     reasons: list[str] = []
+    bar = tqdm(total=8, desc=f"verify {p.name}", disable=not progress, unit="stage")
+
+    def stage(name: str) -> None:
+        """One stage done; ``name`` is the next."""
+        bar.update()
+        bar.set_postfix_str(name)
+
+    bar.set_postfix_str("float and exact runs")
 
     fwd = run_forward(model_p, xp, p.name, trace=trace, copy_model=False)
     zp_t = torch.from_numpy(fwd.values).to(p.dtype)
@@ -245,13 +267,14 @@ def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
     z = z_rt.to_numpy()
     x1, x1_rt = _exact_inverse(ref, fwd.values)
 
-    delta = _norms(exact_difference(ref, fwd.values, z_rt))
-    recon_exact = _norms(_minus(ref, x64, x1_rt, x1))
+    delta = row_norms(exact_difference(ref, fwd.values, z_rt))
+    recon_exact = row_norms(_minus(ref, x64, x1_rt, x1))
     with np.errstate(divide="ignore", invalid="ignore"):
         amplification = recon_exact / delta
-    delta2 = _norms(_minus(ref, inv.values, x1_rt, x1))
-    total = _norms(exact_difference(ref, inv.values, x64))
+    delta2 = row_norms(_minus(ref, inv.values, x1_rt, x1))
+    total = row_norms(exact_difference(ref, inv.values, x64))
 
+    stage("Jacobian")
     lip, jac_source = _lip_inverse(model_p, ref, x64, max_reference_jacobian_dim,
                                    max_float_jacobian_dim)
     bound = None if lip is None else lip * delta + delta2
@@ -260,19 +283,23 @@ def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
     if lip is not None:
         per_sample |= {"lip_inverse": lip, "bound": bound}
 
+    stage("per-block trace")
     block_rows: list[BlockTrace] = []
     exact_trace = [t.to_numpy() for t in exact_fwd]
     if trace:
-        inv_exact = ([t.to_numpy() for t in ref.trace_inverse(fwd.values)[1:]]
-                     if np.isfinite(fwd.values).all() else [])
+        inv_exact = (ref.trace_inverse(fwd.values)[1:] if np.isfinite(fwd.values).all() else [])
         names = [b.name for b in ref.leaves()]
         for i, name in enumerate(names):
-            f_err = _worst(_norms(fwd.trace[i] - exact_trace[i + 1]))
+            # differences in the reference arithmetic: a float64 subtraction of the rounded
+            # exact values would show 0 for an error below half an ulp
+            f_err = _worst(row_norms(exact_difference(ref, fwd.trace[i], exact_fwd[i + 1])))
             j = len(names) - 1 - i  # the inverse trace runs the last block first
-            i_err = _worst(_norms(inv.trace[j] - inv_exact[j])) if inv_exact else math.nan
+            i_err = (_worst(row_norms(exact_difference(ref, inv.trace[j], inv_exact[j])))
+                     if inv_exact else math.nan)
             block_rows.append(BlockTrace(i, name, f_err, i_err))
-        exact_trace += inv_exact
+        exact_trace += [t.to_numpy() for t in inv_exact]
 
+    stage("same significand")
     # the same significand without an exponent range
     n_params = sum(t.numel() for t in model.parameters())
     sm = None
@@ -281,9 +308,10 @@ def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
         ref_mp = reference.compile(model_p, mp_name)
         z_mp = ref_mp.forward(x64)
         rec_mp = ref_mp.inverse(z_mp).to_numpy()
-        sm = {"precision": mp_name, "total": _worst(_norms(exact_difference(ref, rec_mp, x64))),
-              "delta": _worst(_norms(exact_difference(ref, z_mp.to_numpy(), z_rt)))}
+        sm = {"precision": mp_name, "total": _worst(row_norms(exact_difference(ref, rec_mp, x64))),
+              "delta": _worst(row_norms(exact_difference(ref, z_mp.to_numpy(), z_rt)))}
 
+    stage("second float precision")
     # a second float precision: rounding errors shrink with the unit roundoff, bugs do not
     other = "float64" if p.name != "float64" else "float32"
     u_p, u_o = p.unit_roundoff, parse_precision(other).unit_roundoff
@@ -298,23 +326,25 @@ def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
             reasons.append(f"the {label} error does not shrink with the precision: "
                            f"{errs[low][k]:.3g} at {low}, {errs[high][k]:.3g} at {high}")
 
+    stage("truncation")
     truncation = None
     if ref.root.iterative:
         ref_k = reference.compile(model_p, reference_name, iterations="as_float")
-        t_fwd = _worst(_norms(exact_difference(ref, ref_k.forward(x64).to_numpy(), z_rt)))
-        t_inv = (_worst(_norms(exact_difference(ref, ref_k.inverse(fwd.values).to_numpy(),
-                                                x1_rt))) if x1_rt is not None else math.nan)
+        t_fwd = _worst(row_norms(_exact_minus(ref, ref_k.forward(x64), z_rt)))
+        t_inv = (_worst(row_norms(_exact_minus(ref, ref_k.inverse(fwd.values), x1_rt)))
+                 if x1_rt is not None else math.nan)
         truncation = {"forward": t_fwd, "inverse": t_inv}
         if max(t_fwd, t_inv) > 0.5 * _worst(total):
             reasons.append(f"truncation of the iterative blocks (forward {t_fwd:.3g}, inverse "
                            f"{t_inv:.3g}) accounts for most of the total {_worst(total):.3g}")
 
+    stage("parameter rounding")
     param_round = None
     if parameter_rounding:
         ref64 = reference.compile(cast_model(model, torch.float64), reference_name)
-        param_round = _worst(_norms(exact_difference(ref, ref64.forward(x64).to_numpy(),
-                                                     z_rt)))
+        param_round = _worst(row_norms(_exact_minus(ref, ref64.forward(x64), z_rt)))
 
+    stage("verdict")
     verdict = "wrong in exact arithmetic" if reasons else ""
     tot = _worst(total)
     if not verdict:
@@ -342,6 +372,8 @@ def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
             reasons.append(f"amplification {amp:.3g} and local Lip(F^-1) {lip_w:.3g} are below "
                            f"{AMPLIFY:g}")
 
+    stage("done")
+    bar.close()
     return Decomposition(
         precision=p.name, reference=reference_name, emulated=fwd.emulated or inv.emulated,
         n_samples=int(x64.shape[0]), dim=int(np.prod(x64.shape[1:])), delta=_worst(delta),

@@ -7,13 +7,16 @@ name           meaning
 ``bfloat16``   torch, bfloat16 (8-bit significand, the exponent range of float32)
 ``float32``    torch, IEEE single (24 bits)
 ``float64``    torch, IEEE double (53 bits)
-``mp:<bits>``  the reference on mpmath, every operation rounded to ``<bits>`` bits
+``mp:<bits>``  the reference on mpmath, every operation rounded to ``<bits>`` bits (each dot
+               product of a matrix product rounded once, by ``mpmath.fdot``)
 ``arb:<bits>`` the reference on python-flint balls at ``<bits>`` bits, with certified radii
 =============  ==========================================================================
 
 ``mp:11``, ``mp:8``, ``mp:24`` and ``mp:53`` have the significand of float16, bfloat16, float32 and
 float64 but no exponent range (no overflow, no underflow, no subnormals): holding a float run
 against the ``mp`` run of the same significand separates rounding from overflow and underflow.
+The rounding is of the same size, not bit for bit the float kernel's (a float matrix product
+rounds every addition, in an order the kernel chooses).
 """
 
 from __future__ import annotations

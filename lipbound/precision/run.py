@@ -22,12 +22,27 @@ from lipbound.blocks import InvertibleBlock, InvertibleSequential
 from .emulate import RoundEachOp, is_missing_kernel
 from .names import Precision, parse_precision
 
-__all__ = ["Run", "cast_model", "count_nonfinite", "exact_difference", "run_forward", "run_inverse"]
+__all__ = ["Run", "cast_model", "count_nonfinite", "exact_difference", "row_norms", "run_forward",
+           "run_inverse"]
 
 
 def count_nonfinite(values: np.ndarray) -> tuple[int, int]:
     """``(number of NaN, number of Inf)``."""
     return int(np.isnan(values).sum()), int(np.isinf(values).sum())
+
+
+def row_norms(v: np.ndarray) -> np.ndarray:
+    """Per-sample Euclidean norms over the flattened sample, scaled by the largest entry so that
+    neither squares of large entries (``1e200``) overflow nor squares of tiny ones (``1e-200``)
+    underflow. A sample with NaN gives NaN; with Inf and no NaN, Inf."""
+    flat = np.abs(v.reshape(v.shape[0], -1))
+    if flat.shape[1] == 0:
+        return np.zeros(flat.shape[0])
+    with np.errstate(invalid="ignore"):
+        scale = flat.max(axis=1)  # NaN where a NaN is present
+        safe = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        out = safe * np.sqrt(np.sum((flat / safe[:, None]) ** 2, axis=1))
+    return out
 
 
 @dataclass
@@ -155,17 +170,19 @@ def exact_difference(ref: reference.ReferenceModel, values: np.ndarray,
                      exact: reference.RTensor | np.ndarray) -> np.ndarray:
     """``values - exact`` computed in the reference arithmetic (a float64 subtraction of the
     rounded exact value would lose differences below half an ulp), rounded to float64 at the
-    end. Rows of ``values`` with NaN or Inf are subtracted in float64 (they stay non-finite)."""
+    end (a difference beyond float64's range becomes Inf). In rows of ``values`` with NaN or
+    Inf, those entries stay as they are (the exact value is finite: Inf minus it is Inf) and
+    the finite ones are subtracted in float64."""
     exact_rt = exact if isinstance(exact, reference.RTensor) else ref.convert(exact)
-    approx = exact_rt.to_numpy()
-    out = values - approx
     finite = np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
-    finite &= np.isfinite(approx.reshape(approx.shape[0], -1)).all(axis=1)
     if finite.all():
         with ref.backend.active():
             return (ref.convert(values) - exact_rt).to_numpy()
-    for r in np.nonzero(finite)[0]:
-        row = exact_rt.take(exact_rt.index_grid()[r:r + 1])
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.where(np.isfinite(values), values - exact_rt.to_numpy(), values)
+    rows = np.nonzero(finite)[0]
+    if rows.size:
+        sub = exact_rt.take(exact_rt.index_grid()[rows])
         with ref.backend.active():
-            out[r] = (ref.convert(values[r:r + 1]) - row).to_numpy()[0]
+            out[rows] = (ref.convert(values[rows]) - sub).to_numpy()
     return out

@@ -4,14 +4,18 @@ Chains of ``L`` couplings on ``R^2`` with ``t(x_1) = 0.123456789`` and ``g(s(x_1
 (:func:`lipbound.blocks.figure1_chain`), input ``(1, 1)``. For every chain (additive, affine),
 depth ``L`` and precision:
 
-* ``recon_error``: ``||x - F_p^-1(F_p(x))||`` of the float run (for ``exact``: the certified
-  bound on the arb reconstruction's error);
+* ``recon_error``: ``||x - F_p^-1(F_p(x))||`` of the float run. For ``exact``: a certified
+  upper bound on the reference's own round-trip error, below ``2^-bits max(1, ||x||)`` (``bits``
+  of ``reference_name``): the reference runs at ``bits + log2(cond) + 32`` bits (raised further
+  if needed), since a round trip at ``b`` bits loses ``log2(cond)`` of them;
 * ``sigma_min``, ``sigma_max``, ``cond``: the *exact* singular values of the Jacobian of the
   network that precision runs (its parameters, e.g. float16's ``g = 0.0999755859375``), from
   the reference's forward-mode Jacobian; for ``exact`` those of the decimal constants, ``0.1^L``
-  and ``1`` (affine), ``1`` and ``1`` (additive);
+  and ``1`` (affine), ``1`` and ``1`` (additive). Values beyond float64's range show as ``0``
+  or ``inf``; ``cond`` is the exact ratio, rounded to float64 (``inf`` only above ``1.8e308``);
 * ``bound``: ``Lip(F^-1) ||delta|| + ||delta2||`` with ``Lip(F^-1) = 1 / sigma_min``,
-  ``delta = F_p(x) - F(x)`` and ``delta2 = F_p^-1(F_p(x)) - F^-1(F_p(x))`` (section 2).
+  ``delta = F_p(x) - F(x)`` and ``delta2 = F_p^-1(F_p(x)) - F^-1(F_p(x))`` (the unnumbered
+  bound of section 2, with ``Lip(F^-1)`` of eq. 2 replaced by its local value, eq. 5).
 
 A depth-``L`` chain is the first ``L`` blocks of the depth-``max(depths)`` chain, so one traced
 forward pass gives every depth; the inverses of all depths run as one batch, block ``i``'s
@@ -35,7 +39,7 @@ from reference.linalg import to_mpf
 from reference.tensor import DualTensor, RTensor
 
 from .names import parse_precision
-from .run import cast_model
+from .run import cast_model, exact_difference, row_norms
 
 __all__ = ["PRECISIONS", "SweepRecord", "figure1_sweep", "singular_values_2x2"]
 
@@ -94,28 +98,33 @@ def _all_jacobians(ref: reference.ReferenceModel, x: np.ndarray) -> list[list[li
     return out
 
 
+def _relative_radius(backend: reference.Backend, v: object) -> mpmath.mpf:
+    """``rad(v) / |mid(v)|`` in mpmath (no float64 underflow for ``0.1^400``); 0 for mpmath
+    points, ``inf`` for a ball that is not finite or is centred at 0."""
+    if backend.kind != "arb":
+        return mpmath.mpf(0)
+    if not v.is_finite():
+        return mpmath.inf
+    mid = abs(to_mpf(v))
+    return to_mpf(v.rad()) / mid if mid != 0 else mpmath.inf
+
+
 def _exact_singular_values(ref: reference.ReferenceModel, x: np.ndarray, rtol: float,
-                           max_prec: int = 1 << 15) -> list[tuple[float, float]]:
-    """Certified ``(sigma_max, sigma_min)`` after every block, each to ``rtol`` relative;
-    the precision doubles until every depth meets it."""
+                           max_prec: int = 1 << 15) -> list[tuple[mpmath.mpf, mpmath.mpf]]:
+    """Certified ``(sigma_max, sigma_min)`` after every block, each to ``rtol`` relative, as
+    exact mpmath numbers (no float64 underflow); the precision doubles until every depth
+    meets it."""
     current = ref
     while True:
         bk = current.backend
         pairs = [singular_values_2x2(j, bk) for j in _all_jacobians(current, x)]
-        ok = all(bk.radius(s) <= rtol * abs(bk.to_float(s)) for pair in pairs for s in pair)
+        ok = all(_relative_radius(bk, s) <= rtol for pair in pairs for s in pair)
         if ok:
-            return [(float(to_mpf(a)), float(to_mpf(b))) for a, b in pairs]
+            return [(to_mpf(a), to_mpf(b)) for a, b in pairs]
         if 2 * bk.prec > max_prec:
             raise reference.CertificationError(
                 f"Figure 1 singular values not certified to {rtol:g} at {bk.prec} bits")
         current = current.at(2 * bk.prec)
-
-
-def _norm_rows(v: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = np.sqrt(np.sum(v * v, axis=1))
-    out[np.isinf(v).any(axis=1) & ~np.isnan(v).any(axis=1)] = np.inf
-    return out
 
 
 def _batched_inverse_float(blocks: list, z: torch.Tensor) -> torch.Tensor:
@@ -139,13 +148,16 @@ def _stack(rows: list[RTensor]) -> RTensor:
                    rows[0].backend)
 
 
-def _batched_inverse_exact(ref: reference.ReferenceModel, z: RTensor) -> RTensor:
-    """The exact version of :func:`_batched_inverse_float`."""
+def _batched_inverse_exact(ref: reference.ReferenceModel, z: RTensor,
+                           depth: np.ndarray | None = None) -> RTensor:
+    """The exact version of :func:`_batched_inverse_float`: row ``r`` of ``z`` is inverted
+    through blocks ``depth[r] - 1, ..., 0`` (by default ``depth[r] = r + 1``)."""
     leaves = ref.leaves()
     v = z
-    depth = np.arange(1, len(leaves) + 1)
+    if depth is None:
+        depth = np.arange(1, len(leaves) + 1)
     with ref.backend.active():
-        for i in reversed(range(len(leaves))):
+        for i in reversed(range(int(depth.max()))):
             active = np.nonzero(depth > i)[0]
             new = leaves[i].inverse(v.take(v.index_grid()[active]))
             grid = v.index_grid().copy()
@@ -175,17 +187,10 @@ def _certified_batched_inverse(ref: reference.ReferenceModel, z: np.ndarray,
 
 def _minus(ref: reference.ReferenceModel, values: np.ndarray, exact: RTensor,
            valid: np.ndarray) -> np.ndarray:
-    """Per-row norms of ``values - exact`` in exact arithmetic; NaN where ``valid`` is false
-    or ``values`` is not finite, Inf where it is infinite."""
-    out = np.full(values.shape[0], np.nan)
-    ok = valid & np.isfinite(values).all(axis=1)
-    if ok.any():
-        rows = np.nonzero(ok)[0]
-        sub = exact.take(exact.index_grid()[rows])
-        with ref.backend.active():
-            diff = (ref.convert(values[rows]) - sub).to_numpy()
-        out[rows] = np.sqrt(np.sum(diff * diff, axis=1))
-    out[valid & np.isinf(values).any(axis=1) & ~np.isnan(values).any(axis=1)] = np.inf
+    """Per-row norms of ``values - exact`` in exact arithmetic (non-finite rows stay Inf or
+    NaN), NaN where ``valid`` is false."""
+    out = row_norms(exact_difference(ref, values, exact))
+    out[~valid] = np.nan
     return out
 
 
@@ -210,29 +215,79 @@ def _float_rows(chain: str, depth: int, precision: str, t: float, g: float, alte
     records = []
     for L in range(1, depth + 1):
         smax, smin = svs[L - 1]
-        with np.errstate(over="ignore", invalid="ignore"):
-            bound = float(delta[L - 1] / smin + delta2[L - 1])
-        records.append(SweepRecord(chain, L, precision, float(recon[L - 1]), smin, smax,
-                                   smax / smin, bound))
+        bound = float(_over(mpmath.mpf(float(delta[L - 1])), smin)) + float(delta2[L - 1])
+        records.append(_record(chain, L, precision, float(recon[L - 1]), smax, smin, bound))
     return records
 
 
+def _over(a: mpmath.mpf, b: mpmath.mpf) -> mpmath.mpf:
+    """``a / b``, with ``a / 0 = inf`` (``nan`` for ``0 / 0`` and a NaN ``a``)."""
+    if b != 0:
+        return a / b
+    return mpmath.nan if a == 0 or mpmath.isnan(a) else mpmath.inf
+
+
+def _record(chain: str, depth: int, precision: str, recon: float, smax: mpmath.mpf,
+            smin: mpmath.mpf, bound: float) -> SweepRecord:
+    """A record from exact singular values (``cond`` from the exact ratio, so a ``sigma_min``
+    that underflows float64 does not become a division by zero)."""
+    return SweepRecord(chain, depth, precision, recon, float(smin), float(smax),
+                       float(_over(smax, smin)), bound)
+
+
+#: The exact round trips of depths whose precisions fall in one band of this many bits run
+#: together, at the band's top precision.
+PRECISION_BAND = 32
+
+
+def _round_trip_bounds(ref: reference.ReferenceModel, x: np.ndarray, depths: np.ndarray,
+                       prec: int, target: float, max_prec: int) -> np.ndarray:
+    """Certified bounds ``|mid| + rad`` on ``||x - F^-1(F(x))||`` of the first ``depths[r]``
+    blocks of ``ref``, all run at ``prec`` bits, the precision doubled until every bound is
+    below ``target``."""
+    while True:
+        current = ref.at(prec)
+        trace = current.trace_forward(x)
+        rec = _batched_inverse_exact(current, _stack([trace[d] for d in depths]), depths)
+        with current.backend.active():
+            err = rec - _stack([current.convert(x)] * len(depths))
+        # |mid| + rad bounds every entry of the ball; the factor covers float64's rounding of
+        # the midpoints and of the norm (a few units of 2^-53)
+        bound = row_norms(np.abs(err.to_numpy()) + err.radii()) * (1 + 2.0 ** -40)
+        if (bound <= target).all():
+            return bound
+        if 2 * prec > max_prec:
+            raise reference.CertificationError(
+                f"the exact round trip is not certified below {target:.3g} at {prec} bits "
+                f"(largest bound {float(bound.max()):.3g})")
+        prec *= 2
+
+
 def _exact_rows(chain: str, depth: int, t: float, g: float, alternate: bool, x: np.ndarray,
-                reference_name: str, rtol: float) -> list[SweepRecord]:
-    """The reference itself: the round trip at the reference precision (its certified error
-    bound ``|mid| + rad``, of order ``2^-bits cond``) and the exact singular values."""
-    ref = reference.figure1_reference(depth, chain, repr(t), repr(g), alternate,
-                                      reference_name)
-    z = _stack(ref.trace_forward(x)[1:])
-    rec = _batched_inverse_exact(ref, z)
-    with ref.backend.active():
-        err = rec - _stack([ref.convert(x)] * depth)
-    bound = np.sqrt(np.sum(err.to_numpy() ** 2, axis=1)) + np.sqrt(np.sum(err.radii() ** 2,
-                                                                          axis=1))
+                reference_name: str, rtol: float, max_prec: int = 1 << 16
+                ) -> list[SweepRecord]:
+    """The reference itself: the exact singular values and, for every depth, a certified bound
+    on the error of its own round trip ``F^-1(F(x))`` below ``2^-bits max(1, ||x||)`` (``bits``
+    of ``reference_name``). A round trip at ``b`` bits has an error of order ``2^-b cond``, so
+    depth ``L`` runs at ``bits + log2(cond_L) + 32`` bits, rounded up to a multiple of
+    :data:`PRECISION_BAND` (depths of one band run as one batch)."""
+    ref = reference.figure1_reference(depth, chain, repr(t), repr(g), alternate, reference_name)
     svs = _exact_singular_values(ref, x, rtol)
-    return [SweepRecord(chain, L, "exact", float(bound[L - 1]), svs[L - 1][1], svs[L - 1][0],
-                        svs[L - 1][0] / svs[L - 1][1], float(bound[L - 1]))
-            for L in range(1, depth + 1)]
+    target = 2.0 ** -ref.backend.prec * max(1.0, float(np.linalg.norm(x)))
+    bands: dict[int, list[int]] = {}
+    for L, (smax, smin) in enumerate(svs, start=1):
+        cond = _over(smax, smin)
+        if not mpmath.isfinite(cond):
+            raise ValueError(f"g must be nonzero: the exact {chain} chain with g = {g!r} is "
+                             "singular")
+        bits = ref.backend.prec + int(mpmath.ceil(mpmath.log(max(cond, 1), 2))) + 32
+        bands.setdefault(-(-bits // PRECISION_BAND) * PRECISION_BAND, []).append(L)
+    bound = np.empty(depth)
+    for prec, depths in bands.items():
+        rows = np.array(depths)
+        bound[rows - 1] = _round_trip_bounds(ref, x, rows, prec, target, max_prec)
+    return [_record(chain, L, "exact", float(bound[L - 1]), smax, smin, float(bound[L - 1]))
+            for L, (smax, smin) in enumerate(svs, start=1)]
 
 
 def figure1_sweep(depths: int = 100, chains: Sequence[str] = ("additive", "affine"),
@@ -250,6 +305,9 @@ def figure1_sweep(depths: int = 100, chains: Sequence[str] = ("additive", "affin
     for p in precisions:
         if p != "exact" and not parse_precision(p).is_float:
             raise ValueError(f"precisions must be float names or 'exact', got {p!r}")
+    if parse_precision(reference_name).kind != "arb":
+        raise ValueError(f"reference_name must be 'arb:<bits>' (the sweep's exact values are "
+                         f"certified by ball arithmetic), got {reference_name!r}")
     xa = np.asarray(x, dtype=np.float64).reshape(1, 2)
     jobs = [(c, p) for c in chains for p in precisions]
     records: list[SweepRecord] = []

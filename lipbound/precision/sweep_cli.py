@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--x", type=float, nargs=2, default=[1.0, 1.0], help="the input")
     parser.add_argument("--alternate", action="store_true",
                         help="swap I1 and I2 every other block (default: the same partition)")
-    parser.add_argument("--reference", default="arb:256", help="the oracle (default arb:256)")
+    parser.add_argument("--reference", default="arb:256",
+                        help="the oracle, arb:<bits> or mp:<bits> (default arb:256); the 'exact' "
+                             "rows are certified below 2^-bits, at bits + log2(cond) + 32 bits")
     parser.add_argument("--out", default="out/figure1_depth_sweep",
                         help="output stem: writes STEM.png and STEM.csv (default "
                              "out/figure1_depth_sweep)")

@@ -27,13 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also measure float64 master weights against the cast ones")
     parser.add_argument("--no-trace", action="store_true", help="skip the per-block trace")
     parser.add_argument("--json", metavar="FILE", help="write the decomposition as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     x = load_inputs(args.inputs)
     d = decompose(model, x, args.precision, args.reference,
-                  parameter_rounding=args.parameter_rounding, trace=not args.no_trace)
+                  parameter_rounding=args.parameter_rounding, trace=not args.no_trace,
+                  progress=not args.no_progress)
     print(format_decomposition(d))
     if args.json:
         dump_json(d.to_dict(), args.json)
