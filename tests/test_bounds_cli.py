@@ -88,6 +88,14 @@ def test_spec_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="two numbers"):
         spec_bounds({"blocks": [{"kind": "additive", "lip_t": 1}, {"kind": "additive",
                                                                    "lip_t": 2}]})
+    with pytest.raises(ValueError, match="no zero entry"):
+        spec_bounds({"blocks": [{"kind": "diagonal", "diag": [1.0, 0.0]}]})
+    linear = spec_bounds({"blocks": [{"kind": "diagonal", "diag": [0.5, -4.0], "tag": 0},
+                                     {"kind": "actnorm", "log_scale": [1e6, -2.0], "tag": 1}]})
+    assert linear.blocks[0].forward.value == 4.0
+    assert 2.0 <= linear.blocks[0].inverse.value <= 2.0 * (1 + 1e-15)
+    assert linear.forward == math.inf  # e^(1e6) overflows: an infinite bound, not a crash
+    assert math.exp(2.0) <= linear.blocks[1].inverse.value <= math.exp(2.0) * (1 + 1e-14)
     tagged = spec_bounds({"blocks": [{"kind": "additive", "lip_t": 1, "tag": 1},
                                      {"kind": "additive", "lip_t": 2, "tag": 2}]})
     assert tagged.forward == pytest.approx((1 + 5**0.5) / 2 * (2 + 8**0.5) / 2)
@@ -138,3 +146,36 @@ def test_report_rounds_printed_bounds_up():
         assert float(format_number(v)) >= v
         assert float(format_number(v, upward=False)) <= v
     assert format_number(math.inf) == "inf" and format_number(None) == "-"
+
+
+def test_json_shape_matches_the_issue(tmp_path, capsys):
+    """``{"blocks": [{"kind", "scope", "forward", "inverse", ...}], "network": {"forward",
+    "inverse", "forward_lower", "inverse_lower", ...}}``: floats where known, the sympy
+    expressions as strings beside them, ``null`` and the reason where refused."""
+    model = coupling_mlp(2, 2, 8, "affine", "modified")
+    randomize_parameters(model, 0.3, torch.Generator().manual_seed(0))
+    path = tmp_path / "m.pt"
+    save_model(model, path)
+    net = bound_model(model, (2,), box=(-4, 4))
+    assert main(["bounds", str(path), "--box", "-4", "4", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"blocks", "network"} and len(data["blocks"]) == len(net.blocks)
+    for entry, row in zip(data["blocks"], net.blocks, strict=True):
+        assert (entry["kind"], entry["scope"]) == (row.kind, row.scope)
+        for direction in ("forward", "inverse"):
+            bound = getattr(row, direction)
+            assert isinstance(entry[direction], float) and entry[direction] == bound.value
+            assert entry[f"{direction}_expr"] == expr_str(bound.tight)
+            assert entry[f"{direction}_paper"] == bound.paper_value >= bound.value
+            assert entry[f"{direction}_refused"] is None
+    network = data["network"]
+    for key in ("forward", "inverse", "forward_lower", "inverse_lower"):
+        assert isinstance(network[key], float) and network[key] == getattr(net, key)
+    assert network["forward_lower"] * network["inverse"] <= 1.0
+    assert network["forward_expr"] == expr_str(net.forward_expr)
+    assert network["forward_lower_expr"] == f"1/({expr_str(net.inverse_expr)})"
+    assert main(["bounds", str(path), "--format", "json"]) == 1  # no box: refused, with reason
+    refused = json.loads(capsys.readouterr().out)
+    assert refused["blocks"][0]["forward"] is None and refused["network"]["forward"] is None
+    assert "Theorem 2" in refused["blocks"][0]["forward_refused"]
+    assert refused["network"]["forward_expr"].count("Lip(s)") >= 2  # still symbolic

@@ -132,3 +132,49 @@ def test_unknown_layer_gets_a_registration_hint():
         lipschitz(nn.Sequential(nn.Linear(2, 2), nn.Hardswish()), (2,))
     with pytest.raises(ValueError, match="stride 1"):
         lipschitz(nn.Conv2d(2, 2, 3, stride=2), (2, 4, 4))
+    with pytest.raises(ValueError, match="expects 2 input features"):
+        ibp(nn.Linear(2, 2), Box.uniform(0.0, 1.0, (3,)))
+    with pytest.raises(ValueError, match="expects input"):
+        ibp(nn.Conv2d(2, 2, 3, padding=1), Box.uniform(0.0, 1.0, (3, 4, 4)))
+
+
+def test_interval_overflow_gives_infinite_ends_never_nan():
+    huge = Box.uniform(-1e300, 1e300, (2,))
+    prod = huge * huge  # overflows: [-inf, inf], not NaN
+    assert bool(torch.isinf(prod.lo).all() and torch.isinf(prod.hi).all())
+    assert float(prod.lo.max()) < 0 < float(prod.hi.min())
+    positive = Box.uniform(1e200, 1e201, (2,))
+    square = positive * positive  # both ends overflow to +inf: the lower end knows nothing
+    assert bool(torch.isposinf(square.hi).all()) and not bool(torch.isnan(square.lo).any())
+    assert float(square.lo.max()) <= torch.finfo(torch.float64).max
+    everything = Box.everything((2,))
+    net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2))
+    out = ibp(net, everything)  # [-inf, inf] after the first layer, tanh bounds it again
+    assert out.is_finite()
+    with torch.no_grad():
+        y = net(torch.tensor([[1e200, -1e200], [0.0, 0.0]]))
+    assert bool((y >= out.lo).all() and (y <= out.hi).all())
+    zero_times_inf = Box.uniform(0.0, 1.0, (2,)) * everything
+    assert bool(torch.isneginf(zero_times_inf.lo).all() and torch.isposinf(zero_times_inf.hi).all())
+
+
+def test_box_intersection_is_exact_and_refuses_disjoint_enclosures():
+    a, b = Box.uniform(-1.0, 2.0, (3,)), Box.uniform(0.5, 5.0, (3,))
+    both = a.intersect(b)
+    assert float(both.lo.min()) == 0.5 and float(both.hi.max()) == 2.0
+    with pytest.raises(RuntimeError, match="disjoint"):
+        a.intersect(Box.uniform(3.0, 4.0, (3,)))
+
+
+def test_rule_registries_check_what_they_are_given():
+    from lipbound.bounds import BlockRule, register_block, register_layer
+    from lipbound.bounds.blocks import block_rule
+
+    with pytest.raises(TypeError, match="register_block"):
+        block_rule(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="BlockRule"):
+        register_block(nn.Linear, lambda block, ctx: None)
+    with pytest.raises(TypeError, match="LayerRule"):
+        register_layer(nn.Hardswish, BlockRule(None, None, None))
+    with pytest.raises(TypeError, match="class"):
+        register_layer(nn.Hardswish(), BlockRule(None, None, None))

@@ -35,6 +35,7 @@ from lipbound.blocks import (
 )
 from lipbound.blocks.residual import SpectralNormLinear, residual_mlp
 from lipbound.bounds import Box, bound_model
+from lipbound.bounds.blocks import block_rule
 from lipbound.bounds.empirical import max_jacobian_norm
 
 SEARCH = {"n_samples": 64, "n_starts": 3, "n_steps": 15}
@@ -208,3 +209,79 @@ def test_residual_mlp_bound_respects_the_coefficients():
     lip_g = next(v for k, v in row.forward.values.items() if k.name.startswith("Lip(g)"))
     assert lip_g <= 0.7**3 * (1 + 1e-3)  # spectral normalisation to 0.7 per layer (exact=False
     # estimates sigma from below, so allow the power iteration's remaining error)
+
+
+#: Blocks whose boxes are carried by enclosures of iterative maps: name -> (builder, parameter
+#: noise std, or None for spectrally normalised weights, which noise does not scale).
+ITERATIVE: dict[str, tuple[Callable[[float], torch.nn.Module], float | None]] = {
+    "iresnet": (lambda c: InvertibleResidual(residual_mlp(2, 8, 2, c)), None),
+    "iresnet-unconverged": (lambda c: InvertibleResidual(residual_mlp(2, 8, 2, c), max_iter=2),
+                            None),
+    "ode-rk4": (lambda c: NeuralODE(ODEFunc(2, 6, 1, "tanh"), T=0.7, steps=3), 0.4),
+    "ode-euler": (lambda c: NeuralODE(ODEFunc(2, 6, 1, "elu", False), T=0.7, steps=5,
+                                      method="euler"), 0.4),
+}
+
+
+def _exact_inverse(block: torch.nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """The inverse the boxes enclose: the i-ResNet fixed point iterated to convergence (whatever
+    the block's own cap), the ODE's backward solve."""
+    if isinstance(block, InvertibleResidual):
+        converged = InvertibleResidual(block.g, max_iter=1000, check_contraction=False)
+        x = converged.inverse(y)
+        assert converged.last_convergence.converged
+        return x
+    return block.inverse(y)
+
+
+@pytest.mark.parametrize("scale_up", [1.0, 4.0])
+@pytest.mark.parametrize("name", sorted(ITERATIVE))
+def test_iterative_blocks_carry_boxes_rigorously(name, scale_up):
+    """The i-ResNet inverse box (ball of radius (rho + ||r||) / (1 - Lip(g)) around the float
+    fixed point, narrowed by x = y - g(x)) and the ODE boxes (interval solver steps) hold every
+    image, also when the fixed point is stopped far from convergence and when the weights (or the
+    contraction coefficient) are scaled up."""
+    build, std = ITERATIVE[name]
+    block = build(0.99 if scale_up > 1 else 0.8)
+    if std is not None:
+        randomize_parameters(block, std * scale_up, torch.Generator().manual_seed(7))
+    block.eval()
+    rule = block_rule(block)
+    gen = torch.Generator().manual_seed(0)
+    for centre, radius in ((1.5, 0.0), (0.0, 0.05), (0.0, 2.0 * scale_up)):
+        box = Box.uniform(centre - radius, centre + radius, (2,))
+        corners = torch.cartesian_prod(*[torch.tensor([-radius, radius])] * 2)
+        points = centre + torch.cat([corners, radius * (2 * torch.rand(400, 2, generator=gen) - 1)])
+        with torch.no_grad():
+            images = {"forward": block(points), "inverse": _exact_inverse(block, points)}
+        for direction, image in images.items():
+            out = (rule.forward_box if direction == "forward" else rule.inverse_box)(block, box)
+            assert out.is_finite(), (direction, radius)
+            # the boxes hold the exact maps; the float images may differ from them by rounding
+            slack = 1e-12 * (1 + image.abs())
+            assert bool((image >= out.lo - slack).all() and (image <= out.hi + slack).all()), (
+                direction, radius)
+            if scale_up == 1.0 and radius > 0:  # not vacuous (scaled-up weights loosen the ball)
+                spread = image.max(0).values - image.min(0).values
+                assert float((out.hi - out.lo).max()) <= 10 * float(spread.max()) + 1e-9
+
+
+@pytest.mark.parametrize("build", [lambda: residual_flow((2,), 3, 8, coeff=0.9),
+                                   lambda: InvertibleSequential(*[
+                                       NeuralODE(ODEFunc(2, 6, 1), T=0.5, steps=2)
+                                       for _ in range(3)])], ids=["residual-flow", "ode-chain"])
+def test_output_box_carried_backward_through_iterative_blocks(build):
+    torch.manual_seed(3)
+    model = build()
+    randomize_parameters(model, 0.5, torch.Generator().manual_seed(2))
+    model.eval()
+    net = bound_model(model, (2,), box=(-2, 2), output_box=(-3, 3))
+    y = -3 + 6 * torch.rand(500, 2)
+    with torch.no_grad():
+        trace = model.trace_inverse(y)  # [y, F_L^-1(y), ..., F^-1(y)]
+    for k, values in enumerate(reversed(trace)):
+        box = net.inverse_boxes[k - 1] if k else None
+        if box is not None:
+            assert bool((values >= box.lo).all() and (values <= box.hi).all()), k
+    # ||J_{F^-1}(F(x))|| = ||J_F(x)^-1|| on the box holding F^-1([a*, b*]^d) (global rows)
+    assert max_jacobian_norm(model, net.inverse_boxes[0], invert=True, **SEARCH) <= net.inverse

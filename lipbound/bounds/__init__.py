@@ -4,8 +4,11 @@
 * :mod:`.compose`: composition over a network, Remarks 3 and 4; :func:`bound_model` for models
   built with :mod:`lipbound.blocks`, numbers certified from their weights.
 * :mod:`.spec`: architectures without weights, from a JSON file.
+* :mod:`.blocks`: each block type's rule (:func:`register_block`): its row with numbers from its
+  weights, and the boxes carried through it forward and backward.
 * :mod:`.norms`, :mod:`.layers`, :mod:`.interval`: certified operator norms, sub-network
-  Lipschitz constants and interval bound propagation.
+  Lipschitz constants (:func:`register_layer`) and interval bound propagation; :mod:`.registry`
+  holds the rules of both by type.
 * :mod:`.empirical`: the largest Jacobian norm found by sampling and gradient ascent, to hold the
   bounds against.
 """

@@ -14,11 +14,19 @@ certified number:
 
 A rule also maps boxes through its block, forward (``[a, b]`` of the next block) and backward
 (``[a*, b*]`` of the previous block's inverse). Coupling, linear and reshape blocks do this with
-outward-rounded interval arithmetic. Iterative blocks (i-ResNet inverse, neural ODE) use a ball:
-for ``x`` within ``rho`` of the box centre ``c`` (2-norm), ``F(x)`` is within ``Lip(F) rho`` of
-``F(c)``, with ``F(c)`` computed by the block and widened by a rounding allowance (relative
-``1e-9`` plus the fixed-point residual): this allowance is generous but, unlike the rest, not
-derived from an error analysis.
+outward-rounded interval arithmetic, and so do the others, rigorously:
+
+* i-ResNet inverse: a ball of radius ``(rho + ||r||) / (1 - Lip(g))`` around the float fixed point
+  ``x~`` of the box centre, ``r = x~ + g(x~) - c`` the residual enclosed in interval arithmetic,
+  narrowed by the fixed-point equation ``x = y - g(x)`` (:func:`_residual_inverse_box`);
+* neural ODE: the solver's steps in interval arithmetic from the box centre, widened by
+  ``Lip rho``, intersected with the same from the whole box (:func:`_ode_box`). The map bounded
+  is the block's fixed-step solve in exact arithmetic (see :func:`.table.neural_ode`).
+
+A coupling needs the boxes of its sub-networks' outputs (interval bound propagation through ``s``
+and ``t``) three times: to carry the box forward, for its forward row, and for its inverse row on
+the forward image, whose conditioning part is the same box. Within :func:`shared_propagation`
+(which :func:`.compose.bound_model` enters) each is computed once per sub-network and input box.
 
 Unknown block types get a ``TypeError`` that says how to register a rule (:func:`register_block`).
 """
@@ -26,7 +34,9 @@ Unknown block types get a ``TypeError`` that says how to register a rule (:func:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -50,13 +60,22 @@ from . import table
 from .interval import Box, affine_map, monotone_map
 from .layers import ibp, lipschitz
 from .norms import certified_inverse, spectral_norm_upper
-from .rounding import LIB_ULPS, up, up_tensor, widen
+from .registry import TypeRegistry
+from .rounding import down, exp_up, up, up_tensor, widen
 
-__all__ = ["BlockContext", "BlockRule", "block_rule", "register_block"]
+__all__ = [
+    "BlockContext",
+    "BlockRule",
+    "actnorm_numbers",
+    "block_rule",
+    "diagonal_numbers",
+    "register_block",
+    "shared_propagation",
+]
 
 Shape = tuple[int, ...]
-#: Relative rounding allowance for centres computed by iterative blocks (see module docstring).
-ITERATIVE_ALLOWANCE = 1e-9
+#: Narrowing steps ``X <- X cap (Y - g(X))`` of the i-ResNet inverse box.
+_FIXED_POINT_REFINEMENTS = 2
 
 
 @dataclass(frozen=True)
@@ -91,26 +110,20 @@ class BlockRule:
     out_shape: Callable[[InvertibleBlock, Shape], Shape] = lambda block, shape: shape
 
 
-_RULES: dict[type, BlockRule] = {}
+_RULES = TypeRegistry(
+    BlockRule, "bound rule for block type",
+    "lipbound.bounds.register_block(BlockType, BlockRule(bound=..., forward_box=..., "
+    "inverse_box=...))")
 
 
 def register_block(block_type: type, rule: BlockRule) -> None:
     """Teach the bounds a new block type (subclasses inherit the rule)."""
-    if not isinstance(rule, BlockRule):
-        raise TypeError(f"rule must be a BlockRule, got {type(rule).__name__}")
-    _RULES[block_type] = rule
+    _RULES.register(block_type, rule)
 
 
 def block_rule(block: nn.Module) -> BlockRule:
     """The rule registered for ``block``'s type or its nearest registered base class."""
-    for cls in type(block).__mro__:
-        if cls in _RULES:
-            return _RULES[cls]
-    raise TypeError(
-        f"no bound rule for block type {type(block).__name__}; register one with "
-        "lipbound.bounds.register_block(BlockType, BlockRule(bound=..., forward_box=..., "
-        "inverse_box=...))"
-    )
+    return _RULES.lookup(block)
 
 
 # --- couplings ---------------------------------------------------------------------------------
@@ -126,8 +139,39 @@ def _active_mask(partition: Partition, active: Tensor) -> Tensor:
     return torch.ones(active.shape[1:], dtype=torch.bool)
 
 
+#: Sub-network output boxes of the innermost :func:`shared_propagation` scope, keyed by
+#: ``(sub-network, input box contents)``; ``None`` outside any scope.
+_SUBNET_BOXES: ContextVar[dict[tuple, Box] | None] = ContextVar("_SUBNET_BOXES", default=None)
+
+
+@contextmanager
+def shared_propagation() -> Iterator[None]:
+    """Reuse the box of a coupling sub-network's outputs on an input box already propagated in
+    this scope (the module docstring). The scope must not outlive the weights it saw: the
+    results are those of the weights at the first propagation."""
+    token = _SUBNET_BOXES.set({})
+    try:
+        yield
+    finally:
+        _SUBNET_BOXES.reset(token)
+
+
+def _contents(box: Box) -> tuple:
+    """A key equal for boxes with bitwise identical ends (then IBP gives the same box)."""
+    return (box.lo.dtype, box.shape,
+            *(t.detach().cpu().numpy().tobytes() for t in (box.lo, box.hi)))
+
+
 def _subnet_box(net: nn.Module, partition: Partition, box: Box, active_shape: torch.Size) -> Box:
-    out = ibp(net, box.apply(partition.cond))
+    cond = box.apply(partition.cond)
+    shared = _SUBNET_BOXES.get()
+    if shared is None:
+        out = ibp(net, cond)
+    else:
+        key = (net, _contents(cond))  # the module itself: its id cannot be reused meanwhile
+        out = shared.get(key)
+        if out is None:
+            out = shared[key] = ibp(net, cond)
     return out.expand_as(active_shape)
 
 
@@ -246,10 +290,23 @@ def _diag(block: DiagonalScaling) -> Tensor:
     return block.diag.detach().to(torch.float64)
 
 
+def diagonal_numbers(diag: Tensor) -> dict[str, float]:
+    """``max |D_ii|`` (exact) and ``max 1/|D_ii|`` (rounded up) of a diagonal; a zero entry gives
+    ``inf``: no inverse bound."""
+    d = diag.detach().to(torch.float64).abs()
+    low = float(d.min())
+    return {"max|D|": float(d.max()), "max|1/D|": up(1.0 / low) if low > 0 else math.inf}
+
+
+def actnorm_numbers(log_scale: Tensor) -> dict[str, float]:
+    """``max e^l`` and ``max e^-l`` of an ActNorm's log-scales, rounded up (``inf`` where
+    ``exp`` overflows)."""
+    ls = log_scale.detach().to(torch.float64)
+    return {"max|D|": exp_up(float(ls.max())), "max|1/D|": exp_up(-float(ls.min()))}
+
+
 def _diagonal_bound(block: DiagonalScaling, ctx: BlockContext) -> table.BlockBound:
-    d = _diag(block).abs()
-    return table.diagonal(table.Symbols(ctx.index),
-                          {"max|D|": float(d.max()), "max|1/D|": up(1.0 / float(d.min()))})
+    return table.diagonal(table.Symbols(ctx.index), diagonal_numbers(_diag(block)))
 
 
 def _diagonal_box(inverse: bool) -> Callable[[DiagonalScaling, Box], Box]:
@@ -264,10 +321,7 @@ def _log_scale(block: ActNorm) -> Tensor:
 
 
 def _actnorm_bound(block: ActNorm, ctx: BlockContext) -> table.BlockBound:
-    ls = _log_scale(block)
-    bound = table.actnorm(table.Symbols(ctx.index), {
-        "max|D|": up(math.exp(float(ls.max())), LIB_ULPS),
-        "max|1/D|": up(math.exp(-float(ls.min())), LIB_ULPS)})
+    bound = table.actnorm(table.Symbols(ctx.index), actnorm_numbers(block.log_scale))
     if not bool(block.initialized):
         note = ("ActNorm not initialised: bounds are for its current parameters, which a "
                 "training-mode forward pass would replace")
@@ -359,23 +413,39 @@ def _residual_forward_box(block: InvertibleResidual, box: Box) -> Box:
         return box + ibp(block.g, box)
 
 
-def _ball_image(center: Tensor, radius: float, residual: float = 0.0) -> Box:
-    slack = radius + residual
-    return Box(*widen(center - slack, center + slack, ITERATIVE_ALLOWANCE, ITERATIVE_ALLOWANCE))
+def _ball_box(center: Box, radius: float) -> Box:
+    """Every point within ``radius`` (2-norm) of a point of ``center``: per coordinate, ``center``
+    widened by ``radius``, rounded outward."""
+    return Box(*widen(center.lo, center.hi, 0.0, radius))
 
 
 def _residual_inverse_box(block: InvertibleResidual, box: Box) -> Box:
+    r"""A box holding the exact ``F^{-1}(y)`` for every ``y`` in ``box``.
+
+    With ``c`` the box centre (``||y - c|| <= rho`` on the box), ``x~`` the float fixed point of
+    ``c`` and ``r = F(x~) - c = x~ + g(x~) - c`` enclosed by interval arithmetic, the exact
+    ``x* = F^{-1}(c)`` has ``||x~ - x*|| <= Lip(F^{-1}) ||F(x~) - F(x*)|| <= ||r|| / (1 - Lip(g))``,
+    so for ``y`` in the box ``||F^{-1}(y) - x~|| <= (rho + ||r||) / (1 - Lip(g))``. The box of that
+    ball is then narrowed by ``x in box - g(x)`` (the fixed-point equation, in interval
+    arithmetic), which any enclosure ``X`` of the exact inverse satisfies: ``X <- X cap (box -
+    g(X))`` keeps it an enclosure.
+    """
     with frozen_spectral_norm(block.g), torch.no_grad():
         lip_g = _residual_lip(block, box.shape)
         if not lip_g < 1:
             raise ValueError(f"cannot carry a box through the i-ResNet inverse: Lip(g) <= "
                              f"{lip_g:.6g} is not < 1")
         c, rho = box.l2_radius()
-        x = block.inverse(c.to(_dtype(block)))
-        x64 = x.to(torch.float64)
-        residual = float(torch.linalg.vector_norm(x64 + block.g(x).to(torch.float64) - c))
-        inv_lip = up(1.0 / (1.0 - lip_g), 2)
-        return _ball_image(x64, up(rho * inv_lip), up(residual * inv_lip * 2))
+        x = block.inverse(c.to(_dtype(block))).to(torch.float64)
+        if not bool(torch.isfinite(x).all()):
+            return Box.everything(box.shape)
+        point = Box.point(x)
+        residual = (point + ibp(block.g, point) - Box.point(c)).norm_upper()
+        radius = up(up(rho + residual) / down(1.0 - lip_g))
+        enclosure = _ball_box(point, radius)
+        for _ in range(_FIXED_POINT_REFINEMENTS):
+            enclosure = enclosure.intersect(box - ibp(block.g, enclosure))
+        return enclosure
 
 
 def _dtype(block: nn.Module) -> torch.dtype:
@@ -403,14 +473,53 @@ def _ode_bound(block: NeuralODE, ctx: BlockContext) -> table.BlockBound:
                             method=block.method, steps=block.steps)
 
 
+def _field_box(f: ODEFunc, t: Box, z: Box) -> Box:
+    """A box holding ``f(t, z)`` for all ``t``, ``z`` in the boxes (IBP through ``f.net``)."""
+    if f.time_dependent:
+        z = Box(torch.cat([z.lo, t.lo], 1), torch.cat([z.hi, t.hi], 1))
+    return ibp(f.net, z)
+
+
+def _solver_box(block: NeuralODE, z: Box, reverse: bool) -> Box | None:
+    """A box holding the block's fixed-step solve (forward, or backward with ``reverse``) in
+    exact arithmetic with ``h = T / steps``, for every start in ``z``: the solver's steps
+    (:mod:`lipbound.blocks.ode`) in interval arithmetic. ``None`` if it overflows."""
+    q = block.T / block.steps  # correctly rounded: the exact h lies within one ulp
+    h = Box.scalar(-up(q), -down(q)) if reverse else Box.scalar(down(q), up(q))
+    t0 = Box.scalar(block.T, block.T) if reverse else Box.scalar(0.0, 0.0)
+    half, sixth = Box.scalar(0.5, 0.5) * h, Box.scalar(down(1 / 6), up(1 / 6)) * h
+    two = Box.scalar(2.0, 2.0)
+    for i in range(block.steps):
+        t = t0 + Box.scalar(i, i) * h
+        k1 = _field_box(block.f, t, z)
+        if block.method == "euler":
+            z = z + h * k1
+        else:
+            k2 = _field_box(block.f, t + half, z + half * k1)
+            k3 = _field_box(block.f, t + half, z + half * k2)
+            k4 = _field_box(block.f, t + h, z + h * k3)
+            z = z + sixth * (k1 + two * k2 + two * k3 + k4)
+        if not z.is_finite():
+            return None
+    return z
+
+
 def _ode_box(inverse: bool) -> Callable[[NeuralODE, Box], Box]:
+    """The box of the solve's image: the enclosure of the solve from the box centre ``c``,
+    widened by ``Lip rho`` (every start is within ``rho`` of ``c``, and the solve is
+    ``Lip``-Lipschitz, :func:`.table.neural_ode`), intersected with the direct interval solve
+    from the whole box (tighter for short times, overflowing for long ones)."""
     def rule(block: NeuralODE, box: Box) -> Box:
         row = _ode_bound(block, BlockContext(None, box.shape, None, None))
         lip = row.inverse.value if inverse else row.forward.value
         c, rho = box.l2_radius()
         with torch.no_grad():
-            image = (block.inverse if inverse else block)(c.to(_dtype(block)))
-        return _ball_image(image.to(torch.float64), up(rho * lip))
+            center = _solver_box(block, Box.point(c), inverse)
+            if center is None:
+                return Box.everything(box.shape)
+            enclosure = _ball_box(center, up(rho * lip))
+            direct = _solver_box(block, box, inverse)
+        return enclosure if direct is None else enclosure.intersect(direct)
     return rule
 
 

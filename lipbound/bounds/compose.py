@@ -7,7 +7,7 @@ For ``F = F_L o ... o F_1``,
 
 (the inverse applies ``F_L^{-1}`` first: the same product in reverse order). Cumulative values are
 the bounds of the prefix ``F_k o ... o F_1`` and of its inverse. Remark 3 turns upper bounds into
-lower bounds, ``Lip(F) >= 1 / L*`` and ``Lip(F^-1) >= 1 / L`` for ``L >= Lip(F)``,
+lower bounds through eq. 9, ``Lip(F) >= 1 / L*`` and ``Lip(F^-1) >= 1 / L`` for ``L >= Lip(F)``,
 ``L* >= Lip(F^-1)``; Remark 4's bi-Lipschitz constant is ``max(L, L*)``. Products are evaluated in
 ball arithmetic and rounded up, lower bounds rounded down.
 
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..blocks.base import InvertibleBlock
 from ..blocks.sequential import InvertibleSequential
-from .blocks import BlockContext, block_rule
+from .blocks import BlockContext, block_rule, shared_propagation
 from .evaluate import exact_float
 from .interval import Box
 from .rounding import down, up
@@ -40,8 +40,10 @@ from .table import BlockBound
 
 __all__ = ["NetworkBound", "bound_model", "leaf_blocks"]
 
-_LOST = ("the box carried to this block overflowed float64 (interval propagation through the "
-         "earlier blocks diverged), so there is no finite local bound here")
+_LOST = ("the box carried to this block's input overflowed float64 (interval propagation "
+         "through the blocks before it diverged), so there is no finite local bound here")
+_LOST_INVERSE = ("the box carried to this block's inverse input overflowed float64 (interval "
+                 "propagation diverged on the way), so there is no finite local bound here")
 
 
 def _product(values: Sequence[float | None]) -> float | None:
@@ -218,19 +220,21 @@ def bound_model(model: InvertibleBlock, shape: Sequence[int],
     shapes = [shape]
     for block in blocks:
         shapes.append(tuple(block_rule(block).out_shape(block, shapes[-1])))
-    with torch.no_grad():
-        fwd = _carry(blocks, None if box is None else Box.uniform(*box, shapes[0]), False, progress)
-        if output_box is not None:
-            inv = _carry(blocks, Box.uniform(*output_box, shapes[-1]), True, progress)
-        else:
-            inv = fwd
-    rows = []
-    for k, block in enumerate(tqdm(blocks, desc="bounds", disable=not progress, leave=False)):
-        given_inverse = output_box is not None or box is not None
-        ctx = BlockContext(k, shapes[k], fwd[k], inv[k + 1],
-                           _LOST if box is not None and fwd[k] is None else None,
-                           _LOST if given_inverse and inv[k + 1] is None else None)
-        row = block_rule(block).bound(block, ctx)
-        rows.append(BlockBound(row.kind, row.scope, row.forward, row.inverse, row.assumptions,
-                               f"{k}: {type(block).__name__}"))
+    with shared_propagation():
+        with torch.no_grad():
+            fwd = _carry(blocks, None if box is None else Box.uniform(*box, shapes[0]), False,
+                         progress)
+            if output_box is not None:
+                inv = _carry(blocks, Box.uniform(*output_box, shapes[-1]), True, progress)
+            else:
+                inv = fwd
+        rows = []
+        for k, block in enumerate(tqdm(blocks, desc="bounds", disable=not progress, leave=False)):
+            given_inverse = output_box is not None or box is not None
+            ctx = BlockContext(k, shapes[k], fwd[k], inv[k + 1],
+                               _LOST if box is not None and fwd[k] is None else None,
+                               _LOST_INVERSE if given_inverse and inv[k + 1] is None else None)
+            row = block_rule(block).bound(block, ctx)
+            rows.append(BlockBound(row.kind, row.scope, row.forward, row.inverse,
+                                   row.assumptions, f"{k}: {type(block).__name__}"))
     return NetworkBound(tuple(rows), tuple(fwd[:-1]), tuple(inv[1:]))

@@ -36,9 +36,9 @@ class Box:
         if self.lo.shape != self.hi.shape:
             raise ValueError(f"box lo and hi shapes differ: {tuple(self.lo.shape)} and "
                              f"{tuple(self.hi.shape)}")
-        if bool(torch.isnan(self.lo).any() | torch.isnan(self.hi).any()):
-            raise ValueError("box bounds must not be NaN")
-        if bool((self.lo > self.hi).any()):
+        if not bool((self.lo <= self.hi).all()):  # one check for both (False where NaN)
+            if bool(torch.isnan(self.lo).any() | torch.isnan(self.hi).any()):
+                raise ValueError("box bounds must not be NaN")
             raise ValueError("box needs lo <= hi in every coordinate")
 
     @classmethod
@@ -48,6 +48,18 @@ class Box:
             raise ValueError(f"box needs finite a <= b, got [{a}, {b}]")
         full = torch.ones((1, *shape), dtype=torch.float64)
         return cls(full * a, full * b)
+
+    @classmethod
+    def everything(cls, shape: tuple[int, ...]) -> Box:
+        """The box ``[-inf, inf]^d``: what is known when an enclosure overflowed."""
+        full = torch.full((1, *shape), math.inf, dtype=torch.float64)
+        return cls(-full, full)
+
+    @classmethod
+    def scalar(cls, lo: float, hi: float) -> Box:
+        """The interval ``[lo, hi]`` as a ``(1, 1)`` box, broadcasting against any box."""
+        return cls(torch.tensor([[lo]], dtype=torch.float64),
+                   torch.tensor([[hi]], dtype=torch.float64))
 
     @classmethod
     def point(cls, x: Tensor) -> Box:
@@ -110,6 +122,18 @@ class Box:
             raise ValueError(f"{name} interval contains 0: division is unbounded on the box")
         inv = Box(*widen(1.0 / other.hi, 1.0 / other.lo, 0.0))
         return self * inv
+
+    def intersect(self, other: Box) -> Box:
+        """The intersection of two enclosures of the same set (exact: no rounding).
+
+        Raises ``RuntimeError`` when they are disjoint somewhere, which two true enclosures of
+        one value cannot be: that is a bug in the rule that produced one of them.
+        """
+        lo, hi = torch.maximum(self.lo, other.lo), torch.minimum(self.hi, other.hi)
+        if bool((lo > hi).any()):
+            raise RuntimeError("two enclosures of the same values are disjoint: an interval "
+                               "rule is unsound")
+        return Box(lo, hi)
 
     def hull(self) -> tuple[float, float]:
         """``(min lo, max hi)`` over all coordinates: the paper's ``[a, b]``."""

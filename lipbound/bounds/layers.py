@@ -41,6 +41,7 @@ from ..blocks.residual import LipSwish, SpectralNormConv2d, SpectralNormLinear
 from ..blocks.subnets import Constant
 from .interval import Box, affine_map, monotone_map
 from .norms import conv2d_norm_upper, spectral_norm_upper
+from .registry import TypeRegistry
 from .rounding import U, up, widen
 
 __all__ = ["LayerRule", "ibp", "layer_rule", "lipschitz", "register_layer"]
@@ -68,25 +69,19 @@ class LayerRule:
     ibp: Callable[[nn.Module, Box], Box]
 
 
-_RULES: dict[type, LayerRule] = {}
+_RULES = TypeRegistry(
+    LayerRule, "Lipschitz/IBP rule for layer type",
+    "lipbound.bounds.layers.register_layer(LayerType, LayerRule(lipschitz=..., ibp=...))")
 
 
 def register_layer(layer_type: type, rule: LayerRule) -> None:
     """Teach the bounds a new sub-network layer type (subclasses inherit the rule)."""
-    if not isinstance(rule, LayerRule):
-        raise TypeError(f"rule must be a LayerRule, got {type(rule).__name__}")
-    _RULES[layer_type] = rule
+    _RULES.register(layer_type, rule)
 
 
 def layer_rule(layer: nn.Module) -> LayerRule:
     """The rule registered for ``layer``'s type or its nearest registered base class."""
-    for cls in type(layer).__mro__:
-        if cls in _RULES:
-            return _RULES[cls]
-    raise TypeError(
-        f"no Lipschitz/IBP rule for layer type {type(layer).__name__}; register one with "
-        "lipbound.bounds.layers.register_layer(LayerType, LayerRule(lipschitz=..., ibp=...))"
-    )
+    return _RULES.lookup(layer)
 
 
 def lipschitz(net: nn.Module, in_shape: Shape) -> tuple[float, Shape]:
@@ -127,16 +122,22 @@ def _weight(layer: nn.Module) -> Tensor:
     return w.detach()
 
 
-def _linear_lip(layer: nn.Module, shape: Shape) -> tuple[float, Shape]:
+def _linear_weight(layer: nn.Module, shape: Shape) -> Tensor:
+    """The weight, checked against the per-sample input shape."""
     w = _weight(layer)
     if shape[-1] != w.shape[1]:
         raise ValueError(f"{type(layer).__name__} expects {w.shape[1]} input features, "
                          f"got input shape {shape}")
+    return w
+
+
+def _linear_lip(layer: nn.Module, shape: Shape) -> tuple[float, Shape]:
+    w = _linear_weight(layer, shape)
     return spectral_norm_upper(w), (*shape[:-1], w.shape[0])
 
 
 def _linear_ibp(layer: nn.Module, box: Box) -> Box:
-    w = _weight(layer)
+    w = _linear_weight(layer, box.shape)
     return affine_map(box, F.linear, w, layer.bias, w.shape[1])
 
 
@@ -167,6 +168,7 @@ def _conv_lip(layer: nn.Module, shape: Shape) -> tuple[float, Shape]:
 
 
 def _conv_ibp(layer: nn.Module, box: Box) -> Box:
+    _conv_out_shape(layer, box.shape)  # checks the input shape
     w = _weight(layer)
     padding = _conv_settings(layer)
 

@@ -15,6 +15,8 @@ import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
+import sympy as sp
+
 from ..jsonio import jsonable
 from .compose import NetworkBound
 from .table import Bound, expr_latex, expr_str
@@ -156,6 +158,8 @@ def to_json(net: NetworkBound) -> dict[str, Any]:
         "forward_paper": jsonable(net.forward_paper),
         "inverse_paper": jsonable(net.inverse_paper),
         "forward_expr": expr_str(net.forward_expr), "inverse_expr": expr_str(net.inverse_expr),
+        "forward_lower_expr": expr_str(sp.Pow(net.inverse_expr, -1, evaluate=False)),
+        "inverse_lower_expr": expr_str(sp.Pow(net.forward_expr, -1, evaluate=False)),
         "refused": net.refusals(),
     }
     return {"blocks": blocks, "network": network}

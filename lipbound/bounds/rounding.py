@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["LIB_ULPS", "U", "down", "gamma", "up", "up_tensor", "widen"]
+__all__ = ["LIB_ULPS", "U", "down", "exp_up", "gamma", "up", "up_tensor", "widen"]
 
 #: Unit roundoff of float64.
 U = 2.0 ** -53
@@ -47,6 +47,15 @@ def down(v: float, ulps: int = 1) -> float:
     return v
 
 
+def exp_up(v: float) -> float:
+    """An upper bound on ``e^v``: ``math.exp`` moved up by :data:`LIB_ULPS` ulps, ``inf`` where
+    it overflows."""
+    try:
+        return up(math.exp(v), LIB_ULPS)
+    except OverflowError:
+        return math.inf
+
+
 def gamma(n: int) -> float:
     """``gamma(n) = n u / (1 - n u)`` rounded up: the relative error bound of a length-``n`` sum."""
     nu = n * U
@@ -68,9 +77,13 @@ def widen(lo: Tensor, hi: Tensor, rel: float, absolute: float = 0.0) -> tuple[Te
     outward: encloses every value within that error of the float endpoints.
 
     ``4 u`` relative and ``4 ETA`` absolute are added to cover the rounding of the widening itself.
+    A NaN end (from ``inf - inf`` or ``0 * inf`` after an overflow) becomes ``-inf`` (``lo``) or
+    ``inf`` (``hi``): an enclosure that knows nothing there, never a NaN.
     """
     rel, absolute = rel + 4 * U, absolute + 4 * ETA
     lo_out = lo - (lo.abs() * rel + absolute)
     hi_out = hi + (hi.abs() * rel + absolute)
-    return (torch.nextafter(lo_out, torch.full_like(lo_out, -math.inf)),
-            torch.nextafter(hi_out, torch.full_like(hi_out, math.inf)))
+    inf = torch.full_like(hi_out, math.inf)
+    lo_out = torch.where(torch.isnan(lo_out), -inf, torch.nextafter(lo_out, -inf))
+    hi_out = torch.where(torch.isnan(hi_out), inf, torch.nextafter(hi_out, inf))
+    return lo_out, hi_out

@@ -57,9 +57,10 @@ import torch
 
 from ..blocks.scale import make_scale
 from . import table
+from .blocks import actnorm_numbers, diagonal_numbers
 from .compose import NetworkBound
 from .norms import certified_inverse, spectral_norm_upper
-from .rounding import LIB_ULPS, up
+from .rounding import up
 
 __all__ = ["KINDS", "load_spec", "spec_bounds"]
 
@@ -170,13 +171,11 @@ def _diagonal_like(kind: str) -> Callable:
         vec = _vector(block, key, where)
         if vec is not None:
             if kind == "actnorm":
-                values = {"max|D|": up(math.exp(float(vec.max())), LIB_ULPS),
-                          "max|1/D|": up(math.exp(-float(vec.min())), LIB_ULPS)}
+                values = actnorm_numbers(vec)
             else:
                 if bool((vec == 0).any()):
                     raise ValueError(f"{where}: 'diag' must have no zero entry (D invertible)")
-                values = {"max|D|": float(vec.abs().max()),
-                          "max|1/D|": up(1.0 / float(vec.abs().min()))}
+                values = diagonal_numbers(vec)
         return (table.actnorm if kind == "actnorm" else table.diagonal)(sym, values)
     return rule
 

@@ -167,9 +167,11 @@ class Bound:
         return None if self.refused else upper(self.paper, self.values)
 
     def substituted(self, which: str = "tight") -> sp.Expr:
-        """The expression with the known numbers put in."""
+        """The expression with the known numbers put in as they are (17 significant digits, which
+        give the floats back exactly), without evaluating: nothing is rounded."""
         expr = self.tight if which == "tight" else self.paper
-        return expr.subs({k: sp.Float(v) for k, v in self.values.items()})
+        with sp.evaluate(False):
+            return expr.xreplace({k: sp.Float(v, 17) for k, v in self.values.items()})
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,7 +212,8 @@ def _numbers(sym: Symbols, **named: float | None) -> dict[sp.Symbol, float]:
 
 @_unevaluated
 def additive(sym: Symbols, values: Mapping[str, float] | None = None) -> BlockBound:
-    """Lemma 5: ``Lip(F), Lip(F^-1) <= 1 + Lip(t)``, global; tight ``(L + sqrt(L^2 + 4)) / 2``."""
+    """Additive coupling (eq. 3), Lemma 5: ``Lip(F), Lip(F^-1) <= 1 + Lip(t)``, global; tight
+    ``(L + sqrt(L^2 + 4)) / 2``."""
     lip_t = sym("Lip(t)")
     paper = 1 + lip_t
     tight = (lip_t + sp.sqrt(lip_t**2 + 4)) / 2
@@ -223,7 +226,8 @@ def additive(sym: Symbols, values: Mapping[str, float] | None = None) -> BlockBo
 def affine(sym: Symbols, values: Mapping[str, float] | None = None,
            per_coordinate: bool = False, refused_forward: str | None = None,
            refused_inverse: str | None = None) -> BlockBound:
-    """Lemma 6, local: forward on ``[a, b]^d``, inverse on ``[a*, b*]^d`` (module docstring).
+    """Affine coupling (eq. 4), Lemma 6, local: forward on ``[a, b]^d``, inverse on
+    ``[a*, b*]^d`` (module docstring).
 
     ``per_coordinate`` uses the symbols ``m_x``, ``m_y`` for the per-coordinate sups in the tight
     bounds; otherwise they are replaced by the paper's products.
@@ -268,7 +272,7 @@ def residual(sym: Symbols, values: Mapping[str, float] | None = None) -> BlockBo
 
 def _discrete_flow(lip_h: sp.Expr, method: str, steps: int) -> sp.Expr:
     if method == "rk4":
-        per_step = sum(lip_h**k / math.factorial(k) for k in range(5))
+        per_step = sp.Add(1, lip_h, *(lip_h**k / math.factorial(k) for k in range(2, 5)))
     elif method == "euler":
         per_step = 1 + lip_h
     else:
