@@ -18,7 +18,6 @@ Run: ``PYTHONPATH=. python benchmarks/bounds.py``
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import torch
@@ -41,10 +40,11 @@ from lipbound.blocks import (
 )
 from lipbound.blocks.residual import residual_conv, residual_mlp
 from lipbound.bounds import Box, bound_model
-from lipbound.bounds.empirical import max_jacobian_norm
+from lipbound.bounds.empirical import max_block_norms, max_jacobian_norm
 from lipbound.bounds.layers import lipschitz
 from lipbound.bounds.spec import spec_bounds
 from lipbound.bounds.table import expr_str
+from lipbound.jsonio import jsonable
 
 SEARCH = {"n_samples": 128, "n_starts": 4, "n_steps": 30}
 #: The 2-level Glow-like models (d = 128): a lighter search, per block lighter still.
@@ -61,11 +61,7 @@ def _single(model: InvertibleSequential, shape: tuple, box: tuple, exact_inverse
     """(forward ratio, inverse ratio, paper/tight forward, paper/tight inverse) of a 1-block net."""
     net = bound_model(model, shape, box=box)
     row, block = net.blocks[0], model.flat_blocks()[0]
-    fwd = max_jacobian_norm(block, net.boxes[0], **SEARCH)
-    if exact_inverse:
-        inv = max_jacobian_norm(block, net.boxes[0], invert=True, **SEARCH)
-    else:
-        inv = max_jacobian_norm(block.inverse, net.inverse_boxes[0], **SEARCH)
+    fwd, inv = max_block_norms(block, net.boxes[0], net.inverse_boxes[0], exact_inverse, **SEARCH)
     return (row.forward.value / fwd, row.inverse.value / inv,
             row.forward.paper_value / row.forward.value,
             row.inverse.paper_value / row.inverse.value)
@@ -130,10 +126,8 @@ def _glow_tightness(model: InvertibleSequential, coupling: str, box: tuple) -> d
         found = max_jacobian_norm(model, net.boxes[0], invert=invert, **SEARCH_GLOW)
         per_block = 1.0
         for k, block in enumerate(model.flat_blocks()):
-            if invert:  # the inverse on the forward image: J_{F_k^-1}(F_k(x)) = J_{F_k}(x)^-1
-                per_block *= max_jacobian_norm(block, net.boxes[k], invert=True, **SEARCH_BLOCK)
-            else:
-                per_block *= max_jacobian_norm(block, net.boxes[k], **SEARCH_BLOCK)
+            # the inverse on the forward image: J_{F_k^-1}(F_k(x)) = J_{F_k}(x)^-1
+            per_block *= max_jacobian_norm(block, net.boxes[k], invert=invert, **SEARCH_BLOCK)
         out[f"glow2_{coupling}_{direction}"] = total / found
         out[f"glow2_{coupling}_{direction}_per_block"] = total / per_block
         out[f"glow2_{coupling}_{direction}_product_over_blocks"] = per_block / found
@@ -161,10 +155,6 @@ def seconds_100_blocks() -> dict[str, float]:
     return {"symbolic": symbolic, "numeric": numeric}
 
 
-def _finite_or_str(v: float) -> float | str:
-    return v if math.isfinite(v) else ("nan" if math.isnan(v) else "inf")
-
-
 #: Kinds with a 3x tightness goal (their forward and inverse ratios).
 GOAL_KINDS = ("additive_mlp", "additive_conv", "actnorm", "conv1x1", "iresnet_mlp", "iresnet_conv")
 
@@ -181,5 +171,4 @@ if __name__ == "__main__":
     torch.set_default_dtype(torch.float64)
     ratios, seconds = tightness(), seconds_100_blocks()
     print(goals(ratios, seconds))
-    print(json.dumps({"tightness": {k: _finite_or_str(v) for k, v in ratios.items()},
-                      "seconds_100_blocks": seconds}))
+    print(json.dumps(jsonable({"tightness": ratios, "seconds_100_blocks": seconds})))

@@ -10,7 +10,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["batch_jacobian"]
+__all__ = ["batch_jacobian", "flat_sample_map"]
+
+
+def flat_sample_map(fn: Callable[[Tensor], Tensor], shape: tuple[int, ...]
+                    ) -> Callable[[Tensor], Tensor]:
+    """``fn`` on one flattened sample, ``R^d -> R^m``: the sample is reshaped to a batch of one of
+    per-sample ``shape``, and the output flattened."""
+
+    def single(v: Tensor) -> Tensor:
+        return fn(v.reshape((1, *shape))).reshape(-1)
+
+    return single
 
 
 def batch_jacobian(fn: Callable[[Tensor], Tensor], x: Tensor, chunk_size: int | None = None
@@ -24,10 +35,6 @@ def batch_jacobian(fn: Callable[[Tensor], Tensor], x: Tensor, chunk_size: int | 
     """
     if x.dim() < 2:
         raise ValueError(f"x must be batched (B, ...), got shape {tuple(x.shape)}")
-    shape = x.shape[1:]
-
-    def single(v: Tensor) -> Tensor:
-        return fn(v.reshape((1,) + shape)).reshape(-1)
-
+    single = flat_sample_map(fn, tuple(x.shape[1:]))
     jac = torch.func.vmap(torch.func.jacrev(single, chunk_size=chunk_size))
     return jac(x.reshape(x.shape[0], -1))

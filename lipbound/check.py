@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from .autodiff import batch_jacobian
-from .blocks import InvertibleBlock, InvertibleSequential
-from .jsonio import jsonable
+from .blocks import InvertibleBlock, InvertibleSequential, glow_like, randomize_parameters
+from .io import load_model
+from .jsonio import dump_json, jsonable
 from .precision import torch_dtype
 
 __all__ = ["CheckRow", "add_arguments", "check_model", "format_rows", "rows_to_json", "run"]
@@ -51,10 +53,14 @@ def _max_rel_error(x: Tensor, x_rec: Tensor) -> float:
     return float(rel.max())
 
 
+def _leaves(block: InvertibleBlock) -> list[InvertibleBlock]:
+    return block.flat_blocks() if isinstance(block, InvertibleSequential) else [block]
+
+
 def _converged(block: InvertibleBlock) -> bool:
     """Whether every iterative inverse in ``block`` converged on its last call."""
-    leaves = block.flat_blocks() if isinstance(block, InvertibleSequential) else [block]
-    return all(b.last_convergence.converged for b in leaves if b.last_convergence is not None)
+    return all(b.last_convergence.converged for b in _leaves(block)
+               if b.last_convergence is not None)
 
 
 def _round_trip(block: InvertibleBlock, x: Tensor, precision: str) -> tuple[float, bool]:
@@ -94,7 +100,7 @@ def check_model(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] =
         torch_dtype(p)
     model = copy.deepcopy(model).to(torch.float64).eval()
     x = x.to(torch.float64)
-    blocks = model.flat_blocks() if isinstance(model, InvertibleSequential) else [model]
+    blocks = _leaves(model)
     with torch.no_grad():
         trace = [x]
         for b in blocks[:-1]:
@@ -141,7 +147,6 @@ def format_rows(rows: list[CheckRow]) -> str:
 
 def rows_to_json(rows: list[CheckRow]) -> list[dict]:
     """JSON-ready rows; non-finite floats become the strings ``"inf"``, ``"-inf"``, ``"nan"``."""
-
     return [jsonable(r) for r in rows]
 
 
@@ -168,12 +173,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Run ``lipbound check``."""
-    import json
-    import sys
-
-    from .blocks import glow_like, randomize_parameters
-    from .io import load_model
-
     torch.manual_seed(args.seed)
     if args.model:
         model = load_model(args.model)
@@ -192,6 +191,5 @@ def run(args) -> int:
           "|log|det J| - slogdet(autograd J)| in float64")
     print(format_rows(rows))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows_to_json(rows), fh, indent=2)
+        dump_json(rows_to_json(rows), args.json)
     return 0

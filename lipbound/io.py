@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .blocks import InvertibleBlock
 
-__all__ = ["load_inputs", "load_model", "save_model"]
+__all__ = ["load_inputs", "load_model", "load_saved", "save_model"]
 
 
 def save_model(model: InvertibleBlock, path: str | Path) -> None:
@@ -25,12 +25,18 @@ def save_model(model: InvertibleBlock, path: str | Path) -> None:
     torch.save(model, Path(path))
 
 
-def load_model(path: str | Path) -> InvertibleBlock:
-    """Read a model written by :func:`save_model` (``torch.save`` of a whole module)."""
+def load_saved(path: str | Path) -> object:
+    """Unpickle whatever ``torch.save`` wrote to the MODEL file ``path`` (onto the CPU), for
+    models of other libraries too; :func:`load_model` also checks that it is a lipbound block."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-    model = torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_model(path: str | Path) -> InvertibleBlock:
+    """Read a model written by :func:`save_model` (``torch.save`` of a whole module)."""
+    model = load_saved(path)
     if not isinstance(model, InvertibleBlock):
         raise TypeError(
             f"{str(path)!r} holds a {type(model).__name__}, expected a lipbound InvertibleBlock "

@@ -46,7 +46,7 @@ from lipbound.blocks.sequential import InvertibleSequential
 from . import functions as fn
 from .ode import FlowSolver
 from .registry import Compiler, register
-from .tensor import RTensor, Tensorish
+from .tensor import RTensor, Tensorish, midpoint_norm
 
 __all__ = ["MAX_FIXED_POINT_ITERATIONS", "ConvergenceRecord", "RefBlock", "RefSequential",
            "squeeze_index"]
@@ -312,11 +312,6 @@ def _squeeze(block: Squeeze, c: Compiler) -> RefBlock:
     return RefBlock("Squeeze", forward, inverse)
 
 
-def _norm_mid(v: RTensor) -> float:
-    arr = v.to_numpy()
-    return float(np.sqrt(np.sum(arr * arr)))
-
-
 @register(InvertibleResidual)
 def _residual(block: InvertibleResidual, c: Compiler) -> RefBlock:
     """``y = x + g(x)``; inverse ``x_{k+1} = y - g(x_k)`` from ``x_0 = y``. Converged mode
@@ -341,11 +336,11 @@ def _residual(block: InvertibleResidual, c: Compiler) -> RefBlock:
         while k < cap:
             k += 1
             x_next = (y - g(x)).midpoint()
-            previous, step = step, _norm_mid(x_next - x)
+            previous, step = step, midpoint_norm(x_next - x)
             x = x_next
-            if step <= tol * (1 + _norm_mid(x)):
+            if step <= tol * (1 + midpoint_norm(x)):
                 break
-        converged = c.iterations == "as_float" or step <= tol * (1 + _norm_mid(x))
+        converged = c.iterations == "as_float" or step <= tol * (1 + midpoint_norm(x))
         ref.last_convergence = ConvergenceRecord(converged, k, step)
         if c.iterations == "as_float":
             return x  # k iterations exactly: the midpoints are the iterates
@@ -363,9 +358,8 @@ def _ode(block: NeuralODE, c: Compiler) -> RefBlock:
     f = c.compile(block.f)
     solver = FlowSolver(f, block.T, c.backend, block.method, block.steps,
                         exact=c.iterations == "converged")
-    ref = RefBlock("NeuralODE", lambda x: solver.solve(x, reverse=False),
-                   lambda y: solver.solve(y, reverse=True), iterative=True)
-    return ref
+    return RefBlock("NeuralODE", lambda x: solver.solve(x, reverse=False),
+                    lambda y: solver.solve(y, reverse=True), iterative=True)
 
 
 @register(InvertibleSequential)

@@ -61,8 +61,7 @@ def _certify(ref: ReferenceModel, run: Callable[[ReferenceModel], RTensor], tol:
              max_prec: int, what: str) -> Certified:
     if not (tol > 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be a positive finite number, got {tol!r}")
-    current = ref
-    while True:
+    for current in ref.doubling(max_prec):
         prec = current.backend.prec
         value = run(current)
         if current.backend.kind == "arb":
@@ -77,13 +76,11 @@ def _certify(ref: ReferenceModel, run: Callable[[ReferenceModel], RTensor], tol:
             value, certified = check, False
         if error <= tol * _scale(value):
             return Certified(value, error, value_prec, certified)
-        if 2 * prec > max_prec:
-            raise CertificationError(
-                f"{what} not certified to tol={tol:g} at {prec} bits ({current.backend.kind}): "
-                f"error {error:.3g} on values of size {_scale(value):.3g}; raise max_prec="
-                f"{max_prec} or tol"
-            )
-        current = current.at(2 * prec)
+    raise CertificationError(
+        f"{what} not certified to tol={tol:g} at {prec} bits ({current.backend.kind}): "
+        f"error {error:.3g} on values of size {_scale(value):.3g}; raise max_prec="
+        f"{max_prec} or tol"
+    )
 
 
 def certified_forward(ref: ReferenceModel, x: Any, tol: float = 1e-20,

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,18 @@ class ReferenceModel:
         """The same model compiled at another precision."""
         return ReferenceModel(self.model, self.backend.at(prec), self.iterations,
                               self.exact_constants)
+
+    def doubling(self, max_prec: int) -> Iterator[ReferenceModel]:
+        """This model, then the same at twice its precision, four times, ..., while the
+        precision stays within ``max_prec`` bits (this model itself always comes first): the
+        retries of a result that is not yet accurate enough."""
+        current = self
+        while True:
+            yield current
+            prec = 2 * current.backend.prec
+            if prec > max_prec:
+                return
+            current = current.at(prec)
 
     def convert(self, x: Any) -> RTensor:
         """Exact conversion of a torch tensor or numpy array (an RTensor passes through)."""

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
-
 from .backends import Backend
-from .tensor import RTensor, Tensorish
+from .tensor import RTensor, Tensorish, midpoint_norm
 
 __all__ = ["FlowSolver", "ODENotConverged"]
 
@@ -40,11 +38,6 @@ class ODENotConverged(RuntimeError):
     """The extrapolated flow did not converge to the backend's precision."""
 
 
-def _norm(v: Tensorish) -> float:
-    arr = v.to_numpy()
-    return float(np.sqrt(np.sum(arr * arr)))
-
-
 class FlowSolver:
     """Solve ``dx/dt = f(t, x)`` from 0 to ``T`` (or back from ``T`` to 0)."""
 
@@ -54,7 +47,6 @@ class FlowSolver:
             raise ValueError(f"method must be 'rk4' or 'euler', got {method!r}")
         self.f, self.backend, self.method, self.steps, self.exact = f, backend, method, steps, exact
         self.T = RTensor.from_floats([T], (), backend)
-        self.macro_steps_used = 0
 
     def _const(self, num: int, den: int) -> RTensor:
         bk = self.backend
@@ -107,8 +99,8 @@ class FlowSolver:
                 row.append((row[k - 1] + (row[k - 1] - rows[j - 1][k - 1]) / ratio).midpoint())
             rows.append(row)
             if j >= 2:
-                change = _norm(row[-1] - rows[j - 1][-1])
-                if change <= tol * (1 + _norm(row[-1])):
+                change = midpoint_norm(row[-1] - rows[j - 1][-1])
+                if change <= tol * (1 + midpoint_norm(row[-1])):
                     return row[-1], change
         return None
 
@@ -127,7 +119,6 @@ class FlowSolver:
                 z, change = step
                 total_change += change
             if z is not None:
-                self.macro_steps_used = macro
                 return z.widen(total_change)
             macro *= 2
         raise ODENotConverged(

@@ -21,7 +21,7 @@ import numpy as np
 
 from .backends import Backend, Scalar
 
-__all__ = ["DualTensor", "Elementwise", "RTensor", "Tensorish", "scalar"]
+__all__ = ["DualTensor", "Elementwise", "RTensor", "Tensorish", "midpoint_norm", "scalar"]
 
 
 class Elementwise:
@@ -197,12 +197,13 @@ class RTensor:
         out = self.backend.matmul(self.data, rows, inner, prepared, cols)
         return RTensor(out, self.shape[:-1] + (cols,), self.backend)
 
-    def sum_squares(self) -> Scalar:
-        """``sum of v^2`` over all entries."""
-        total = self.backend.zero()
-        for v in self.data:
-            total = total + v * v
-        return total
+
+
+def midpoint_norm(v: Tensorish) -> float:
+    """The Euclidean norm of the midpoints (of the value, for a dual tensor), in float64: the
+    size of an iteration's step, for its stopping rule."""
+    arr = v.to_numpy()
+    return float(np.sqrt(np.sum(arr * arr)))
 
 
 def scalar(value: float, backend: Backend) -> RTensor:

@@ -30,6 +30,13 @@ def relative_round_trip_error(block, x):
     return float((err / x.double().reshape(len(x), -1).norm(dim=1)).max())
 
 
+def functional_jacobian(fn, x):
+    """Per-sample Jacobians ``(B, m, d)`` of the batched map ``fn`` from
+    torch.autograd.functional.jacobian, one sample at a time (independent of torch.func)."""
+    return torch.stack([torch.autograd.functional.jacobian(lambda v: fn(v[None])[0].reshape(-1), xi)
+                        .reshape(-1, xi.numel()) for xi in x])
+
+
 def assert_log_det_matches_autograd(block, x, atol=1e-9):
     """``log|det J_F(x)|`` from the block against slogdet of the torch.func Jacobian, both ways."""
     jac = batch_jacobian(block, x)

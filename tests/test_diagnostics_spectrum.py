@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import functional_jacobian
 from torch import nn
 
 from lipbound.blocks import (
@@ -33,9 +34,7 @@ def _glow(seed: int = 0):
 
 def _reference_svd(fn, x):
     """Singular values from torch.autograd.functional.jacobian (not torch.func), per sample."""
-    jacs = [torch.autograd.functional.jacobian(lambda v: fn(v[None])[0].reshape(-1), xi)
-            .reshape(-1, xi.numel()) for xi in x]
-    return torch.stack([torch.linalg.svdvals(j) for j in jacs])
+    return torch.linalg.svdvals(functional_jacobian(fn, x))
 
 
 def test_figure1_chain_has_singular_values_one_and_g_to_the_depth():

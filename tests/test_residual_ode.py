@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import relative_round_trip_error
 from torch import nn
 
 from lipbound.blocks.ode import NeuralODE, ODEFunc
@@ -36,12 +37,16 @@ def _redraw(module: nn.Module, scale: float = 1.0, seed: int = 0) -> nn.Module:
     return module
 
 
-def _autograd_log_det(fn, x: torch.Tensor) -> torch.Tensor:
-    """slogdet of the per-sample blocks of torch.func.jacrev of the batched map ``fn``."""
+def _jacrev_blocks(fn, x: torch.Tensor) -> torch.Tensor:
+    """The per-sample blocks ``(B, n, n)`` of torch.func.jacrev of the whole batched map ``fn``."""
     n, batch = x[0].numel(), x.shape[0]
     jac = torch.func.jacrev(fn)(x).reshape(batch, n, batch, n)
-    blocks = torch.stack([jac[b, :, b, :] for b in range(batch)])
-    return torch.linalg.slogdet(blocks).logabsdet
+    return torch.stack([jac[b, :, b, :] for b in range(batch)])
+
+
+def _autograd_log_det(fn, x: torch.Tensor) -> torch.Tensor:
+    """slogdet of the per-sample blocks of torch.func.jacrev of the batched map ``fn``."""
+    return torch.linalg.slogdet(_jacrev_blocks(fn, x)).logabsdet
 
 
 def _vector_iresnet(coeff: float = 0.9, d: int = 4, **kwargs) -> InvertibleResidual:
@@ -218,8 +223,7 @@ def test_iresnet_series_log_det_within_statistical_and_truncation_error():
     torch.manual_seed(1)
     torch.testing.assert_close(block.log_abs_det(x).detach(), estimate, rtol=0, atol=0)
 
-    jac = torch.func.jacrev(block.forward)(x).detach().reshape(3, d, 3, d)
-    j_g = torch.stack([jac[b, :, b, :] for b in range(3)]) - torch.eye(d, dtype=F64)
+    j_g = _jacrev_blocks(block.forward, x).detach() - torch.eye(d, dtype=F64)
     exact = torch.linalg.slogdet(torch.eye(d, dtype=F64) + j_g).logabsdet
     # The estimator is the Hutchinson trace of the truncated series L = sum_k (-1)^{k+1} J^k / k.
     power, series = torch.eye(d, dtype=F64).expand(3, d, d), torch.zeros(3, d, d, dtype=F64)
@@ -314,21 +318,15 @@ def _ode(steps: int = 20, d: int = 3, **kwargs) -> NeuralODE:
     return NeuralODE(f, T=1.0, steps=steps, **kwargs)
 
 
-def _round_trip_error(block: NeuralODE, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        x_rec = block.inverse(block(x))
-    return float(((x_rec.double() - x.double()).norm(dim=1) / x.double().norm(dim=1)).max())
-
-
 def test_ode_round_trip_error_falls_with_order_four():
     x = torch.randn(8, 3, dtype=F64)
-    errors = [_round_trip_error(_ode(steps), x) for steps in (4, 8, 16)]
+    errors = [relative_round_trip_error(_ode(steps), x) for steps in (4, 8, 16)]
     # RK4 is fourth order: halving h divides the error by ~16 (observed ~32: the leading terms of
     # the forward and backward truncation errors cancel for this even-order method)
     assert errors[0] / errors[1] > 10 and errors[1] / errors[2] > 10
-    assert _round_trip_error(_ode(64), x) < 1e-10
+    assert relative_round_trip_error(_ode(64), x) < 1e-10
     # Euler is first order and its round trip is far worse
-    euler = [_round_trip_error(_ode(steps, method="euler"), x) for steps in (16, 32)]
+    euler = [relative_round_trip_error(_ode(steps, method="euler"), x) for steps in (16, 32)]
     assert 1.5 < euler[0] / euler[1] < 2.5 and euler[1] > 1e3 * errors[2]
 
 
@@ -382,10 +380,10 @@ def test_ode_hutchinson_trace_exact_for_diagonal_jacobian():
 def test_ode_float32_round_trip():
     block64 = _ode(16)
     x = torch.randn(32, 3, dtype=F64)
-    truncation = _round_trip_error(block64, x)
+    truncation = relative_round_trip_error(block64, x)
     block32 = NeuralODE(ODEFunc(3, hidden=16), T=1.0, steps=16).float()
     block32.f.load_state_dict(block64.f.state_dict())
-    err32 = _round_trip_error(block32, x.float())
+    err32 = relative_round_trip_error(block32, x.float())
     # Each of the 2 * 16 RK4 steps rounds the state to a few ulps (say 4 eps) of its norm, which
     # stays below 2 ||x|| here. An error made at time t is amplified by at most exp(Lip(f) T) by
     # the rest of the forward solve and again by the backward solve (Table 3), with Lip(f) at

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from ..autodiff import batch_jacobian
 from ..blocks import InvertibleBlock, InvertibleSequential
 
-__all__ = ["AdaptedSequence", "ForeignBlock", "autograd_log_det", "per_sample_log_det"]
+__all__ = ["AdaptedSequence", "ForeignBlock", "autograd_log_det", "nested_leaves",
+           "per_sample_log_det"]
 
 
 def per_sample_log_det(log_det: Tensor | float, x: Tensor, source: str) -> Tensor:
@@ -43,6 +44,15 @@ def autograd_log_det(fn, x: Tensor, max_dim: int = 4096) -> Tensor:
             f"{max_dim} dimensions per sample, got {d}"
         )
     return batch_jacobian(fn, x).slogdet().logabsdet
+
+
+def nested_leaves(module: nn.Module, container: type, children: str) -> list[nn.Module]:
+    """The leaves of ``module`` in order, where every ``container`` (a library's composite
+    transform) holds its steps in the attribute ``children`` and is expanded, nested ones too."""
+    if isinstance(module, container):
+        return [leaf for sub in getattr(module, children)
+                for leaf in nested_leaves(sub, container, children)]
+    return [module]
 
 
 class ForeignBlock(InvertibleBlock):

@@ -13,7 +13,7 @@ import sys
 from torch import Tensor, nn
 
 from ..blocks import InvertibleBlock
-from .base import AdaptedSequence, ForeignBlock, per_sample_log_det
+from .base import AdaptedSequence, ForeignBlock, nested_leaves, per_sample_log_det
 
 __all__ = ["NflowsBlock", "adapt_nflows", "matches"]
 
@@ -33,17 +33,12 @@ class NflowsBlock(ForeignBlock):
             else None
 
 
-def _leaves(t: nn.Module, composite: type) -> list[nn.Module]:
-    if isinstance(t, composite):
-        return [leaf for sub in t._transforms for leaf in _leaves(sub, composite)]
-    return [t]
-
-
 def adapt_nflows(transform: nn.Module) -> InvertibleBlock:
     """Adapt an nflows transform; a ``CompositeTransform`` (nested ones expanded) step by step."""
     from nflows.transforms.base import CompositeTransform
 
     if isinstance(transform, CompositeTransform):
-        return AdaptedSequence(*(NflowsBlock(t) for t in _leaves(transform, CompositeTransform)),
+        steps = nested_leaves(transform, CompositeTransform, "_transforms")
+        return AdaptedSequence(*(NflowsBlock(t) for t in steps),
                                source=f"nflows.{type(transform).__name__}")
     return NflowsBlock(transform)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import sys
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..blocks import InvertibleBlock
-from .base import AdaptedSequence, ForeignBlock, per_sample_log_det
+from .base import AdaptedSequence, ForeignBlock, nested_leaves, per_sample_log_det
 
 __all__ = ["ZukoBlock", "adapt_zuko", "matches"]
 
@@ -40,12 +40,6 @@ class ZukoBlock(ForeignBlock):
         return y, per_sample_log_det(ladj, v, type(self.module).__name__)
 
 
-def _leaves(t: nn.Module, composed: type) -> list[nn.Module]:
-    if isinstance(t, composed):
-        return [leaf for sub in t.transforms for leaf in _leaves(sub, composed)]
-    return [t]
-
-
 def adapt_zuko(model: object) -> InvertibleBlock:
     """Adapt a zuko ``Flow`` or lazy transform (composed ones step by step)."""
     from zuko.lazy import Flow, LazyComposedTransform, LazyTransform
@@ -58,7 +52,7 @@ def adapt_zuko(model: object) -> InvertibleBlock:
             f"{source} is a plain transform, not a module: .to(dtype) would not reach its "
             "tensors; wrap it in zuko.lazy.UnconditionalTransform (or pass the flow)"
         )
-    leaves = _leaves(model, LazyComposedTransform)
+    leaves = nested_leaves(model, LazyComposedTransform, "transforms")
     if len(leaves) == 1:
         return ZukoBlock(leaves[0])
     return AdaptedSequence(*(ZukoBlock(t) for t in leaves), source=source)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 __all__ = [
     "ConvergenceInfo",
     "InvertibleBlock",
+    "check_dim1",
     "check_finite_parameters",
     "check_input",
     "sum_per_sample",
@@ -77,9 +78,17 @@ def check_input(x: Tensor, name: str, feature_shape: tuple[int, ...] | None = No
         )
 
 
-def check_finite_parameters(module: nn.Module, owner: str | None = None) -> None:
+def check_dim1(x: Tensor, name: str, size: int, unit: str = "channels") -> None:
+    """:func:`check_input`, and raise a clear error unless dimension 1 (features or channels) of
+    ``x`` has ``size`` entries; ``unit`` names them in the message."""
+    check_input(x, name)
+    if x.shape[1] != size:
+        raise ValueError(f"{name} must have {size} {unit} in dimension 1, got {x.shape[1]}")
+
+
+def check_finite_parameters(module: nn.Module) -> None:
     """Raise ``ValueError`` naming the first parameter or buffer that holds NaN or Inf."""
-    label = owner or type(module).__name__
+    label = type(module).__name__
     named_tensors = (("parameter", module.named_parameters()), ("buffer", module.named_buffers()))
     for kind, named in named_tensors:
         for pname, p in named:

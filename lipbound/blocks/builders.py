@@ -17,6 +17,7 @@ from .coupling import AdditiveCoupling, AffineCoupling
 from .linear import ActNorm, Invertible1x1Conv
 from .partition import ChannelPartition, Partition, halves
 from .reshape import Permutation, Squeeze
+from .residual import InvertibleResidual, residual_conv, residual_mlp
 from .scale import IdentityScale, ScaleFunction, make_scale
 from .sequential import InvertibleSequential
 from .subnets import conv_subnet, mlp
@@ -123,8 +124,6 @@ def residual_flow(in_shape: Sequence[int] = (2,), n_blocks: int = 8, hidden: int
     spectrally normalised with coefficient ``coeff`` (0.8 for the 2D toys, 0.98 on images).
     Extra keyword arguments go to :class:`~lipbound.blocks.residual.InvertibleResidual`.
     """
-    from .residual import InvertibleResidual, residual_conv, residual_mlp
-
     shape = tuple(int(v) for v in in_shape)
     if len(shape) not in (1, 3):
         raise ValueError(f"in_shape must be (d,) or (C, H, W), got {shape}")

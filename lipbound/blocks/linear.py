@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import InvertibleBlock, check_finite_parameters, check_input, spatial_size
+from .base import InvertibleBlock, check_dim1, check_finite_parameters, spatial_size
+from .numerics import linalg_dtype, slogabsdet
 
 __all__ = ["ActNorm", "DiagonalScaling", "Invertible1x1Conv"]
 
@@ -27,11 +28,6 @@ __all__ = ["ActNorm", "DiagonalScaling", "Invertible1x1Conv"]
 def _per_channel(v: Tensor, x: Tensor) -> Tensor:
     """Reshape a ``(C,)`` vector to broadcast along dimension 1 of ``x``."""
     return v.reshape((1, -1) + (1,) * (x.dim() - 2))
-
-
-def _linalg_dtype(dtype: torch.dtype) -> torch.dtype:
-    """torch's ``linalg`` has no half-precision kernels: factor in float32, round the result."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 class DiagonalScaling(InvertibleBlock):
@@ -102,25 +98,18 @@ class ActNorm(InvertibleBlock):
         self.log_scale.copy_(-torch.log(xc.std(dim=1) + self.eps))
         self.initialized.fill_(True)
 
-    def _check(self, x: Tensor, name: str) -> None:
-        check_input(x, name)
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f"{name} must have {self.num_features} channels in dimension 1, got {x.shape[1]}"
-            )
-
     def _log_det(self, x: Tensor) -> Tensor:
         return (spatial_size(x) * self.log_scale.sum()).expand(x.shape[0])
 
     def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
-        self._check(x, "x")
+        check_dim1(x, "x", self.num_features)
         if self.training and not bool(self.initialized):
             self.initialize(x)
         y = (x + _per_channel(self.bias, x)) * _per_channel(torch.exp(self.log_scale), x)
         return y, self._log_det(x) if with_log_det else None
 
     def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
-        self._check(y, "y")
+        check_dim1(y, "y", self.num_features)
         x = y * _per_channel(torch.exp(-self.log_scale), y) - _per_channel(self.bias, y)
         return x, -self._log_det(y) if with_log_det else None
 
@@ -199,30 +188,22 @@ class Invertible1x1Conv(InvertibleBlock):
     def _log_abs_det_w(self) -> Tensor:
         if self.lu:
             return self.log_s.sum()
-        w = self.weight
-        return torch.linalg.slogdet(w.to(_linalg_dtype(w.dtype)))[1].to(w.dtype)
+        return slogabsdet(self.weight)
 
     def _mix_channels(self, w: Tensor, x: Tensor) -> Tensor:
         return torch.einsum("ij,bj...->bi...", w, x)
 
-    def _check(self, x: Tensor, name: str) -> None:
-        check_input(x, name)
-        if x.shape[1] != self.num_channels:
-            raise ValueError(
-                f"{name} must have {self.num_channels} channels in dimension 1, got {x.shape[1]}"
-            )
-
     def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
-        self._check(x, "x")
+        check_dim1(x, "x", self.num_channels)
         y = self._mix_channels(self.matrix(), x)
         ld = (spatial_size(x) * self._log_abs_det_w()).expand(x.shape[0]) if with_log_det else None
         return y, ld
 
     def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
-        self._check(y, "y")
+        check_dim1(y, "y", self.num_channels)
         w = self.matrix()
         try:
-            w_inv = torch.linalg.inv(w.to(_linalg_dtype(w.dtype))).to(w.dtype)
+            w_inv = torch.linalg.inv(linalg_dtype(w)).to(w.dtype)
         except torch.linalg.LinAlgError as err:
             raise ValueError(f"Invertible1x1Conv: weight is singular, no inverse ({err})") from err
         x = self._mix_channels(w_inv, y)

@@ -23,7 +23,7 @@ from torch.func import vjp, vmap
 
 from ..autodiff import batch_jacobian
 from .base import InvertibleBlock, check_input
-from .residual import hutchinson_probes, slogabsdet
+from .numerics import check_probe, hutchinson_probes, probe_products, slogabsdet
 from .subnets import make_activation
 
 __all__ = ["NeuralODE", "ODEFunc"]
@@ -96,8 +96,7 @@ class NeuralODE(InvertibleBlock):
             raise ValueError(f"log_det must be 'auto', 'exact' or 'cnf', got {log_det!r}")
         if int(n_probes) < 1:
             raise ValueError(f"n_probes must be >= 1, got {n_probes!r}")
-        if probe not in ("rademacher", "gaussian"):
-            raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
+        check_probe(probe)
         self.f = f
         self.T = float(T)
         self.steps = int(steps)
@@ -155,7 +154,7 @@ class NeuralODE(InvertibleBlock):
             return self._f(t, x), jac.diagonal(dim1=1, dim2=2).sum(-1)
         dx, vjp_fn = vjp(lambda xb: self._f(t, xb), x)
         w = vmap(vjp_fn)(probes)[0]
-        return dx, (w * probes).reshape(probes.shape[0], x.shape[0], -1).sum(-1).mean(0)
+        return dx, probe_products(w, probes).mean(0)
 
     def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         check_input(x, "x")

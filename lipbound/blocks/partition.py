@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .base import sum_per_sample
+
 __all__ = ["ChannelPartition", "MaskPartition", "Partition", "checkerboard", "halves"]
 
 
@@ -103,7 +105,7 @@ class ChannelPartition(Partition):
         return x.index_copy(1, self.active_index, y2)
 
     def sum_active(self, v: Tensor) -> Tensor:
-        return v.reshape(v.shape[0], -1).sum(dim=1)
+        return sum_per_sample(v)
 
     def swapped(self) -> ChannelPartition:
         return ChannelPartition(self.active_index, self.cond_index, self.size)
@@ -157,7 +159,7 @@ class MaskPartition(Partition):
         return torch.where(self.mask, x, y2)
 
     def sum_active(self, v: Tensor) -> Tensor:
-        return torch.where(self.mask, torch.zeros_like(v), v).reshape(v.shape[0], -1).sum(dim=1)
+        return sum_per_sample(torch.where(self.mask, torch.zeros_like(v), v))
 
     def swapped(self) -> MaskPartition:
         return MaskPartition(~self.mask)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import InvertibleBlock, check_input, zeros_log_det
+from .base import InvertibleBlock, check_dim1, check_input, zeros_log_det
 
 __all__ = ["Permutation", "Squeeze"]
 
@@ -47,19 +47,12 @@ class Permutation(InvertibleBlock):
     def extra_repr(self) -> str:
         return f"{self.size}"
 
-    def _check(self, x: Tensor, name: str) -> None:
-        check_input(x, name)
-        if x.shape[1] != self.size:
-            raise ValueError(
-                f"{name} must have {self.size} entries in dimension 1, got {x.shape[1]}"
-            )
-
     def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
-        self._check(x, "x")
+        check_dim1(x, "x", self.size, "entries")
         return x.index_select(1, self.perm), zeros_log_det(x) if with_log_det else None
 
     def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
-        self._check(y, "y")
+        check_dim1(y, "y", self.size, "entries")
         return y.index_select(1, self.inverse_perm), zeros_log_det(y) if with_log_det else None
 
 

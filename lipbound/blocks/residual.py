@@ -33,6 +33,7 @@ from torch.func import vjp, vmap
 
 from ..autodiff import batch_jacobian
 from .base import ConvergenceInfo, InvertibleBlock, check_input
+from .numerics import check_probe, hutchinson_probes, linalg_dtype, probe_products, slogabsdet
 from .subnets import make_activation
 
 __all__ = [
@@ -41,13 +42,11 @@ __all__ = [
     "SpectralNormConv2d",
     "SpectralNormLinear",
     "frozen_spectral_norm",
-    "hutchinson_probes",
     "LIPSCHITZ_ACTIVATIONS",
     "lipschitz_activation",
     "require_contraction",
     "residual_conv",
     "residual_mlp",
-    "slogabsdet",
 ]
 
 #: Iteration cap of the power iteration run to convergence when the weight has changed.
@@ -57,16 +56,6 @@ _GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))
 
 def _normalize(t: Tensor) -> Tensor:
     return t / t.norm().clamp_min(torch.finfo(t.dtype).tiny)
-
-
-def slogabsdet(matrices: Tensor) -> Tensor:
-    """``log|det|`` of a batch of matrices; float16 and bfloat16 are computed in float32 (torch
-    has no low-precision kernel) and returned in the input's dtype."""
-    return torch.linalg.slogdet(_linalg_dtype(matrices)).logabsdet.to(matrices.dtype)
-
-
-def _linalg_dtype(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _per_sample_norm(v: Tensor) -> Tensor:
@@ -180,7 +169,7 @@ class _SpectralNormLayer(nn.Module):
         k = small.numel()
         basis = torch.eye(k, dtype=w.dtype, device=w.device).reshape(k, *small.shape[1:])
         apply = self._op if from_inputs else self._adjoint
-        rows = _linalg_dtype(apply(w, basis).reshape(k, -1))  # A^T, or A
+        rows = linalg_dtype(apply(w, basis).reshape(k, -1))  # A^T, or A
         top = torch.linalg.eigh(rows @ rows.T).eigenvectors[:, -1]
         small = _normalize(top).reshape(small.shape).to(w.dtype)
         large = _normalize(rows.T @ top).reshape(large.shape).to(w.dtype)
@@ -231,7 +220,7 @@ class SpectralNormLinear(_SpectralNormLayer):
         out_features: output dimension.
         coeff: the target norm ``c > 0``; ``W_eff = W / max(1, sigma(W) / c)``.
         n_power_iterations: power-iteration steps per training-mode forward call.
-        exact: compute ``sigma`` exactly (``torch.linalg.matrix_norm(W, 2)``) instead.
+        exact: compute ``sigma`` exactly (the top singular pair of ``W``) instead.
         bias: whether to add a learnable bias (it does not affect the Lipschitz constant).
     """
 
@@ -391,17 +380,6 @@ def require_contraction(g: nn.Module) -> None:
             )
 
 
-def hutchinson_probes(n_probes: int, like: Tensor, kind: str = "rademacher") -> Tensor:
-    """``n_probes`` probe batches shaped like ``like``, shape ``(n_probes, *like.shape)``, with
-    ``E[eps eps^T] = I``: Rademacher (``+-1``) or Gaussian. Drawn from torch's global generator."""
-    shape = (n_probes, *like.shape)
-    if kind == "rademacher":
-        return torch.randint(0, 2, shape, device=like.device).to(like.dtype) * 2 - 1
-    if kind == "gaussian":
-        return torch.randn(shape, dtype=like.dtype, device=like.device)
-    raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {kind!r}")
-
-
 class InvertibleResidual(InvertibleBlock):
     r"""Invertible residual layer ``F(x) = x + g(x)`` (Behrmann et al., 2019).
 
@@ -459,8 +437,7 @@ class InvertibleResidual(InvertibleBlock):
                 raise ValueError(f"{name} must be >= 1, got {value!r}")
         if log_det not in ("auto", "exact", "series"):
             raise ValueError(f"log_det must be 'auto', 'exact' or 'series', got {log_det!r}")
-        if probe not in ("rademacher", "gaussian"):
-            raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {probe!r}")
+        check_probe(probe)
         self.g = g
         self.tol = tol
         self.max_iter = int(max_iter)
@@ -546,6 +523,5 @@ class InvertibleResidual(InvertibleBlock):
         w, total = probes, x.new_zeros(self.n_probes, x.shape[0])
         for k in range(1, self.n_series_terms + 1):
             w = vmap(vjp_fn)(w)[0]  # eps^T J^k, probe by probe
-            term = (w * probes).reshape(self.n_probes, x.shape[0], -1).sum(-1)
-            total = total + ((-1) ** (k + 1) / k) * term
+            total = total + ((-1) ** (k + 1) / k) * probe_products(w, probes)
         return total.mean(0)

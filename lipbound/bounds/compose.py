@@ -33,9 +33,9 @@ from tqdm import tqdm
 from ..blocks.base import InvertibleBlock
 from ..blocks.sequential import InvertibleSequential
 from .blocks import BlockContext, block_rule, shared_propagation
-from .evaluate import exact_float
+from .evaluate import ball_upper
 from .interval import Box
-from .rounding import down, up
+from .rounding import down
 from .table import BlockBound
 
 __all__ = ["NetworkBound", "bound_model", "leaf_blocks"]
@@ -54,10 +54,7 @@ def _product(values: Sequence[float | None]) -> float | None:
     total = arb(1)
     for v in values:
         total = total * arb(v)
-    if not total.is_finite():
-        return math.inf
-    exact = exact_float(total)
-    return exact if exact is not None else up(float(total.upper()))
+    return ball_upper(total)
 
 
 def _symbolic_product(factors: Sequence[sp.Expr]) -> sp.Expr:

@@ -21,7 +21,7 @@ from flint import arb, ctx, fmpq
 
 from .rounding import down, up
 
-__all__ = ["PREC", "exact_float", "lower", "to_arb", "upper"]
+__all__ = ["PREC", "ball_upper", "exact_float", "lower", "to_arb", "upper"]
 
 #: Working precision of the ball evaluation, in bits.
 PREC = 128
@@ -101,16 +101,20 @@ def exact_float(ball: arb) -> float | None:
     return None
 
 
-def upper(expr: sp.Expr, values: Mapping[sp.Symbol, float]) -> float | None:
-    """A float ``>=`` the exact value of ``expr`` at ``values``; ``None`` when symbols are left
-    free; ``inf`` when the ball is unbounded or not a number (a division by a ball holding 0)."""
-    ball = _evaluate(expr, values)
-    if ball is None:
-        return None
+def ball_upper(ball: arb) -> float:
+    """A float ``>=`` every point of ``ball`` (its value when exact); ``inf`` when the ball is
+    unbounded or not a number."""
     if not ball.is_finite():
         return math.inf
     exact = exact_float(ball)
     return exact if exact is not None else up(float(ball.upper()))
+
+
+def upper(expr: sp.Expr, values: Mapping[sp.Symbol, float]) -> float | None:
+    """A float ``>=`` the exact value of ``expr`` at ``values``; ``None`` when symbols are left
+    free; ``inf`` when the ball is unbounded or not a number (a division by a ball holding 0)."""
+    ball = _evaluate(expr, values)
+    return None if ball is None else ball_upper(ball)
 
 
 def lower(expr: sp.Expr, values: Mapping[sp.Symbol, float]) -> float | None:

@@ -15,7 +15,7 @@ using Weyl's inequality for the symmetric error of each product, whose entries a
 ``n^{1/2^{J+1}}``: squarings continue until the bound is within ``rtol`` of the float64 SVD
 estimate (or ``max_squarings``). All scalar work is rounded upward.
 
-**Inverses** (:func:`inverse_norm_upper`). With ``X = fl(W^-1)`` and ``R = I - W X``,
+**Inverses** (:func:`certified_inverse`). With ``X = fl(W^-1)`` and ``R = I - W X``,
 ``W^-1 = X (I - R)^-1`` gives ``||W^-1||_2 <= ||X||_2 / (1 - ||R||_2)`` when ``||R||_2 < 1``; ``R``
 is bounded by its computed value plus the product's error bound. The value also bounds
 ``||X||_2``, the matrix the block's float inverse actually applies.
@@ -46,7 +46,6 @@ from .rounding import ETA, U, gamma, up, up_tensor
 __all__ = [
     "certified_inverse",
     "conv2d_norm_upper",
-    "inverse_norm_upper",
     "spectral_norm_upper",
 ]
 
@@ -159,11 +158,6 @@ def certified_inverse(w: Tensor, rtol: float = 1e-4) -> tuple[Tensor, float, flo
             f"w is too ill-conditioned for a certified inverse bound (||I - W W^-1|| <= {r_norm})"
         )
     return x, up(up(spectral_norm_upper(x, rtol)) / (1.0 - r_norm), 2), r_norm
-
-
-def inverse_norm_upper(w: Tensor, rtol: float = 1e-4) -> float:
-    """A certified upper bound on ``||w^-1||_2`` for a square matrix (:func:`certified_inverse`)."""
-    return certified_inverse(w, rtol)[1]
 
 
 def _phases(k: int, size: int) -> Tensor:

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..blocks.scale import round_up
+
 __all__ = ["LIB_ULPS", "U", "down", "exp_up", "gamma", "up", "up_tensor", "widen"]
 
 #: Unit roundoff of float64.
@@ -30,12 +32,9 @@ ETA = 2.0 ** -1074
 
 
 def up(v: float, ulps: int = 1) -> float:
-    """``v`` moved up by ``ulps`` ulps (``inf`` stays ``inf``); NaN is refused."""
-    if math.isnan(v):
-        raise ValueError("cannot round NaN up to a bound")
-    for _ in range(ulps):
-        v = math.nextafter(v, math.inf)
-    return v
+    """``v`` moved up by ``ulps`` ulps (``inf`` stays ``inf``); NaN is refused
+    (:func:`lipbound.blocks.scale.round_up`, one ulp by default)."""
+    return round_up(v, ulps)
 
 
 def down(v: float, ulps: int = 1) -> float:

@@ -73,7 +73,7 @@ def _number(block: Mapping[str, Any], key: str, where: str) -> float | None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
         raise ValueError(f"{where}: {key!r} must be a number, got {v!r}")
-    if v < 0 and key not in ("a", "b"):
+    if v < 0:
         raise ValueError(f"{where}: {key!r} must be >= 0, got {v!r}")
     return float(v)
 

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..blocks import InvertibleBlock
 from ..precision import torch_dtype
-from .views import at_precision, default_tol, per_sample_norm
+from .views import at_precision, default_tol, mark_non_finite, per_sample_norm
 
 __all__ = ["AttackResult", "dequantization_cell", "invertibility_attack"]
 
@@ -83,10 +83,7 @@ def _loss_and_error(model: InvertibleBlock, x: Tensor) -> tuple[Tensor, Tensor]:
     NaN where the reconstruction holds NaN, Inf where it holds Inf)."""
     rec = model.inverse(model(x))
     diff = (x - rec).reshape(x.shape[0], -1)
-    err = per_sample_norm(diff.detach())
-    flat = rec.detach().reshape(x.shape[0], -1)
-    err = torch.where(torch.isinf(flat).any(dim=1), torch.full_like(err, float("inf")), err)
-    err = torch.where(torch.isnan(flat).any(dim=1), torch.full_like(err, float("nan")), err)
+    err = mark_non_finite(per_sample_norm(diff.detach()), rec.detach())
     return torch.linalg.vector_norm(diff, dim=1), err
 
 

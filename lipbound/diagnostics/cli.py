@@ -12,15 +12,14 @@ section 2 for models whose blocks all have a reference implementation (not adapt
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ..blocks import InvertibleBlock
-from ..io import load_inputs
+from ..adapters import adapt
+from ..io import load_inputs, load_saved
+from ..jsonio import dump_json
 from .data import checkerboard, load_digits
 from .histogram import plot_error_histograms
 from .maps import grid_maps, plot_grid_maps
@@ -44,15 +43,6 @@ def load_data(spec: str, seed: int = 0) -> Tensor:
             raise ValueError(f"DATA checkerboard:N needs an integer N, got {spec!r}")
         return checkerboard(int(count), generator=gen)
     return load_inputs(spec)
-
-
-def _load_model(path: str) -> InvertibleBlock:
-    from ..adapters import adapt
-
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"model file {path!r} does not exist")
-    return adapt(torch.load(file, map_location="cpu", weights_only=False))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``lipbound diagnose``."""
-    model = _load_model(args.model)
+    model = adapt(load_saved(args.model))
     x = load_data(args.data, args.seed)
     if args.n is not None:
         if args.n < 1:
@@ -114,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"lipbound diagnose: {args.model} on {args.data}")
     print(format_diagnosis(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(diagnosis_to_json(result), indent=1))
+        dump_json(diagnosis_to_json(result), args.json)
     if args.plot:
         if tuple(x.shape[1:]) == (2,):
             maps = grid_maps(model, args.grid, args.lim, args.precision[0], progress=progress)

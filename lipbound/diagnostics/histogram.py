@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from .figures import figure_path, pyplot, save_figure
 from .reconstruction import ReconstructionStats
 
 __all__ = ["plot_error_histograms"]
@@ -14,18 +15,12 @@ __all__ = ["plot_error_histograms"]
 def plot_error_histograms(stats: list[ReconstructionStats], path: str | Path) -> Path:
     """One panel per direction with a ``log10`` error histogram per precision; the legend counts
     zero, NaN and Inf errors, which a log axis cannot show. PNG, or PDF from the suffix."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".pdf"):
-        raise ValueError(f"path must end in .png or .pdf, got {str(path)!r}")
+    path = figure_path(path)
     if not stats:
         raise ValueError("stats must hold at least one ReconstructionStats")
     directions = list(dict.fromkeys(s.direction for s in stats))
-    fig, axes = plt.subplots(1, len(directions), figsize=(6 * len(directions), 4), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(directions), figsize=(6 * len(directions), 4),
+                                  squeeze=False)
     for ax, direction in zip(axes[0], directions, strict=True):
         for s in (s for s in stats if s.direction == direction):
             e = s.errors
@@ -42,7 +37,4 @@ def plot_error_histograms(stats: list[ReconstructionStats], path: str | Path) ->
         ax.set_ylabel("samples")
         ax.set_title(f"round trip {direction}")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

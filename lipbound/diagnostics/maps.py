@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..blocks import InvertibleBlock
+from .figures import figure_path, pyplot, save_figure
 from .reconstruction import reconstruction_stats
 from .spectrum import singular_values
 from .views import at_precision
@@ -99,22 +100,12 @@ def _draw(ax, values: Tensor, extent: list[float], title: str, fig) -> None:
 
 def plot_grid_maps(maps: GridMaps, path: str | Path, data: Tensor | None = None) -> Path:
     """Write the maps side by side as PNG (or PDF, from the suffix), ``data`` points overlaid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".pdf"):
-        raise ValueError(f"path must end in .png or .pdf, got {str(path)!r}")
+    path = figure_path(path)
     extent = [float(maps.xs[0]), float(maps.xs[-1]), float(maps.ys[0]), float(maps.ys[-1])]
     panels = maps.maps()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4))
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4))
     for ax, (title, values) in zip(axes, panels.items(), strict=True):
         _draw(ax, values, extent, title, fig)
         if data is not None:
             ax.scatter(data[:, 0], data[:, 1], s=1, c="white", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -22,7 +22,6 @@ and the stage (``"forward"`` or ``"inverse"``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +29,14 @@ from torch import Tensor
 
 from ..blocks import InvertibleBlock
 from ..precision import torch_dtype
-from .views import Inverted, at_precision, default_tol, leaf_blocks, per_sample_norm
+from .views import (
+    Inverted,
+    at_precision,
+    default_tol,
+    leaf_blocks,
+    mark_non_finite,
+    per_sample_norm,
+)
 
 __all__ = [
     "DIRECTIONS",
@@ -77,12 +83,8 @@ def error_summary(errors: Tensor) -> dict[str, float | int | None]:
 
 
 def _errors(x: Tensor, x_rec: Tensor) -> Tensor:
-    """Per-sample ``||x - x_rec||_2`` in float64, NaN when ``x_rec`` holds a NaN."""
-    err = per_sample_norm(x.to(torch.float64) - x_rec.to(torch.float64))
-    has_nan = torch.isnan(x_rec.reshape(x_rec.shape[0], -1)).any(dim=1)
-    has_inf = torch.isinf(x_rec.reshape(x_rec.shape[0], -1)).any(dim=1)
-    err = torch.where(has_inf, torch.full_like(err, math.inf), err)
-    return torch.where(has_nan, torch.full_like(err, math.nan), err)
+    """Per-sample ``||x - x_rec||_2`` in float64, NaN (Inf) when ``x_rec`` holds a NaN (an Inf)."""
+    return mark_non_finite(per_sample_norm(x.to(torch.float64) - x_rec.to(torch.float64)), x_rec)
 
 
 def _non_finite(v: Tensor) -> Tensor:

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 from torch import Tensor
 
-from ..autodiff import batch_jacobian
+from ..autodiff import batch_jacobian, flat_sample_map
 from ..blocks import InvertibleBlock
 from .views import at_precision
 
@@ -48,15 +47,6 @@ __all__ = [
 Fn = Callable[[Tensor], Tensor]
 
 
-def _flat(fn: Fn, shape: torch.Size) -> Fn:
-    """``fn`` on one flattened sample: ``R^d -> R^m``."""
-
-    def single(v: Tensor) -> Tensor:
-        return fn(v.reshape((1,) + tuple(shape))).reshape(-1)
-
-    return single
-
-
 def jacobian_rowwise(fn: Fn, x: Tensor) -> Tensor:
     """``J_fn(x)`` of one sample ``x`` (no batch dimension), shape ``(m, d)``, one row at a time.
 
@@ -64,7 +54,7 @@ def jacobian_rowwise(fn: Fn, x: Tensor) -> Tensor:
     pass: the method of the paper (appendix D, "gradient w.r.t. each dimension of the network
     output is computed sequentially"). It needs no ``vmap``, so it works on any differentiable code.
     """
-    f = _flat(fn, x.shape)
+    f = flat_sample_map(fn, tuple(x.shape))
     y, vjp_fn = torch.func.vjp(f, x.reshape(-1))
     eye = torch.eye(y.numel(), dtype=y.dtype, device=y.device)
     return torch.stack([vjp_fn(e)[0] for e in eye])
@@ -139,7 +129,9 @@ def sigma_max(fn: Fn, x: Tensor, tol: float = 1e-8, maxiter: int | None = None,
         maxiter: ARPACK's cap on restarts (``None``: its default).
         seed: seed of the start vector.
     """
-    f = _flat(fn, x.shape)
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
+
+    f = flat_sample_map(fn, tuple(x.shape))
     x0 = x.detach().reshape(-1)
     y, vjp_fn = torch.func.vjp(f, x0)
     if not bool(torch.isfinite(y).all()):

@@ -1,5 +1,5 @@
 """Views of a model that the diagnostics share: its leaf blocks, its inverse as a model, a copy at
-a precision, and the float tolerance used to call a reconstruction failed.
+a precision, the float tolerance used to call a reconstruction failed, and per-sample errors.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from torch import Tensor
 from ..blocks import InvertibleBlock
 from ..precision import torch_dtype
 
-__all__ = ["Inverted", "at_precision", "default_tol", "leaf_blocks", "per_sample_norm"]
+__all__ = ["Inverted", "at_precision", "default_tol", "leaf_blocks", "mark_non_finite",
+           "per_sample_norm"]
 
 
 def leaf_blocks(model: InvertibleBlock) -> list[InvertibleBlock]:
@@ -80,3 +81,11 @@ def default_tol(precision: str) -> float:
 def per_sample_norm(v: Tensor) -> Tensor:
     """``||v_b||_2`` per sample, computed in float64, shape ``(B,)``."""
     return torch.linalg.vector_norm(v.to(torch.float64).reshape(v.shape[0], -1), dim=1)
+
+
+def mark_non_finite(errors: Tensor, rec: Tensor) -> Tensor:
+    """Per-sample ``errors`` set to NaN where the reconstruction ``rec`` holds a NaN, else to Inf
+    where it holds an Inf, so that the two are counted apart."""
+    flat = rec.reshape(rec.shape[0], -1)
+    errors = torch.where(torch.isinf(flat).any(dim=1), torch.full_like(errors, math.inf), errors)
+    return torch.where(torch.isnan(flat).any(dim=1), torch.full_like(errors, math.nan), errors)

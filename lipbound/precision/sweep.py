@@ -114,17 +114,13 @@ def _exact_singular_values(ref: reference.ReferenceModel, x: np.ndarray, rtol: f
     """Certified ``(sigma_max, sigma_min)`` after every block, each to ``rtol`` relative, as
     exact mpmath numbers (no float64 underflow); the precision doubles until every depth
     meets it."""
-    current = ref
-    while True:
+    for current in ref.doubling(max_prec):
         bk = current.backend
         pairs = [singular_values_2x2(j, bk) for j in _all_jacobians(current, x)]
-        ok = all(_relative_radius(bk, s) <= rtol for pair in pairs for s in pair)
-        if ok:
+        if all(_relative_radius(bk, s) <= rtol for pair in pairs for s in pair):
             return [(to_mpf(a), to_mpf(b)) for a, b in pairs]
-        if 2 * bk.prec > max_prec:
-            raise reference.CertificationError(
-                f"Figure 1 singular values not certified to {rtol:g} at {bk.prec} bits")
-        current = current.at(2 * bk.prec)
+    raise reference.CertificationError(
+        f"Figure 1 singular values not certified to {rtol:g} at {bk.prec} bits")
 
 
 def _batched_inverse_float(blocks: list, z: torch.Tensor) -> torch.Tensor:
@@ -173,16 +169,13 @@ def _certified_batched_inverse(ref: reference.ReferenceModel, z: np.ndarray,
     :data:`EXACT_TOL` times its scale (a deep affine chain's inverse needs ``log2 cond`` more
     bits)."""
     z = np.where(np.isfinite(z), z, 0.0)
-    current = ref
-    while True:
+    for current in ref.doubling(max_prec):
         out = _batched_inverse_exact(current, current.convert(z))
         scale = np.maximum(np.abs(out.to_numpy()).max(axis=1), 1.0)
         if (out.radii().max(axis=1) <= EXACT_TOL * scale).all():
             return out, current
-        if 2 * current.backend.prec > max_prec:
-            raise reference.CertificationError(
-                f"Figure 1 inverse not certified at {current.backend.prec} bits")
-        current = current.at(2 * current.backend.prec)
+    raise reference.CertificationError(
+        f"Figure 1 inverse not certified at {current.backend.prec} bits")
 
 
 def _minus(ref: reference.ReferenceModel, values: np.ndarray, exact: RTensor,
@@ -245,8 +238,7 @@ def _round_trip_bounds(ref: reference.ReferenceModel, x: np.ndarray, depths: np.
     """Certified bounds ``|mid| + rad`` on ``||x - F^-1(F(x))||`` of the first ``depths[r]``
     blocks of ``ref``, all run at ``prec`` bits, the precision doubled until every bound is
     below ``target``."""
-    while True:
-        current = ref.at(prec)
+    for current in ref.at(prec).doubling(max_prec):
         trace = current.trace_forward(x)
         rec = _batched_inverse_exact(current, _stack([trace[d] for d in depths]), depths)
         with current.backend.active():
@@ -256,11 +248,9 @@ def _round_trip_bounds(ref: reference.ReferenceModel, x: np.ndarray, depths: np.
         bound = row_norms(np.abs(err.to_numpy()) + err.radii()) * (1 + 2.0 ** -40)
         if (bound <= target).all():
             return bound
-        if 2 * prec > max_prec:
-            raise reference.CertificationError(
-                f"the exact round trip is not certified below {target:.3g} at {prec} bits "
-                f"(largest bound {float(bound.max()):.3g})")
-        prec *= 2
+    raise reference.CertificationError(
+        f"the exact round trip is not certified below {target:.3g} at {current.backend.prec} "
+        f"bits (largest bound {float(bound.max()):.3g})")
 
 
 def _exact_rows(chain: str, depth: int, t: float, g: float, alternate: bool, x: np.ndarray,
