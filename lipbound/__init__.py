@@ -4,7 +4,11 @@ Implements "Understanding and Mitigating Exploding Inverses in Invertible Neural
 (Behrmann, Vicol, Wang, Grosse, Jacobsen; AISTATS 2021). Subpackages:
 
 * :mod:`lipbound.blocks`: invertible blocks in torch (forward, inverse, log-abs-det).
-* :mod:`lipbound.diagnostics`: Jacobians and measurements on any invertible model.
+* :mod:`lipbound.bounds`: Table 3 Lipschitz bounds, composed, with certified numbers from weights.
+* :mod:`lipbound.precision`: precision names, runs at any precision, the section 2 error
+  decomposition against the arbitrary-precision oracle (the top-level package ``reference``).
+* :mod:`lipbound.diagnostics`: Jacobian spectra, reconstruction statistics, invertibility attack.
+* :mod:`lipbound.adapters`: FrEIA, nflows, zuko, normflows and memcnn models as lipbound blocks.
 """
 
 __version__ = "0.1.0"
