@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .autodiff import batch_jacobian
-from .blocks import InvertibleBlock, InvertibleSequential, glow_like, randomize_parameters
+from .blocks import InvertibleBlock, glow_like, randomize_parameters
 from .io import load_model
 from .jsonio import dump_json, jsonable
 from .precision import torch_dtype
@@ -53,13 +53,9 @@ def _max_rel_error(x: Tensor, x_rec: Tensor) -> float:
     return float(rel.max())
 
 
-def _leaves(block: InvertibleBlock) -> list[InvertibleBlock]:
-    return block.flat_blocks() if isinstance(block, InvertibleSequential) else [block]
-
-
 def _converged(block: InvertibleBlock) -> bool:
     """Whether every iterative inverse in ``block`` converged on its last call."""
-    return all(b.last_convergence.converged for b in _leaves(block)
+    return all(b.last_convergence.converged for b in block.flat_blocks()
                if b.last_convergence is not None)
 
 
@@ -100,7 +96,7 @@ def check_model(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] =
         torch_dtype(p)
     model = copy.deepcopy(model).to(torch.float64).eval()
     x = x.to(torch.float64)
-    blocks = _leaves(model)
+    blocks = model.flat_blocks()
     with torch.no_grad():
         trace = [x]
         for b in blocks[:-1]:

@@ -215,6 +215,13 @@ def test_sequential_trace_and_flat_blocks():
     torch.testing.assert_close(inv[1], fwd[2], rtol=1e-13, atol=1e-13)
 
 
+def test_flat_blocks_of_a_leaf_is_itself():
+    leaf = Permutation(4)
+    assert leaf.flat_blocks() == [leaf]
+    nested = InvertibleSequential(InvertibleSequential(leaf), Squeeze())
+    assert [type(b) for b in nested.flat_blocks()] == [Permutation, Squeeze]
+
+
 def test_squeeze_layout():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     y = Squeeze(2)(x)

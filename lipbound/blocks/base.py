@@ -139,6 +139,10 @@ class InvertibleBlock(nn.Module):
         """Raise ``ValueError`` when the block's parameters make it non-invertible or non-finite."""
         check_finite_parameters(self)
 
+    def flat_blocks(self) -> list[InvertibleBlock]:
+        """The leaf blocks in forward order: ``[self]`` here; containers expand themselves."""
+        return [self]
+
     @property
     def is_iterative(self) -> bool:
         """Whether the inverse is computed iteratively (and records :attr:`last_convergence`)."""

@@ -43,7 +43,7 @@ class InvertibleSequential(InvertibleBlock):
         """The leaf blocks in forward order, nested sequentials expanded."""
         out: list[InvertibleBlock] = []
         for b in self.blocks:
-            out.extend(b.flat_blocks() if isinstance(b, InvertibleSequential) else [b])
+            out.extend(b.flat_blocks())
         return out
 
     def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:

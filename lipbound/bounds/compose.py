@@ -31,7 +31,6 @@ from flint import arb
 from tqdm import tqdm
 
 from ..blocks.base import InvertibleBlock
-from ..blocks.sequential import InvertibleSequential
 from .blocks import BlockContext, block_rule, shared_propagation
 from .evaluate import ball_upper
 from .interval import Box
@@ -171,10 +170,8 @@ class NetworkBound:
 
 def leaf_blocks(model: InvertibleBlock) -> list[InvertibleBlock]:
     """The leaf blocks of a model in forward order."""
-    if isinstance(model, InvertibleSequential):
-        return model.flat_blocks()
     if isinstance(model, InvertibleBlock):
-        return [model]
+        return model.flat_blocks()
     raise TypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
 
 

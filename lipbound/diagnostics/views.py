@@ -20,16 +20,15 @@ __all__ = ["Inverted", "at_precision", "default_tol", "leaf_blocks", "mark_non_f
 def leaf_blocks(model: InvertibleBlock) -> list[InvertibleBlock]:
     """The leaf blocks of ``model`` in forward order (``[model]`` for a single block).
 
-    Anything with a ``flat_blocks()`` method (:class:`InvertibleSequential`, the adapters of
-    :mod:`lipbound.adapters`) is expanded.
+    Containers (:class:`InvertibleSequential`, the adapted sequences of :mod:`lipbound.adapters`)
+    are expanded by their ``flat_blocks()``.
     """
     if not isinstance(model, InvertibleBlock):
         raise TypeError(
             f"model must be an InvertibleBlock, got {type(model).__name__}; wrap models of other "
             "libraries with lipbound.adapters.adapt"
         )
-    flat = getattr(model, "flat_blocks", None)
-    return list(flat()) if callable(flat) else [model]
+    return model.flat_blocks()
 
 
 class Inverted(InvertibleBlock):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 import reference
-from lipbound.blocks import InvertibleBlock, InvertibleSequential
+from lipbound.blocks import InvertibleBlock
 
 from .emulate import RoundEachOp, is_missing_kernel
 from .names import Precision, parse_precision
@@ -73,17 +73,13 @@ def cast_model(model: InvertibleBlock, dtype: torch.dtype) -> InvertibleBlock:
     return copy.deepcopy(model).to(dtype).eval()
 
 
-def _leaves(model: InvertibleBlock) -> list[InvertibleBlock]:
-    return model.flat_blocks() if isinstance(model, InvertibleSequential) else [model]
-
-
 def _torch_run(model: InvertibleBlock, x: Tensor, inverse: bool, trace: bool
                ) -> tuple[Tensor, list[Tensor]]:
     steps: list[Tensor] = []
     with torch.no_grad():
         if not trace:
             return (model.inverse(x) if inverse else model(x)), steps
-        blocks = _leaves(model)
+        blocks = model.flat_blocks()
         v = x
         for b in (reversed(blocks) if inverse else blocks):
             v = b.inverse(v) if inverse else b(v)
