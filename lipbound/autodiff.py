@@ -10,6 +10,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 __all__ = ["batch_jacobian", "flat_sample_map"]
 
 
@@ -34,7 +36,7 @@ def batch_jacobian(fn: Callable[[Tensor], Tensor], x: Tensor, chunk_size: int | 
     once (memory), as in :func:`torch.func.jacrev`.
     """
     if x.dim() < 2:
-        raise ValueError(f"x must be batched (B, ...), got shape {tuple(x.shape)}")
+        raise InputError(f"x must be batched (B, ...), got shape {tuple(x.shape)}")
     single = flat_sample_map(fn, tuple(x.shape[1:]))
     jac = torch.func.vmap(torch.func.jacrev(single, chunk_size=chunk_size))
     return jac(x.reshape(x.shape[0], -1))

@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .errors import LipboundError
+
 __all__ = ["COMMANDS", "main"]
 
 #: name -> (module, one-line help)
@@ -28,7 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "the paper's Figure 1 depth sweep: PNG, CSV, table (and --json)"),
 }
 
-_HANDLED = (ValueError, TypeError, FileNotFoundError)
+#: What the command reports as a one-line error (exit 2); anything else is a bug in lipbound and
+#: shows its traceback.
+_HANDLED = (LipboundError, FileNotFoundError)
 
 
 def _top_parser() -> argparse.ArgumentParser:

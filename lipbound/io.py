@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .blocks import InvertibleBlock
+from .errors import InputError, InputTypeError
 
 __all__ = ["load_inputs", "load_model", "load_saved", "save_model"]
 
@@ -21,7 +22,7 @@ __all__ = ["load_inputs", "load_model", "load_saved", "save_model"]
 def save_model(model: InvertibleBlock, path: str | Path) -> None:
     """Write ``model`` so that :func:`load_model` and the ``lipbound`` commands can read it."""
     if not isinstance(model, InvertibleBlock):
-        raise TypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
+        raise InputTypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
     torch.save(model, Path(path))
 
 
@@ -38,7 +39,7 @@ def load_model(path: str | Path) -> InvertibleBlock:
     """Read a model written by :func:`save_model` (``torch.save`` of a whole module)."""
     model = load_saved(path)
     if not isinstance(model, InvertibleBlock):
-        raise TypeError(
+        raise InputTypeError(
             f"{str(path)!r} holds a {type(model).__name__}, expected a lipbound InvertibleBlock "
             "saved with torch.save(model, path)"
         )
@@ -53,10 +54,10 @@ def load_inputs(path: str | Path) -> Tensor:
     if path.suffix == ".pt":
         x = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(x, Tensor):
-            raise TypeError(f"{str(path)!r} must hold a tensor, got {type(x).__name__}")
+            raise InputTypeError(f"{str(path)!r} must hold a tensor, got {type(x).__name__}")
         return x
     if path.suffix in (".npy", ".npz"):
         data = np.load(path)
         arr = data[data.files[0]] if isinstance(data, np.lib.npyio.NpzFile) else data
         return torch.from_numpy(np.asarray(arr))
-    raise ValueError(f"inputs must be a .pt, .npy or .npz file, got {str(path)!r}")
+    raise InputError(f"inputs must be a .pt, .npy or .npz file, got {str(path)!r}")

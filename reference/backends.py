@@ -29,6 +29,8 @@ from typing import Any
 import flint
 import mpmath
 
+from lipbound.errors import InputError
+
 __all__ = ["ArbBackend", "Backend", "MpBackend", "make_backend"]
 
 Scalar = Any
@@ -43,7 +45,7 @@ class Backend(ABC):
 
     def __init__(self, prec: int) -> None:
         if not isinstance(prec, int) or isinstance(prec, bool) or prec < 2:
-            raise ValueError(f"prec must be an integer number of bits >= 2, got {prec!r}")
+            raise InputError(f"prec must be an integer number of bits >= 2, got {prec!r}")
         self.prec = prec
 
     @property
@@ -182,7 +184,7 @@ class ArbBackend(Backend):
         out = []
         for v in values:
             if not math.isfinite(v):
-                raise ValueError(f"cannot convert the non-finite value {v} to an exact number")
+                raise InputError(f"cannot convert the non-finite value {v} to an exact number")
             out.append(arb(v))  # arb_set_d: exact
         return out
 
@@ -259,7 +261,7 @@ class ArbBackend(Backend):
         try:
             return flint.arb_mat(n, n, list(values)).inv().entries()
         except ZeroDivisionError as err:
-            raise ValueError(f"matrix is singular (or too ill-conditioned at {self.prec} bits to "
+            raise InputError(f"matrix is singular (or too ill-conditioned at {self.prec} bits to "
                              "certify its inverse)") from err
 
 
@@ -278,7 +280,7 @@ class MpBackend(Backend):
         with mpmath.workprec(53):  # every float fits in 53 bits: exact
             for v in values:
                 if not math.isfinite(v):
-                    raise ValueError(f"cannot convert the non-finite value {v} to an exact number")
+                    raise InputError(f"cannot convert the non-finite value {v} to an exact number")
                 out.append(mpmath.mpf(v))
         return out
 
@@ -350,7 +352,7 @@ class MpBackend(Backend):
         try:
             inv = mpmath.inverse(m)
         except ZeroDivisionError as err:
-            raise ValueError("matrix is singular") from err
+            raise InputError("matrix is singular") from err
         return [inv[i, j] for i in range(n) for j in range(n)]
 
 
@@ -360,10 +362,10 @@ _BACKENDS: dict[str, type[Backend]] = {"arb": ArbBackend, "mp": MpBackend}
 def make_backend(name: str) -> Backend:
     """A backend from a precision name ``"arb:<bits>"`` or ``"mp:<bits>"``."""
     if not isinstance(name, str) or name.count(":") != 1:
-        raise ValueError(f"reference precision must be 'arb:<bits>' or 'mp:<bits>', got {name!r}")
+        raise InputError(f"reference precision must be 'arb:<bits>' or 'mp:<bits>', got {name!r}")
     kind, bits = name.split(":")
     if kind not in _BACKENDS or not bits.isdigit() or int(bits) < 2:
-        raise ValueError(
+        raise InputError(
             f"reference precision must be 'arb:<bits>' or 'mp:<bits>' with bits >= 2, got {name!r}"
         )
     return _BACKENDS[kind](int(bits))

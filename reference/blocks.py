@@ -42,6 +42,7 @@ from lipbound.blocks.scale import (
     SoftClampScale,
 )
 from lipbound.blocks.sequential import InvertibleSequential
+from lipbound.errors import InputError, InputTypeError
 
 from . import functions as fn
 from .ode import FlowSolver
@@ -127,7 +128,7 @@ class _RefPartition:
             self.mask_bool = partition.mask.cpu().numpy().astype(bool)
             self.mask = RTensor.from_array(self.mask_bool.astype(np.float64), c.backend)
         else:
-            raise TypeError(f"no reference for partition {type(partition).__name__}; "
+            raise InputTypeError(f"no reference for partition {type(partition).__name__}; "
                             "use ChannelPartition or MaskPartition")
 
     def _select(self, x: Tensorish, index: list[int]) -> Tensorish:
@@ -169,7 +170,7 @@ def _scale(scale: ScaleFunction, c: Compiler) -> Map:
         return lambda h: (alpha * two_over_pi * (h / alpha).apply(fn.ATAN)).apply(fn.EXP)
     if type(scale) is IdentityScale:
         return lambda h: h
-    raise TypeError(f"no reference for scale function {type(scale).__name__}")
+    raise InputTypeError(f"no reference for scale function {type(scale).__name__}")
 
 
 # -- blocks ----------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def _actnorm(block: ActNorm, c: Compiler) -> RefBlock:
     """``y = (x + b) exp(l)``, ``x = y exp(-l) - b`` per channel. An ActNorm that has not been
     initialised would initialise itself from data in training mode: the reference refuses it."""
     if block.training and not bool(block.initialized):
-        raise ValueError("ActNorm is uninitialised and in training mode (its first forward would "
+        raise InputError("ActNorm is uninitialised and in training mode (its first forward would "
                          "set its parameters from data); initialise it or call model.eval()")
     bias = c.param(block.bias)
     with c.backend.active():
@@ -288,7 +289,7 @@ def squeeze_index(shape: tuple[int, ...], f: int) -> np.ndarray:
     """Index of the squeeze: ``out[b, c f^2 + i f + j, h, w] = in[b, c, h f + i, w f + j]``."""
     b, ch, hh, ww = shape
     if hh % f or ww % f:
-        raise ValueError(f"spatial size {(hh, ww)} must be divisible by factor {f}")
+        raise InputError(f"spatial size {(hh, ww)} must be divisible by factor {f}")
     bi, ci, i, j, h, w = np.ix_(range(b), range(ch), range(f), range(f), range(hh // f),
                                 range(ww // f))
     src = ((bi * ch + ci) * hh + h * f + i) * ww + w * f + j

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from lipbound.errors import InputError, LipboundError
+
 from .model import ReferenceModel
 from .tensor import RTensor
 
@@ -29,7 +31,7 @@ __all__ = ["CertificationError", "Certified", "certified_forward", "certified_in
 MP_CONFIRM_BITS = 64
 
 
-class CertificationError(ArithmeticError):
+class CertificationError(LipboundError, ArithmeticError):
     """A reference result could not be certified to the requested tolerance."""
 
 
@@ -60,7 +62,7 @@ def _scale(v: RTensor) -> float:
 def _certify(ref: ReferenceModel, run: Callable[[ReferenceModel], RTensor], tol: float,
              max_prec: int, what: str) -> Certified:
     if not (tol > 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+        raise InputError(f"tol must be a positive finite number, got {tol!r}")
     for current in ref.doubling(max_prec):
         prec = current.backend.prec
         value = run(current)

@@ -27,6 +27,7 @@ from torch import nn
 from lipbound.blocks.ode import ODEFunc
 from lipbound.blocks.residual import LipSwish, SpectralNormConv2d, SpectralNormLinear
 from lipbound.blocks.subnets import Constant
+from lipbound.errors import InputError
 
 from . import functions as fn
 from .registry import Compiler, register
@@ -88,7 +89,7 @@ class Conv2dMap:
 
     def __call__(self, x: Tensorish) -> Tensorish:
         if len(x.shape) != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"conv input must be (B, {self.in_channels}, H, W), got {x.shape}")
+            raise InputError(f"conv input must be (B, {self.in_channels}, H, W), got {x.shape}")
         index = conv_patches(tuple(x.shape), self.kernel, self.stride, self.padding)
         b, h_out, w_out = index.shape[:3]
         cols = x.take(index.reshape(b * h_out * w_out, self.inner))
@@ -101,16 +102,16 @@ class Conv2dMap:
 
 def _pair(v: int | tuple[int, ...], name: str) -> tuple[int, int]:
     if isinstance(v, str):
-        raise ValueError(f"Conv2d {name}={v!r} is not supported by the reference; use integers")
+        raise InputError(f"Conv2d {name}={v!r} is not supported by the reference; use integers")
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _check_conv(module: nn.Conv2d) -> None:
     if module.groups != 1 or _pair(module.dilation, "dilation") != (1, 1):
-        raise ValueError(f"reference Conv2d supports groups=1 and dilation=1, got groups="
+        raise InputError(f"reference Conv2d supports groups=1 and dilation=1, got groups="
                          f"{module.groups}, dilation={module.dilation}")
     if module.padding_mode != "zeros":
-        raise ValueError(f"reference Conv2d supports padding_mode='zeros', got "
+        raise InputError(f"reference Conv2d supports padding_mode='zeros', got "
                          f"{module.padding_mode!r}")
 
 

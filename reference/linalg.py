@@ -25,6 +25,8 @@ from typing import Any
 
 import mpmath
 
+from lipbound.errors import InputError
+
 from .certify import MP_CONFIRM_BITS, CertificationError
 from .model import ReferenceModel
 
@@ -96,13 +98,13 @@ def singular_values(ref: ReferenceModel, x: Any, rtol: float = 1e-30,
         max_prec: the largest precision tried before refusing.
     """
     if not (rtol > 0 and math.isfinite(rtol)):
-        raise ValueError(f"rtol must be a positive finite number, got {rtol!r}")
+        raise InputError(f"rtol must be a positive finite number, got {rtol!r}")
     for current in ref.doubling(max_prec):
         prec = current.backend.prec
         rows = current.jacobian(x)
         mids = [[to_mpf(v) for v in row] for row in rows]
         if len(mids) != len(mids[0]):
-            raise ValueError(f"the Jacobian is {len(mids)} x {len(mids[0])}: F must map R^d to R^d")
+            raise InputError(f"the Jacobian is {len(mids)} x {len(mids[0])}: F must map R^d to R^d")
         if current.backend.kind == "arb":
             jacobian_error = current.jacobian_radius(rows)
         else:  # mpmath carries no radius: confirm the Jacobian at a second precision

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from lipbound.errors import InputError, InputTypeError
+
 from . import blocks as _blocks  # noqa: F401  (registers the block references)
 from . import layers as _layers  # noqa: F401  (registers the layer references)
 from .backends import Backend, Scalar, make_backend
@@ -51,7 +53,8 @@ class ReferenceModel:
         with self.backend.active():
             root = Compiler(self.backend, iterations, self.exact_constants).compile(model)
         if not isinstance(root, RefBlock):
-            raise TypeError(f"{type(model).__name__} compiled to a layer, not an invertible block")
+            raise InputTypeError(
+                f"{type(model).__name__} compiled to a layer, not an invertible block")
         self.root = root
 
     def __repr__(self) -> str:
@@ -117,7 +120,7 @@ class ReferenceModel:
         mode: ``F`` applied to dual numbers seeded with the identity. Rows are outputs."""
         x = self.convert(x)
         if x.shape[0] != 1:
-            raise ValueError(f"jacobian needs a single sample (batch size 1), got shape {x.shape}")
+            raise InputError(f"jacobian needs a single sample (batch size 1), got shape {x.shape}")
         with self.backend.active():
             return self.root.forward(DualTensor.seed(x)).jacobian_rows()
 

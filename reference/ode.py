@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from lipbound.errors import InputError
+
 from .backends import Backend
 from .tensor import RTensor, Tensorish, midpoint_norm
 
@@ -44,7 +46,7 @@ class FlowSolver:
     def __init__(self, f: Field, T: float, backend: Backend, method: str, steps: int,
                  exact: bool) -> None:
         if method not in ("rk4", "euler"):
-            raise ValueError(f"method must be 'rk4' or 'euler', got {method!r}")
+            raise InputError(f"method must be 'rk4' or 'euler', got {method!r}")
         self.f, self.backend, self.method, self.steps, self.exact = f, backend, method, steps, exact
         self.T = RTensor.from_floats([T], (), backend)
 

@@ -21,6 +21,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lipbound.errors import InputError, InputTypeError
+
 from .backends import Backend
 from .tensor import RTensor
 
@@ -31,14 +33,14 @@ Builder = Callable[[nn.Module, "Compiler"], Any]
 _REGISTRY: dict[type, Builder] = {}
 
 
-class UnknownLayerError(TypeError):
+class UnknownLayerError(InputTypeError):
     """A module type without a reference implementation."""
 
 
 def register(module_type: type) -> Callable[[Builder], Builder]:
     """Decorator: register ``builder(module, compiler)`` as the reference of ``module_type``."""
     if not isinstance(module_type, type):
-        raise TypeError(f"module_type must be a class, got {module_type!r}")
+        raise InputTypeError(f"module_type must be a class, got {module_type!r}")
 
     def decorate(builder: Builder) -> Builder:
         _REGISTRY[module_type] = builder
@@ -68,7 +70,7 @@ class Compiler:
     def __init__(self, backend: Backend, iterations: str = "converged",
                  exact_constants: dict[float, str] | None = None) -> None:
         if iterations not in ("converged", "as_float"):
-            raise ValueError(f"iterations must be 'converged' or 'as_float', got {iterations!r}")
+            raise InputError(f"iterations must be 'converged' or 'as_float', got {iterations!r}")
         self.backend = backend
         self.iterations = iterations
         self.exact_constants = dict(exact_constants or {})
@@ -78,7 +80,7 @@ class Compiler:
         if tensor is None:
             return None
         if not tensor.is_floating_point():
-            raise TypeError(f"expected a floating-point parameter, got dtype {tensor.dtype}")
+            raise InputTypeError(f"expected a floating-point parameter, got dtype {tensor.dtype}")
         return RTensor.from_array(tensor, self.backend)
 
     def number(self, value: float) -> RTensor:

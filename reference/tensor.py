@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from lipbound.errors import InputError
+
 from .backends import Backend, Scalar
 
 __all__ = ["DualTensor", "Elementwise", "RTensor", "Tensorish", "midpoint_norm", "scalar"]
@@ -54,7 +56,7 @@ class RTensor:
     def __init__(self, data: list[Scalar], shape: Sequence[int], backend: Backend) -> None:
         shape = tuple(int(s) for s in shape)
         if len(data) != _size(shape):
-            raise ValueError(f"data has {len(data)} entries, shape {shape} needs {_size(shape)}")
+            raise InputError(f"data has {len(data)} entries, shape {shape} needs {_size(shape)}")
         self.data, self.shape, self.backend = data, shape, backend
 
     # construction and export
@@ -192,7 +194,7 @@ class RTensor:
         """``self @ B`` over the last dimension, ``B`` an ``inner x cols`` matrix from
         :meth:`Backend.prepare`."""
         if self.shape[-1] != inner:
-            raise ValueError(f"last dimension must be {inner}, got shape {self.shape}")
+            raise InputError(f"last dimension must be {inner}, got shape {self.shape}")
         rows = self.numel // inner
         out = self.backend.matmul(self.data, rows, inner, prepared, cols)
         return RTensor(out, self.shape[:-1] + (cols,), self.backend)
@@ -219,7 +221,7 @@ class DualTensor:
 
     def __init__(self, value: RTensor, tangent: RTensor) -> None:
         if tangent.shape[1:] != value.shape:
-            raise ValueError(f"tangent shape {tangent.shape} must be (n, *{value.shape})")
+            raise InputError(f"tangent shape {tangent.shape} must be (n, *{value.shape})")
         self.value, self.tangent = value, tangent
 
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from lipbound.blocks import figure1_chain
+from lipbound.errors import InputTypeError
 
 from .backends import Backend
 from .model import ReferenceModel
@@ -24,6 +25,6 @@ def figure1_reference(depth: int, coupling: str = "affine", t: str = "0.12345678
     """The exact-decimal reference of ``figure1_chain(depth, coupling, t, g, alternate)``."""
     for name, text in (("t", t), ("g", g)):
         if not isinstance(text, str):
-            raise TypeError(f"{name} must be a decimal string such as '0.1', got {text!r}")
+            raise InputTypeError(f"{name} must be a decimal string such as '0.1', got {text!r}")
     model = figure1_chain(depth, coupling, float(t), float(g), alternate).to(torch.float64)
     return ReferenceModel(model, backend, exact_constants={float(t): t, float(g): g})

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ..blocks import InvertibleBlock
+from ..errors import InputTypeError
 from . import freia, memcnn, nflows, normflows, zuko
 from .base import AdaptedSequence, ForeignBlock, autograd_log_det, per_sample_log_det
 
@@ -57,7 +58,7 @@ def adapt(model: object) -> InvertibleBlock:
             return adapter(model)
     if isinstance(model, (list, tuple, nn.Sequential)) and len(model) > 0:
         return AdaptedSequence(*(adapt(m) for m in model), source=type(model).__name__)
-    raise TypeError(
+    raise InputTypeError(
         f"no adapter for {type(model).__module__}.{type(model).__name__}: supported are lipbound "
         f"blocks and models of {', '.join(ADAPTERS)} (and lists or nn.Sequential of them); "
         "register others with lipbound.adapters.register_adapter"

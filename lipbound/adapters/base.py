@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..autodiff import batch_jacobian
 from ..blocks import InvertibleBlock, InvertibleSequential
+from ..errors import InputError
 
 __all__ = ["AdaptedSequence", "ForeignBlock", "autograd_log_det", "nested_leaves",
            "per_sample_log_det"]
@@ -27,7 +28,7 @@ def per_sample_log_det(log_det: Tensor | float, x: Tensor, source: str) -> Tenso
         return log_det.to(x.dtype).expand(x.shape[0])
     log_det = log_det.reshape(log_det.shape[0], -1) if log_det.dim() > 1 else log_det
     if log_det.shape[0] != x.shape[0] or (log_det.dim() == 2 and log_det.shape[1] != 1):
-        raise ValueError(
+        raise InputError(
             f"{source} returned a log-determinant of shape {tuple(log_det.shape)}, expected one "
             f"value per sample ({x.shape[0]},)"
         )
@@ -39,7 +40,7 @@ def autograd_log_det(fn, x: Tensor, max_dim: int = 4096) -> Tensor:
     give none; refused above ``max_dim`` per-sample dimensions (cost ``O(d^3)``)."""
     d = x[0].numel()
     if d > max_dim:
-        raise ValueError(
+        raise InputError(
             f"this model gives no log-determinant and the autograd one is limited to "
             f"{max_dim} dimensions per sample, got {d}"
         )

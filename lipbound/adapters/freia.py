@@ -19,6 +19,7 @@ import sys
 from torch import Tensor, nn
 
 from ..blocks import InvertibleBlock
+from ..errors import InputError
 from .base import AdaptedSequence, ForeignBlock, per_sample_log_det
 
 __all__ = ["FrEIABlock", "adapt_freia", "matches"]
@@ -59,15 +60,15 @@ def adapt_freia(model: nn.Module) -> InvertibleBlock:
 
     if isinstance(model, ff.SequenceINN):
         if any(c is not None for c in model.conditions):
-            raise ValueError("SequenceINN: conditional modules are not supported by the adapter")
+            raise InputError("SequenceINN: conditional modules are not supported by the adapter")
         return AdaptedSequence(*(FrEIABlock(m) for m in model.module_list),
                                source="FrEIA.SequenceINN")
     if isinstance(model, ff.GraphINN):
         if len(model.in_nodes) != 1 or len(model.out_nodes) != 1:
-            raise ValueError(
+            raise InputError(
                 f"GraphINN: the adapter needs one input and one output node, got "
                 f"{len(model.in_nodes)} and {len(model.out_nodes)}"
             )
         if model.condition_nodes:
-            raise ValueError("GraphINN: conditional graphs are not supported by the adapter")
+            raise InputError("GraphINN: conditional graphs are not supported by the adapter")
     return FrEIABlock(model)

@@ -16,6 +16,7 @@ import sys
 from torch import Tensor, nn
 
 from ..blocks import InvertibleBlock
+from ..errors import InputTypeError
 from .base import ForeignBlock, autograd_log_det
 
 __all__ = ["MemcnnBlock", "adapt_memcnn", "matches"]
@@ -44,5 +45,5 @@ def adapt_memcnn(module: nn.Module) -> InvertibleBlock:
     while isinstance(module, InvertibleModuleWrapper):
         module = module._fn
     if not callable(getattr(module, "inverse", None)):
-        raise TypeError(f"memcnn module {type(module).__name__} has no inverse method")
+        raise InputTypeError(f"memcnn module {type(module).__name__} has no inverse method")
     return MemcnnBlock(module)

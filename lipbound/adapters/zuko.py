@@ -15,6 +15,7 @@ import sys
 from torch import Tensor
 
 from ..blocks import InvertibleBlock
+from ..errors import InputTypeError
 from .base import AdaptedSequence, ForeignBlock, nested_leaves, per_sample_log_det
 
 __all__ = ["ZukoBlock", "adapt_zuko", "matches"]
@@ -48,7 +49,7 @@ def adapt_zuko(model: object) -> InvertibleBlock:
     if isinstance(model, Flow):
         model = model.transform
     if not isinstance(model, LazyTransform):
-        raise TypeError(
+        raise InputTypeError(
             f"{source} is a plain transform, not a module: .to(dtype) would not reach its "
             "tensors; wrap it in zuko.lazy.UnconditionalTransform (or pass the flow)"
         )

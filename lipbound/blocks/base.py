@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError, InputTypeError
+
 __all__ = [
     "ConvergenceInfo",
     "InvertibleBlock",
@@ -68,12 +70,12 @@ def check_input(x: Tensor, name: str, feature_shape: tuple[int, ...] | None = No
         ndims: accepted numbers of dimensions (batch dimension included).
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() not in ndims:
         want = " or ".join(f"{n}-D" for n in ndims)
-        raise ValueError(f"{name} must be {want} (batch first), got shape {tuple(x.shape)}")
+        raise InputError(f"{name} must be {want} (batch first), got shape {tuple(x.shape)}")
     if feature_shape is not None and tuple(x.shape[1:]) != tuple(feature_shape):
-        raise ValueError(
+        raise InputError(
             f"{name} must have per-sample shape {tuple(feature_shape)}, got {tuple(x.shape[1:])}"
         )
 
@@ -83,7 +85,7 @@ def check_dim1(x: Tensor, name: str, size: int, unit: str = "channels") -> None:
     ``x`` has ``size`` entries; ``unit`` names them in the message."""
     check_input(x, name)
     if x.shape[1] != size:
-        raise ValueError(f"{name} must have {size} {unit} in dimension 1, got {x.shape[1]}")
+        raise InputError(f"{name} must have {size} {unit} in dimension 1, got {x.shape[1]}")
 
 
 def check_finite_parameters(module: nn.Module) -> None:
@@ -95,7 +97,7 @@ def check_finite_parameters(module: nn.Module) -> None:
             if p.is_floating_point() and not bool(torch.isfinite(p).all()):
                 n_nan = int(torch.isnan(p).sum())
                 n_inf = int(torch.isinf(p).sum())
-                raise ValueError(
+                raise InputError(
                     f"{label}: {kind} {pname!r} must be finite, found {n_nan} NaN and {n_inf} Inf"
                 )
 

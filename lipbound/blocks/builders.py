@@ -12,6 +12,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .base import InvertibleBlock
 from .coupling import AdditiveCoupling, AffineCoupling
 from .linear import ActNorm, Invertible1x1Conv
@@ -37,7 +38,7 @@ MIXINGS = ("1x1conv", "lu", "reverse", "random", "none")
 
 def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        raise InputError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 def coupling_block(partition: Partition, make_net: Callable[[], nn.Module], coupling: str,
@@ -70,12 +71,12 @@ def glow_like(in_shape: Sequence[int] = (3, 32, 32), levels: int = 3, steps: int
     :func:`~lipbound.blocks.subnets.conv_subnet` sub-networks of width ``hidden``.
     """
     if len(in_shape) != 3:
-        raise ValueError(f"in_shape must be (C, H, W), got {tuple(in_shape)}")
+        raise InputError(f"in_shape must be (C, H, W), got {tuple(in_shape)}")
     c, h, w = (int(v) for v in in_shape)
     if levels < 1 or steps < 1:
-        raise ValueError(f"levels and steps must be >= 1, got {levels} and {steps}")
+        raise InputError(f"levels and steps must be >= 1, got {levels} and {steps}")
     if h % 2**levels or w % 2**levels:
-        raise ValueError(f"H and W ({h}, {w}) must be divisible by 2**levels = {2**levels}")
+        raise InputError(f"H and W ({h}, {w}) must be divisible by 2**levels = {2**levels}")
     blocks: list[InvertibleBlock] = []
     for level in range(levels):
         blocks.append(Squeeze(2))
@@ -92,7 +93,7 @@ def glow_like(in_shape: Sequence[int] = (3, 32, 32), levels: int = 3, steps: int
 
 def _alternating_partitions(d: int, n: int) -> list[ChannelPartition]:
     if d < 2:
-        raise ValueError(f"d must be >= 2 for a coupling, got {d}")
+        raise InputError(f"d must be >= 2 for a coupling, got {d}")
     first = ChannelPartition(range(d // 2), range(d // 2, d), d)
     return [first if i % 2 == 0 else first.swapped() for i in range(n)]
 
@@ -126,7 +127,7 @@ def residual_flow(in_shape: Sequence[int] = (2,), n_blocks: int = 8, hidden: int
     """
     shape = tuple(int(v) for v in in_shape)
     if len(shape) not in (1, 3):
-        raise ValueError(f"in_shape must be (d,) or (C, H, W), got {shape}")
+        raise InputError(f"in_shape must be (d,) or (C, H, W), got {shape}")
     blocks: list[InvertibleBlock] = []
     for _ in range(n_blocks):
         if actnorm:
@@ -147,7 +148,7 @@ def figure1_chain(depth: int, coupling: str = "affine", t: float = 0.123456789,
     Jacobian are ``1`` and ``g^depth``.
     """
     if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+        raise InputError(f"depth must be >= 1, got {depth}")
     _check_choice(coupling, COUPLINGS, "coupling")
     first = ChannelPartition([0], [1], 2)
     blocks: list[InvertibleBlock] = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..errors import InputError, InputTypeError
 from .base import InvertibleBlock, zeros_log_det
 from .partition import Partition
 from .scale import ScaleFunction, make_scale
@@ -30,7 +31,7 @@ __all__ = ["AdditiveCoupling", "AffineCoupling"]
 def _apply(net: nn.Module, cond: Tensor, active: Tensor, name: str) -> Tensor:
     out = net(cond)
     if out.dim() != 0 and out.shape != active.shape:
-        raise ValueError(
+        raise InputError(
             f"sub-network {name} returned shape {tuple(out.shape)}, expected the active part's "
             f"shape {tuple(active.shape)} (or a scalar)"
         )
@@ -41,7 +42,7 @@ class _Coupling(InvertibleBlock):
     def __init__(self, partition: Partition, t: nn.Module | float) -> None:
         super().__init__()
         if not isinstance(partition, Partition):
-            raise TypeError(f"partition must be a Partition, got {type(partition).__name__}")
+            raise InputTypeError(f"partition must be a Partition, got {type(partition).__name__}")
         self.partition = partition
         self.t = as_subnet(t, "t")
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .base import InvertibleBlock, check_dim1, check_finite_parameters, spatial_size
 from .numerics import linalg_dtype, slogabsdet
 
@@ -43,7 +44,7 @@ class DiagonalScaling(InvertibleBlock):
         if not isinstance(diag, Tensor):
             diag = torch.ones(tuple(diag))
         if diag.dim() == 0:
-            raise ValueError("diag must have at least one dimension (the per-sample shape)")
+            raise InputError("diag must have at least one dimension (the per-sample shape)")
         self.diag = nn.Parameter(diag.detach().clone())
         self.validate()
 
@@ -51,7 +52,7 @@ class DiagonalScaling(InvertibleBlock):
         check_finite_parameters(self)
         n_zero = int((self.diag == 0).sum())
         if n_zero:
-            raise ValueError(
+            raise InputError(
                 f"DiagonalScaling: diag has {n_zero} zero entries; D must be invertible"
             )
 
@@ -79,7 +80,7 @@ class ActNorm(InvertibleBlock):
     def __init__(self, num_features: int, eps: float = 1e-6) -> None:
         super().__init__()
         if num_features < 1:
-            raise ValueError(f"num_features must be >= 1, got {num_features}")
+            raise InputError(f"num_features must be >= 1, got {num_features}")
         self.num_features, self.eps = num_features, eps
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.log_scale = nn.Parameter(torch.zeros(num_features))
@@ -93,7 +94,7 @@ class ActNorm(InvertibleBlock):
         """Data-dependent initialisation from the batch ``x`` (at least 2 values per channel)."""
         xc = x.transpose(0, 1).reshape(self.num_features, -1)
         if xc.shape[1] < 2:
-            raise ValueError("ActNorm initialisation needs at least 2 values per channel")
+            raise InputError("ActNorm initialisation needs at least 2 values per channel")
         self.bias.copy_(-xc.mean(dim=1))
         self.log_scale.copy_(-torch.log(xc.std(dim=1) + self.eps))
         self.initialized.fill_(True)
@@ -135,14 +136,14 @@ class Invertible1x1Conv(InvertibleBlock):
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
         if num_channels < 1:
-            raise ValueError(f"num_channels must be >= 1, got {num_channels}")
+            raise InputError(f"num_channels must be >= 1, got {num_channels}")
         self.num_channels, self.lu = num_channels, lu
         if weight is None:
             q, _ = torch.linalg.qr(torch.randn(num_channels, num_channels, generator=generator,
                                                dtype=torch.float64))
             weight = q.to(torch.get_default_dtype())
         elif tuple(weight.shape) != (num_channels, num_channels):
-            raise ValueError(
+            raise InputError(
                 f"weight must have shape ({num_channels}, {num_channels}), "
                 f"got {tuple(weight.shape)}"
             )
@@ -165,10 +166,10 @@ class Invertible1x1Conv(InvertibleBlock):
     @staticmethod
     def _check_weight(w: Tensor) -> None:
         if not bool(torch.isfinite(w).all()):
-            raise ValueError("Invertible1x1Conv: weight must be finite (found NaN or Inf)")
+            raise InputError("Invertible1x1Conv: weight must be finite (found NaN or Inf)")
         rank = int(torch.linalg.matrix_rank(w.to(torch.float64)))
         if rank < w.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"Invertible1x1Conv: weight is singular (numerical rank {rank} < {w.shape[0]})"
             )
 
@@ -205,7 +206,7 @@ class Invertible1x1Conv(InvertibleBlock):
         try:
             w_inv = torch.linalg.inv(linalg_dtype(w)).to(w.dtype)
         except torch.linalg.LinAlgError as err:
-            raise ValueError(f"Invertible1x1Conv: weight is singular, no inverse ({err})") from err
+            raise InputError(f"Invertible1x1Conv: weight is singular, no inverse ({err})") from err
         x = self._mix_channels(w_inv, y)
         ld = (-spatial_size(y) * self._log_abs_det_w()).expand(y.shape[0]) if with_log_det else None
         return x, ld

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 __all__ = ["PROBES", "check_probe", "hutchinson_probes", "linalg_dtype", "probe_products",
            "slogabsdet"]
 
@@ -28,7 +30,7 @@ def slogabsdet(matrices: Tensor) -> Tensor:
 def check_probe(kind: str) -> None:
     """Raise ``ValueError`` unless ``kind`` is one of :data:`PROBES`."""
     if kind not in PROBES:
-        raise ValueError(f"probe must be 'rademacher' or 'gaussian', got {kind!r}")
+        raise InputError(f"probe must be 'rademacher' or 'gaussian', got {kind!r}")
 
 
 def hutchinson_probes(n_probes: int, like: Tensor, kind: str = "rademacher") -> Tensor:

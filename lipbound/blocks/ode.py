@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import vjp, vmap
 
 from ..autodiff import batch_jacobian
+from ..errors import InputError
 from .base import InvertibleBlock, check_input
 from .numerics import check_probe, hutchinson_probes, probe_products, slogabsdet
 from .subnets import make_activation
@@ -87,15 +88,15 @@ class NeuralODE(InvertibleBlock):
                  probe: str = "rademacher") -> None:
         super().__init__()
         if not T > 0:
-            raise ValueError(f"T must be > 0, got {T!r}")
+            raise InputError(f"T must be > 0, got {T!r}")
         if int(steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {steps!r}")
+            raise InputError(f"steps must be >= 1, got {steps!r}")
         if method not in _METHODS:
-            raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
+            raise InputError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
         if log_det not in ("auto", "exact", "cnf"):
-            raise ValueError(f"log_det must be 'auto', 'exact' or 'cnf', got {log_det!r}")
+            raise InputError(f"log_det must be 'auto', 'exact' or 'cnf', got {log_det!r}")
         if int(n_probes) < 1:
-            raise ValueError(f"n_probes must be >= 1, got {n_probes!r}")
+            raise InputError(f"n_probes must be >= 1, got {n_probes!r}")
         check_probe(probe)
         self.f = f
         self.T = float(T)
@@ -114,7 +115,7 @@ class NeuralODE(InvertibleBlock):
     def _f(self, t: float, x: Tensor) -> Tensor:
         dx = self.f(torch.tensor(t, dtype=x.dtype, device=x.device), x)
         if dx.shape != x.shape:
-            raise ValueError(
+            raise InputError(
                 f"f(t, x) must have the shape of x: f maps {tuple(x.shape)} to {tuple(dx.shape)}"
             )
         return dx
@@ -188,7 +189,7 @@ class ODEFunc(nn.Module):
                  time_dependent: bool = True) -> None:
         super().__init__()
         if n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got {n_layers!r}")
+            raise InputError(f"n_layers must be >= 1, got {n_layers!r}")
         self.d = int(d)
         self.time_dependent = bool(time_dependent)
         dims = [d + int(time_dependent)] + [hidden] * n_layers + [d]

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .base import sum_per_sample
 
 __all__ = ["ChannelPartition", "MaskPartition", "Partition", "checkerboard", "halves"]
@@ -54,7 +55,7 @@ def _as_index(idx: Sequence[int] | Tensor, name: str) -> Tensor:
     if t.numel() == 0:
         return torch.zeros(0, dtype=torch.int64)
     if t.dim() != 1 or t.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"{name} must be a 1-D sequence of integer indices, got {idx!r}")
+        raise InputError(f"{name} must be a 1-D sequence of integer indices, got {idx!r}")
     return t.to(torch.int64)
 
 
@@ -72,10 +73,10 @@ class ChannelPartition(Partition):
         super().__init__()
         i1, i2 = _as_index(cond_index, "cond_index"), _as_index(active_index, "active_index")
         if len(i1) == 0 or len(i2) == 0:
-            raise ValueError("cond_index and active_index must both be non-empty (paper, Lemma 5)")
+            raise InputError("cond_index and active_index must both be non-empty (paper, Lemma 5)")
         both = torch.cat([i1, i2])
         if sorted(both.tolist()) != list(range(size)):
-            raise ValueError(
+            raise InputError(
                 f"cond_index {i1.tolist()} and active_index {i2.tolist()} must be disjoint and "
                 f"together cover range({size})"
             )
@@ -88,7 +89,7 @@ class ChannelPartition(Partition):
 
     def _check(self, x: Tensor) -> None:
         if x.dim() < 2 or x.shape[1] != self.size:
-            raise ValueError(
+            raise InputError(
                 f"input must have {self.size} features/channels in dimension 1, "
                 f"got shape {tuple(x.shape)}"
             )
@@ -117,7 +118,7 @@ def halves(size: int, flip: bool = False) -> ChannelPartition:
     Raises ``ValueError`` for an odd ``size``: pass explicit index sets to split unevenly.
     """
     if size < 2 or size % 2:
-        raise ValueError(
+        raise InputError(
             f"halves needs an even size >= 2, got {size}; give explicit index sets "
             "(ChannelPartition(cond_index, active_index, size)) for an uneven split"
         )
@@ -132,9 +133,9 @@ class MaskPartition(Partition):
         super().__init__()
         mask = torch.as_tensor(mask)
         if mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a boolean tensor, got dtype {mask.dtype}")
+            raise InputError(f"mask must be a boolean tensor, got dtype {mask.dtype}")
         if bool(mask.all()) or not bool(mask.any()):
-            raise ValueError("mask must mark a non-empty, proper subset of coordinates as I1")
+            raise InputError("mask must mark a non-empty, proper subset of coordinates as I1")
         self.register_buffer("mask", mask, persistent=False)
 
     def extra_repr(self) -> str:
@@ -142,7 +143,7 @@ class MaskPartition(Partition):
 
     def _check(self, x: Tensor) -> None:
         if tuple(x.shape[1:]) != tuple(self.mask.shape):
-            raise ValueError(
+            raise InputError(
                 f"input must have per-sample shape {tuple(self.mask.shape)} to match the mask, "
                 f"got {tuple(x.shape[1:])}"
             )
@@ -171,7 +172,7 @@ def checkerboard(shape: Sequence[int], parity: int = 0) -> MaskPartition:
     with ``i % 2 == parity``."""
     shape = tuple(int(s) for s in shape)
     if parity not in (0, 1):
-        raise ValueError(f"parity must be 0 or 1, got {parity}")
+        raise InputError(f"parity must be 0 or 1, got {parity}")
     if len(shape) == 1:
         mask = torch.arange(shape[0]) % 2 == parity
     elif len(shape) == 3:
@@ -179,5 +180,5 @@ def checkerboard(shape: Sequence[int], parity: int = 0) -> MaskPartition:
         grid = (torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 2 == parity
         mask = grid.expand(c, h, w).clone()
     else:
-        raise ValueError(f"shape must be (d,) or (C, H, W), got {shape}")
+        raise InputError(f"shape must be (d,) or (C, H, W), got {shape}")
     return MaskPartition(mask)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .base import InvertibleBlock, check_dim1, check_input, zeros_log_det
 
 __all__ = ["Permutation", "Squeeze"]
@@ -28,18 +29,18 @@ class Permutation(InvertibleBlock):
     def __init__(self, size: int, kind: str | Sequence[int] = "reverse", seed: int = 0) -> None:
         super().__init__()
         if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
+            raise InputError(f"size must be >= 1, got {size}")
         if isinstance(kind, str):
             if kind == "reverse":
                 perm = torch.arange(size - 1, -1, -1)
             elif kind == "random":
                 perm = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
             else:
-                raise ValueError(f"kind must be 'reverse', 'random' or a permutation, got {kind!r}")
+                raise InputError(f"kind must be 'reverse', 'random' or a permutation, got {kind!r}")
         else:
             perm = torch.as_tensor(list(kind), dtype=torch.int64)
             if sorted(perm.tolist()) != list(range(size)):
-                raise ValueError(f"kind must be a permutation of range({size}), got {list(kind)}")
+                raise InputError(f"kind must be a permutation of range({size}), got {list(kind)}")
         self.size = size
         self.register_buffer("perm", perm)
         self.register_buffer("inverse_perm", torch.argsort(perm))
@@ -66,7 +67,7 @@ class Squeeze(InvertibleBlock):
     def __init__(self, factor: int = 2) -> None:
         super().__init__()
         if factor < 1:
-            raise ValueError(f"factor must be >= 1, got {factor}")
+            raise InputError(f"factor must be >= 1, got {factor}")
         self.factor = factor
 
     def extra_repr(self) -> str:
@@ -77,7 +78,7 @@ class Squeeze(InvertibleBlock):
         b, c, h, w = x.shape
         f = self.factor
         if h % f or w % f:
-            raise ValueError(f"x spatial size {(h, w)} must be divisible by factor {f}")
+            raise InputError(f"x spatial size {(h, w)} must be divisible by factor {f}")
         y = x.reshape(b, c, h // f, f, w // f, f).permute(0, 1, 3, 5, 2, 4)
         y = y.reshape(b, c * f * f, h // f, w // f)
         return y, zeros_log_det(x) if with_log_det else None
@@ -87,7 +88,7 @@ class Squeeze(InvertibleBlock):
         b, cf, h, w = y.shape
         f = self.factor
         if cf % (f * f):
-            raise ValueError(f"y channels {cf} must be divisible by factor^2 = {f * f}")
+            raise InputError(f"y channels {cf} must be divisible by factor^2 = {f * f}")
         x = y.reshape(b, cf // (f * f), f, f, h, w).permute(0, 1, 4, 2, 5, 3)
         x = x.reshape(b, cf // (f * f), h * f, w * f)
         return x, zeros_log_det(y) if with_log_det else None

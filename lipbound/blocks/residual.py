@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import vjp, vmap
 
 from ..autodiff import batch_jacobian
+from ..errors import InputError
 from .base import ConvergenceInfo, InvertibleBlock, check_input
 from .numerics import check_probe, hutchinson_probes, linalg_dtype, probe_products, slogabsdet
 from .subnets import make_activation
@@ -94,9 +95,9 @@ class _SpectralNormLayer(nn.Module):
                  exact: bool, bias: bool, input_shape: tuple[int, ...] | None) -> None:
         super().__init__()
         if not (isinstance(coeff, (int, float)) and math.isfinite(coeff) and coeff > 0):
-            raise ValueError(f"coeff must be a finite number > 0, got {coeff!r}")
+            raise InputError(f"coeff must be a finite number > 0, got {coeff!r}")
         if int(n_power_iterations) < 1:
-            raise ValueError(f"n_power_iterations must be >= 1, got {n_power_iterations!r}")
+            raise InputError(f"n_power_iterations must be >= 1, got {n_power_iterations!r}")
         self.coeff = float(coeff)
         self.n_power_iterations = int(n_power_iterations)
         self.exact = bool(exact)
@@ -182,7 +183,7 @@ class _SpectralNormLayer(nn.Module):
         A forward call divides the weight by ``max(1, sigma / coeff)``, after advancing the power
         iteration when in training mode."""
         if self.v is None:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__}: the input shape is unknown; pass input_shape or call the "
                 "layer once before asking for sigma"
             )
@@ -197,7 +198,7 @@ class _SpectralNormLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - the class docstring says it
         check_input(x, "x", self.input_shape, ndims=(self._input_ndim,))
         if x.shape[1] != self.weight.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"x must have {self.weight.shape[1]} channels, got shape {tuple(x.shape)}"
             )
         if self.v is None:
@@ -265,7 +266,7 @@ class SpectralNormConv2d(_SpectralNormLayer):
                  input_shape: tuple[int, int, int] | None = None, padding: int | None = None,
                  n_power_iterations: int = 5, exact: bool = False, bias: bool = True) -> None:
         if input_shape is not None and (len(input_shape) != 3 or input_shape[0] != in_channels):
-            raise ValueError(
+            raise InputError(
                 f"input_shape must be (C, H, W) with C = in_channels = {in_channels}, "
                 f"got {input_shape!r}"
             )
@@ -317,7 +318,7 @@ LIPSCHITZ_ACTIVATIONS = ("elu", "relu", "tanh", "lipswish")
 def lipschitz_activation(name: str) -> nn.Module:
     """A new 1-Lipschitz activation module: ``"elu"``, ``"relu"``, ``"tanh"`` or ``"lipswish"``."""
     if name not in LIPSCHITZ_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {list(LIPSCHITZ_ACTIVATIONS)}, got {name!r}")
+        raise InputError(f"activation must be one of {list(LIPSCHITZ_ACTIVATIONS)}, got {name!r}")
     return LipSwish() if name == "lipswish" else make_activation(name)
 
 
@@ -327,7 +328,7 @@ def residual_mlp(d: int, hidden: int, n_layers: int = 2, coeff: float = 0.97,
     layers (``n_layers + 1`` :class:`SpectralNormLinear` maps of norm ``<= coeff``) and 1-Lipschitz
     activations between them, so ``Lip(g) <= coeff ** (n_layers + 1)``."""
     if n_layers < 1:
-        raise ValueError(f"n_layers must be >= 1, got {n_layers!r}")
+        raise InputError(f"n_layers must be >= 1, got {n_layers!r}")
     dims = [d] + [hidden] * n_layers + [d]
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
@@ -367,13 +368,13 @@ def require_contraction(g: nn.Module) -> None:
         label = f"g.{name}" if name else "g"
         if isinstance(m, _SpectralNormLayer):
             if m.coeff >= 1:
-                raise ValueError(
+                raise InputError(
                     f"{label}: coeff={m.coeff} must be < 1: an invertible residual layer requires "
                     f"a contraction, Lip(g) < 1, for its inverse to exist and the fixed-point "
                     f"iteration to converge; {opt_out}"
                 )
         elif not isinstance(m, LipSwish) and any(True for _ in m.parameters(recurse=False)):
-            raise ValueError(
+            raise InputError(
                 f"{label} ({type(m).__name__}) has weights but is not spectrally normalised, so "
                 f"Lip(g) < 1 cannot be guaranteed and the inverse may not exist or converge; use "
                 f"SpectralNormLinear / SpectralNormConv2d with coeff < 1, or {opt_out}"
@@ -430,13 +431,13 @@ class InvertibleResidual(InvertibleBlock):
                  check_contraction: bool = True) -> None:
         super().__init__()
         if tol is not None and not (math.isfinite(tol) and tol > 0):
-            raise ValueError(f"tol must be a finite number > 0 or None, got {tol!r}")
+            raise InputError(f"tol must be a finite number > 0 or None, got {tol!r}")
         for name, value in (("max_iter", max_iter), ("n_series_terms", n_series_terms),
                             ("n_probes", n_probes)):
             if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value!r}")
+                raise InputError(f"{name} must be >= 1, got {value!r}")
         if log_det not in ("auto", "exact", "series"):
-            raise ValueError(f"log_det must be 'auto', 'exact' or 'series', got {log_det!r}")
+            raise InputError(f"log_det must be 'auto', 'exact' or 'series', got {log_det!r}")
         check_probe(probe)
         self.g = g
         self.tol = tol
@@ -463,7 +464,7 @@ class InvertibleResidual(InvertibleBlock):
     def _g(self, x: Tensor) -> Tensor:
         gx = self.g(x)
         if gx.shape != x.shape:
-            raise ValueError(
+            raise InputError(
                 f"g must preserve the input shape: g maps {tuple(x.shape)} to {tuple(gx.shape)}"
             )
         return gx

@@ -34,6 +34,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 __all__ = [
     "ExpScale",
     "IdentityScale",
@@ -49,7 +51,7 @@ def round_up(v: float, ulps: int = 4) -> float:
     """Move ``v`` up by ``ulps`` units in the last place, so a float64 closed form becomes an upper
     bound of the exact value (each closed form here has far less than 4 ulps of rounding error)."""
     if math.isnan(v):
-        raise ValueError("cannot round NaN up to a bound")
+        raise InputError("cannot round NaN up to a bound")
     for _ in range(ulps):
         v = math.nextafter(v, math.inf)
     return v
@@ -72,9 +74,9 @@ def _sigmoid(h: float) -> float:
 
 def _check_interval(lo: float, hi: float) -> None:
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"interval [lo, hi] must be finite, got [{lo}, {hi}]")
+        raise InputError(f"interval [lo, hi] must be finite, got [{lo}, {hi}]")
     if lo > hi:
-        raise ValueError(f"interval needs lo <= hi, got [{lo}, {hi}]")
+        raise InputError(f"interval needs lo <= hi, got [{lo}, {hi}]")
 
 
 def _clip(v: float, lo: float, hi: float) -> float:
@@ -124,9 +126,9 @@ class SigmoidScale(ScaleFunction):
     def __init__(self, low: float = 0.0, high: float = 1.0, shift: float = 2.0) -> None:
         super().__init__()
         if not (math.isfinite(low) and math.isfinite(high) and math.isfinite(shift)):
-            raise ValueError(f"low, high and shift must be finite, got {low}, {high}, {shift}")
+            raise InputError(f"low, high and shift must be finite, got {low}, {high}, {shift}")
         if not 0.0 <= low < high:
-            raise ValueError(f"SigmoidScale needs 0 <= low < high, got low={low}, high={high}")
+            raise InputError(f"SigmoidScale needs 0 <= low < high, got low={low}, high={high}")
         self.low, self.high, self.shift = float(low), float(high), float(shift)
 
     def extra_repr(self) -> str:
@@ -211,7 +213,7 @@ class SoftClampScale(ScaleFunction):
     def __init__(self, alpha: float = 2.0) -> None:
         super().__init__()
         if not (math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha must be a positive finite float, got {alpha}")
+            raise InputError(f"alpha must be a positive finite float, got {alpha}")
         self.alpha = float(alpha)
 
     def extra_repr(self) -> str:
@@ -271,7 +273,7 @@ class IdentityScale(ScaleFunction):
     def _min_abs(self, lo: float, hi: float) -> float:
         _check_interval(lo, hi)
         if lo <= 0.0 <= hi:
-            raise ValueError(f"IdentityScale: interval [{lo}, {hi}] of h contains 0, where g = 0")
+            raise InputError(f"IdentityScale: interval [{lo}, {hi}] of h contains 0, where g = 0")
         return min(abs(lo), abs(hi))
 
     def sup_g(self, lo: float, hi: float) -> float:
@@ -308,4 +310,4 @@ def make_scale(scale: str | ScaleFunction) -> ScaleFunction:
         return scale
     if isinstance(scale, str) and scale in _NAMED:
         return _NAMED[scale]()
-    raise ValueError(f"scale must be a ScaleFunction or one of {sorted(_NAMED)}, got {scale!r}")
+    raise InputError(f"scale must be a ScaleFunction or one of {sorted(_NAMED)}, got {scale!r}")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from torch import Tensor, nn
 
+from ..errors import InputTypeError
 from .base import ConvergenceInfo, InvertibleBlock, zeros_log_det
 
 __all__ = ["InvertibleSequential"]
@@ -24,7 +25,7 @@ class InvertibleSequential(InvertibleBlock):
         super().__init__()
         for i, b in enumerate(blocks):
             if not isinstance(b, InvertibleBlock):
-                raise TypeError(
+                raise InputTypeError(
                     f"block {i} must be an InvertibleBlock, got {type(b).__name__}; wrap other "
                     "models with an adapter"
                 )

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError, InputTypeError
+
 __all__ = ["ACTIVATIONS", "Constant", "as_subnet", "conv_subnet", "make_activation", "mlp"]
 
 
@@ -25,7 +27,7 @@ class Constant(nn.Module):
         super().__init__()
         v = float(value)
         if not math.isfinite(v):
-            raise ValueError(f"Constant value must be finite, got {value}")
+            raise InputError(f"Constant value must be finite, got {value}")
         self.register_buffer("value", torch.tensor(v, dtype=torch.float64))
 
     def extra_repr(self) -> str:
@@ -41,7 +43,7 @@ def as_subnet(net: nn.Module | float | int, name: str) -> nn.Module:
         return net
     if isinstance(net, (int, float)) and not isinstance(net, bool):
         return Constant(net)
-    raise TypeError(f"{name} must be an nn.Module or a number, got {type(net).__name__}")
+    raise InputTypeError(f"{name} must be an nn.Module or a number, got {type(net).__name__}")
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -58,7 +60,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 def make_activation(name: str) -> nn.Module:
     """An activation module from its name (keys of :data:`ACTIVATIONS`)."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+        raise InputError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[name]()
 
 
@@ -66,7 +68,7 @@ def mlp(in_features: int, out_features: int, hidden: int = 64, n_hidden: int = 2
         activation: str = "relu") -> nn.Sequential:
     """``Linear -> act -> (Linear -> act) * (n_hidden - 1) -> Linear``."""
     if min(in_features, out_features, hidden) < 1 or n_hidden < 1:
-        raise ValueError("in_features, out_features, hidden and n_hidden must be >= 1")
+        raise InputError("in_features, out_features, hidden and n_hidden must be >= 1")
     sizes = [in_features] + [hidden] * n_hidden
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:]):
@@ -79,7 +81,7 @@ def conv_subnet(in_channels: int, out_channels: int, hidden: int = 64,
                 activation: str = "relu") -> nn.Sequential:
     """Glow's coupling network: ``Conv3x3 -> act -> Conv1x1 -> act -> Conv3x3`` (zero padding)."""
     if min(in_channels, out_channels, hidden) < 1:
-        raise ValueError("in_channels, out_channels and hidden must be >= 1")
+        raise InputError("in_channels, out_channels and hidden must be >= 1")
     return nn.Sequential(
         nn.Conv2d(in_channels, hidden, 3, padding=1),
         make_activation(activation),

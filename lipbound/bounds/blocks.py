@@ -56,6 +56,7 @@ from ..blocks.scale import (
     SigmoidScale,
     SoftClampScale,
 )
+from ..errors import InputError, InputTypeError
 from . import table
 from .interval import Box, affine_map, monotone_map
 from .layers import ibp, lipschitz
@@ -199,7 +200,7 @@ _INCREASING_SCALES = (SigmoidScale, ExpScale, SoftClampScale, IdentityScale)
 
 def _g_box(scale: ScaleFunction, h: Box) -> Box:
     if not isinstance(scale, _INCREASING_SCALES):
-        raise TypeError(f"scale {type(scale).__name__} is not known to be increasing; bounds "
+        raise InputTypeError(f"scale {type(scale).__name__} is not known to be increasing; bounds "
                         f"support {[c.__name__ for c in _INCREASING_SCALES]}")
     return monotone_map(h, scale)
 
@@ -391,7 +392,7 @@ def _rearranged(inverse: bool) -> Callable[[InvertibleBlock, Box], Box]:
 def _squeeze_shape(block: Squeeze, shape: Shape) -> Shape:
     f = block.factor
     if len(shape) != 3 or shape[1] % f or shape[2] % f:
-        raise ValueError(f"Squeeze({f}) needs an input (C, H, W) with H, W divisible by {f}, "
+        raise InputError(f"Squeeze({f}) needs an input (C, H, W) with H, W divisible by {f}, "
                          f"got {shape}")
     return (shape[0] * f * f, shape[1] // f, shape[2] // f)
 
@@ -433,7 +434,7 @@ def _residual_inverse_box(block: InvertibleResidual, box: Box) -> Box:
     with frozen_spectral_norm(block.g), torch.no_grad():
         lip_g = _residual_lip(block, box.shape)
         if not lip_g < 1:
-            raise ValueError(f"cannot carry a box through the i-ResNet inverse: Lip(g) <= "
+            raise InputError(f"cannot carry a box through the i-ResNet inverse: Lip(g) <= "
                              f"{lip_g:.6g} is not < 1")
         c, rho = box.l2_radius()
         x = block.inverse(c.to(_dtype(block))).to(torch.float64)
@@ -457,8 +458,8 @@ def _ode_lip(block: NeuralODE, shape: Shape) -> float:
     """``Lip(f)`` in ``x``, uniform in ``t``: the time column of the first layer is left out."""
     f = block.f
     if not isinstance(f, ODEFunc):
-        raise TypeError(f"NeuralODE.f of type {type(f).__name__} has no bound rule; use ODEFunc "
-                        "or register a rule for NeuralODE")
+        raise InputTypeError(f"NeuralODE.f of type {type(f).__name__} has no bound rule; use "
+                             "ODEFunc or register a rule for NeuralODE")
     layers = list(f.net)
     first = layers[0]
     x_only = nn.Linear(f.d, first.out_features, bias=False).to(torch.float64)

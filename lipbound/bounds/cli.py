@@ -21,6 +21,7 @@ from ..blocks.ode import NeuralODE
 from ..blocks.partition import ChannelPartition, MaskPartition
 from ..blocks.reshape import Permutation, Squeeze
 from ..blocks.residual import InvertibleResidual, SpectralNormConv2d, SpectralNormLinear
+from ..errors import InputError
 from ..io import load_model
 from .compose import NetworkBound, bound_model, leaf_blocks
 from .report import FORMATS, format_report
@@ -85,7 +86,7 @@ def infer_shape(model: nn.Module) -> tuple[int, ...]:
     images = any(isinstance(m, (nn.Conv2d, SpectralNormConv2d, Squeeze)) for m in model.modules())
     dim = next((d for d in map(_first_dim, blocks) if d is not None), None)
     if images or dim is None:
-        raise ValueError("cannot read the per-sample input shape from this model (image models "
+        raise InputError("cannot read the per-sample input shape from this model (image models "
                          "do not store their spatial size): pass --shape, e.g. --shape 3 32 32")
     return (dim,)
 
@@ -97,7 +98,7 @@ def bounds_for(source: str, box: Sequence[float] | None = None,
     path = Path(source)
     if path.suffix.lower() == ".json":
         if box is not None or output_box is not None or shape is not None:
-            raise ValueError("--box, --output-box and --shape apply to saved models; a spec "
+            raise InputError("--box, --output-box and --shape apply to saved models; a spec "
                              "gives its boxes in the file (\"box\", \"inverse_box\")")
         return spec_bounds(load_spec(path))
     model = load_model(path)

@@ -31,6 +31,7 @@ from flint import arb
 from tqdm import tqdm
 
 from ..blocks.base import InvertibleBlock
+from ..errors import InputError, InputTypeError
 from .blocks import BlockContext, block_rule, shared_propagation
 from .evaluate import ball_upper
 from .interval import Box
@@ -172,7 +173,7 @@ def leaf_blocks(model: InvertibleBlock) -> list[InvertibleBlock]:
     """The leaf blocks of a model in forward order."""
     if isinstance(model, InvertibleBlock):
         return model.flat_blocks()
-    raise TypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
+    raise InputTypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
 
 
 def _carry(blocks: Sequence[InvertibleBlock], start: Box | None, inverse: bool,
@@ -208,7 +209,7 @@ def bound_model(model: InvertibleBlock, shape: Sequence[int],
     """
     shape = tuple(int(s) for s in shape)
     if not shape or min(shape) < 1:
-        raise ValueError(f"shape must be a non-empty per-sample shape of positive sizes, "
+        raise InputError(f"shape must be a non-empty per-sample shape of positive sizes, "
                          f"got {shape}")
     blocks = leaf_blocks(model)
     shapes = [shape]

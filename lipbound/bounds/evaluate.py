@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import sympy as sp
 from flint import arb, ctx, fmpq
 
+from ..errors import InputTypeError
 from .rounding import down, up
 
 __all__ = ["PREC", "ball_upper", "exact_float", "lower", "to_arb", "upper"]
@@ -77,7 +78,7 @@ def to_arb(expr: sp.Expr, values: Mapping[sp.Symbol, float]) -> arb:
         return _fold(lambda x, y: x.max(y), args)
     if isinstance(expr, sp.Min):
         return _fold(lambda x, y: x.min(y), args)
-    raise TypeError(f"cannot evaluate {type(expr).__name__} in a bound expression: {expr}")
+    raise InputTypeError(f"cannot evaluate {type(expr).__name__} in a bound expression: {expr}")
 
 
 def _evaluate(expr: sp.Expr, values: Mapping[sp.Symbol, float]) -> arb | None:

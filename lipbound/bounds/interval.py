@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .rounding import LIB_ULPS, U, gamma, up, up_tensor, widen
 
 __all__ = ["Box", "affine_map", "monotone_map"]
@@ -34,18 +35,18 @@ class Box:
 
     def __post_init__(self) -> None:
         if self.lo.shape != self.hi.shape:
-            raise ValueError(f"box lo and hi shapes differ: {tuple(self.lo.shape)} and "
+            raise InputError(f"box lo and hi shapes differ: {tuple(self.lo.shape)} and "
                              f"{tuple(self.hi.shape)}")
         if not bool((self.lo <= self.hi).all()):  # one check for both (False where NaN)
             if bool(torch.isnan(self.lo).any() | torch.isnan(self.hi).any()):
-                raise ValueError("box bounds must not be NaN")
-            raise ValueError("box needs lo <= hi in every coordinate")
+                raise InputError("box bounds must not be NaN")
+            raise InputError("box needs lo <= hi in every coordinate")
 
     @classmethod
     def uniform(cls, a: float, b: float, shape: tuple[int, ...]) -> Box:
         """The box ``[a, b]^d`` for per-sample shape ``shape``."""
         if not (math.isfinite(a) and math.isfinite(b)) or a > b:
-            raise ValueError(f"box needs finite a <= b, got [{a}, {b}]")
+            raise InputError(f"box needs finite a <= b, got [{a}, {b}]")
         full = torch.ones((1, *shape), dtype=torch.float64)
         return cls(full * a, full * b)
 
@@ -119,7 +120,7 @@ class Box:
     def divide(self, other: Box, name: str = "divisor") -> Box:
         """``self / other``; ``other`` must not contain 0 (a ``ValueError`` names ``name``)."""
         if bool(((other.lo <= 0) & (other.hi >= 0)).any()):
-            raise ValueError(f"{name} interval contains 0: division is unbounded on the box")
+            raise InputError(f"{name} interval contains 0: division is unbounded on the box")
         inv = Box(*widen(1.0 / other.hi, 1.0 / other.lo, 0.0))
         return self * inv
 

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ..blocks.residual import LipSwish, SpectralNormConv2d, SpectralNormLinear
 from ..blocks.subnets import Constant
+from ..errors import InputError
 from .interval import Box, affine_map, monotone_map
 from .norms import conv2d_norm_upper, spectral_norm_upper
 from .registry import TypeRegistry
@@ -126,7 +127,7 @@ def _linear_weight(layer: nn.Module, shape: Shape) -> Tensor:
     """The weight, checked against the per-sample input shape."""
     w = _weight(layer)
     if shape[-1] != w.shape[1]:
-        raise ValueError(f"{type(layer).__name__} expects {w.shape[1]} input features, "
+        raise InputError(f"{type(layer).__name__} expects {w.shape[1]} input features, "
                          f"got input shape {shape}")
     return w
 
@@ -147,7 +148,7 @@ def _conv_settings(layer: nn.Module) -> tuple[int, int]:
         return layer.padding, layer.padding
     if (layer.stride != (1, 1) or layer.dilation != (1, 1) or layer.groups != 1
             or layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
-        raise ValueError(
+        raise InputError(
             f"{layer}: bounds support stride 1, dilation 1, groups 1 and numeric zero padding only"
         )
     return tuple(layer.padding)
@@ -156,7 +157,7 @@ def _conv_settings(layer: nn.Module) -> tuple[int, int]:
 def _conv_out_shape(layer: nn.Module, shape: Shape) -> Shape:
     w = _weight(layer)
     if len(shape) != 3 or shape[0] != w.shape[1]:
-        raise ValueError(f"{type(layer).__name__} expects input (C={w.shape[1]}, H, W), "
+        raise InputError(f"{type(layer).__name__} expects input (C={w.shape[1]}, H, W), "
                          f"got {shape}")
     ph, pw = _conv_settings(layer)
     return (w.shape[0], shape[1] + 2 * ph - w.shape[2] + 1, shape[2] + 2 * pw - w.shape[3] + 1)
@@ -195,7 +196,7 @@ def _monotone(layer: nn.Module, box: Box) -> Box:
 def _checked_monotone(attr: str) -> Callable[[nn.Module, Box], Box]:
     def rule(layer: nn.Module, box: Box) -> Box:
         if getattr(layer, attr) < 0:
-            raise ValueError(f"{layer}: {attr} < 0 makes the activation non-monotone; "
+            raise InputError(f"{layer}: {attr} < 0 makes the activation non-monotone; "
                              "not supported")
         return _monotone(layer, box)
     return rule

@@ -41,6 +41,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .rounding import ETA, U, gamma, up, up_tensor
 
 __all__ = [
@@ -88,7 +89,7 @@ def _norm_upper_batch(w: Tensor, rtol: float, max_squarings: int) -> Tensor:
     zero = (w == 0).flatten(1).all(dim=1)
     fw = _frobenius_upper(w)
     if bool((fw > 2.0 ** 500).any()):
-        raise ValueError("matrix entries are too large (Frobenius norm > 2^500) to bound in "
+        raise InputError("matrix entries are too large (Frobenius norm > 2^500) to bound in "
                          "float64")
     err0 = up_tensor(fw * fw * _product_gamma(m, cplx) + n * n * 4 * ETA)
     b = _symmetrize(w.mH @ w)
@@ -122,9 +123,9 @@ def spectral_norm_upper(w: Tensor, rtol: float = 1e-4, max_squarings: int = 40) 
     float64); see the module docstring.
     """
     if not isinstance(w, Tensor) or w.dim() < 2:
-        raise ValueError(f"w must be a matrix or a batch of matrices, got {type(w).__name__}")
+        raise InputError(f"w must be a matrix or a batch of matrices, got {type(w).__name__}")
     if not bool(torch.isfinite(w).all()):
-        raise ValueError("w must be finite to bound its norm (found NaN or Inf)")
+        raise InputError("w must be finite to bound its norm (found NaN or Inf)")
     if w.numel() == 0:
         return 0.0
     dtype = torch.complex128 if w.is_complex() else torch.float64
@@ -143,18 +144,18 @@ def certified_inverse(w: Tensor, rtol: float = 1e-4) -> tuple[Tensor, float, flo
     Raises ``ValueError`` when ``w`` is singular or so ill-conditioned that ``||I - W X|| >= 1``.
     """
     if w.dim() != 2 or w.shape[0] != w.shape[1]:
-        raise ValueError(f"w must be a square matrix, got shape {tuple(w.shape)}")
+        raise InputError(f"w must be a square matrix, got shape {tuple(w.shape)}")
     w = w.detach().to(torch.float64)
     n = w.shape[0]
     try:
         x = torch.linalg.inv(w)
     except torch.linalg.LinAlgError as err:
-        raise ValueError(f"w is singular, no inverse norm bound ({err})") from err
+        raise InputError(f"w is singular, no inverse norm bound ({err})") from err
     r = torch.eye(n, dtype=w.dtype) - w @ x
     err_r = up(gamma(n + 1) * up(float(_frobenius_upper(w.abs() @ x.abs())) + math.sqrt(n)))
     r_norm = up(spectral_norm_upper(r, rtol=1e-2) + err_r)
     if not r_norm < 1:
-        raise ValueError(
+        raise InputError(
             f"w is too ill-conditioned for a certified inverse bound (||I - W W^-1|| <= {r_norm})"
         )
     return x, up(up(spectral_norm_upper(x, rtol)) / (1.0 - r_norm), 2), r_norm
@@ -177,11 +178,11 @@ def conv2d_norm_upper(weight: Tensor, input_hw: tuple[int, int],
     Needs ``0 <= padding <= kernel size - 1`` in each dimension (see the module docstring).
     """
     if weight.dim() != 4:
-        raise ValueError(f"weight must be (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}")
+        raise InputError(f"weight must be (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}")
     c_out, c_in, kh, kw = weight.shape
     (h, w_), (ph, pw) = (int(v) for v in input_hw), (int(v) for v in padding)
     if not (0 <= ph <= kh - 1 and 0 <= pw <= kw - 1):
-        raise ValueError(
+        raise InputError(
             f"padding {padding} must lie in [0, kernel size - 1] = [0, {kh - 1}] x [0, {kw - 1}] "
             "for the circular-embedding bound"
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
+from ..errors import InputTypeError
+
 __all__ = ["TypeRegistry"]
 
 R = TypeVar("R")
@@ -27,9 +29,9 @@ class TypeRegistry(Generic[R]):
     def register(self, key: type, rule: R) -> None:
         """Register ``rule`` for ``key`` and its subclasses without a rule of their own."""
         if not isinstance(key, type):
-            raise TypeError(f"the type to register must be a class, got {key!r}")
+            raise InputTypeError(f"the type to register must be a class, got {key!r}")
         if not isinstance(rule, self.rule_type):
-            raise TypeError(f"rule must be a {self.rule_type.__name__}, got "
+            raise InputTypeError(f"rule must be a {self.rule_type.__name__}, got "
                             f"{type(rule).__name__}")
         self._rules[key] = rule
 
@@ -38,4 +40,4 @@ class TypeRegistry(Generic[R]):
         for cls in type(obj).__mro__:
             if cls in self._rules:
                 return self._rules[cls]
-        raise TypeError(f"no {self.what} {type(obj).__name__}; register one with {self.how}")
+        raise InputTypeError(f"no {self.what} {type(obj).__name__}; register one with {self.how}")

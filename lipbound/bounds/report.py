@@ -17,6 +17,7 @@ from typing import Any
 
 import sympy as sp
 
+from ..errors import InputError
 from ..jsonio import jsonable
 from .compose import NetworkBound
 from .table import Bound, expr_latex, expr_str
@@ -175,4 +176,4 @@ def format_report(net: NetworkBound, fmt: str = "text") -> str:
         return _latex(net)
     if fmt == "json":
         return json.dumps(to_json(net), indent=2)
-    raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    raise InputError(f"format must be one of {list(FORMATS)}, got {fmt!r}")

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..blocks.scale import round_up
+from ..errors import InputError
 
 __all__ = ["LIB_ULPS", "U", "down", "exp_up", "gamma", "up", "up_tensor", "widen"]
 
@@ -40,7 +41,7 @@ def up(v: float, ulps: int = 1) -> float:
 def down(v: float, ulps: int = 1) -> float:
     """``v`` moved down by ``ulps`` ulps; NaN is refused."""
     if math.isnan(v):
-        raise ValueError("cannot round NaN down to a bound")
+        raise InputError("cannot round NaN down to a bound")
     for _ in range(ulps):
         v = math.nextafter(v, -math.inf)
     return v
@@ -59,7 +60,7 @@ def gamma(n: int) -> float:
     """``gamma(n) = n u / (1 - n u)`` rounded up: the relative error bound of a length-``n`` sum."""
     nu = n * U
     if nu >= 0.5:
-        raise ValueError(f"inner products of length {n} are too long for float64 error bounds")
+        raise InputError(f"inner products of length {n} are too long for float64 error bounds")
     return up(up(nu) / down(1.0 - nu))
 
 

@@ -56,6 +56,7 @@ from typing import Any
 import torch
 
 from ..blocks.scale import make_scale
+from ..errors import InputError
 from . import table
 from .blocks import actnorm_numbers, diagonal_numbers
 from .compose import NetworkBound
@@ -72,9 +73,9 @@ def _number(block: Mapping[str, Any], key: str, where: str) -> float | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-        raise ValueError(f"{where}: {key!r} must be a number, got {v!r}")
+        raise InputError(f"{where}: {key!r} must be a number, got {v!r}")
     if v < 0:
-        raise ValueError(f"{where}: {key!r} must be >= 0, got {v!r}")
+        raise InputError(f"{where}: {key!r} must be >= 0, got {v!r}")
     return float(v)
 
 
@@ -84,7 +85,7 @@ def _pair(value: Any, key: str, where: str) -> tuple[float, float] | None:
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
             or value[0] > value[1]):
-        raise ValueError(f"{where}: {key!r} must be [lo, hi] with finite lo <= hi, got {value!r}")
+        raise InputError(f"{where}: {key!r} must be [lo, hi] with finite lo <= hi, got {value!r}")
     return float(value[0]), float(value[1])
 
 
@@ -94,9 +95,9 @@ def _vector(block: Mapping[str, Any], key: str, where: str) -> torch.Tensor | No
     try:
         t = torch.tensor(block[key], dtype=torch.float64)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {key!r} must be a list of numbers ({err})") from err
+        raise InputError(f"{where}: {key!r} must be a list of numbers ({err})") from err
     if t.numel() == 0 or not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{where}: {key!r} must be a non-empty list of finite numbers")
+        raise InputError(f"{where}: {key!r} must be a non-empty list of finite numbers")
     return t
 
 
@@ -109,7 +110,7 @@ def _scale_sups(block: Mapping[str, Any], where: str) -> dict[str, float | None]
         return {}
     s_range = _pair(block.get("s_range"), "s_range", where)
     if s_range is None:
-        raise ValueError(f"{where}: 'scale' needs 's_range' [lo, hi], the range of s on the box")
+        raise InputError(f"{where}: 'scale' needs 's_range' [lo, hi], the range of s on the box")
     scale = make_scale(block["scale"])
     return {"c_g": scale.sup_g(*s_range), "c_g'": scale.sup_dg(*s_range),
             "c_1/g": scale.sup_inv_g(*s_range), "c_(1/g)'": scale.sup_d_inv_g(*s_range)}
@@ -146,7 +147,7 @@ def _residual(block: Mapping[str, Any], sym: table.Symbols, ctx: dict, where: st
     coeffs = _vector(block, "coeffs", where)
     if coeffs is not None:
         if lip_g is not None:
-            raise ValueError(f"{where}: give 'lip_g' or 'coeffs', not both")
+            raise InputError(f"{where}: give 'lip_g' or 'coeffs', not both")
         lip_g = 1.0
         for c in coeffs.tolist():
             lip_g = up(lip_g * abs(c))
@@ -156,7 +157,7 @@ def _residual(block: Mapping[str, Any], sym: table.Symbols, ctx: dict, where: st
 def _ode(block: Mapping[str, Any], sym: table.Symbols, ctx: dict, where: str):
     steps = block.get("steps")
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
-        raise ValueError(f"{where}: 'steps' must be an integer >= 1, got {steps!r}")
+        raise InputError(f"{where}: 'steps' must be an integer >= 1, got {steps!r}")
     return table.neural_ode(sym, {"Lip(f)": _number(block, "lip_f", where),
                                   "T": _number(block, "T", where)},
                             method=block.get("method"), steps=steps)
@@ -174,7 +175,7 @@ def _diagonal_like(kind: str) -> Callable:
                 values = actnorm_numbers(vec)
             else:
                 if bool((vec == 0).any()):
-                    raise ValueError(f"{where}: 'diag' must have no zero entry (D invertible)")
+                    raise InputError(f"{where}: 'diag' must have no zero entry (D invertible)")
                 values = diagonal_numbers(vec)
         return (table.actnorm if kind == "actnorm" else table.diagonal)(sym, values)
     return rule
@@ -185,7 +186,7 @@ def _conv1x1(block: Mapping[str, Any], sym: table.Symbols, ctx: dict, where: str
     w = _vector(block, "weight", where)
     if w is not None:
         if w.dim() != 2 or w.shape[0] != w.shape[1]:
-            raise ValueError(f"{where}: 'weight' must be a square matrix, got shape "
+            raise InputError(f"{where}: 'weight' must be a square matrix, got shape "
                              f"{tuple(w.shape)}")
         values = {"||W||": spectral_norm_upper(w), "||W^-1||": certified_inverse(w)[1]}
     return table.invertible_1x1_conv(sym, values)
@@ -212,27 +213,27 @@ KINDS: dict[str, tuple[Callable, frozenset[str]]] = {
 
 def _rows(blocks: Any, ctx: dict, where: str) -> list[table.BlockBound]:
     if not isinstance(blocks, list):
-        raise ValueError(f"{where}: 'blocks' must be a list, got {type(blocks).__name__}")
+        raise InputError(f"{where}: 'blocks' must be a list, got {type(blocks).__name__}")
     rows: list[table.BlockBound] = []
     for i, block in enumerate(blocks):
         here = f"{where}[{i}]"
         if not isinstance(block, dict):
-            raise ValueError(f"{here}: each block must be an object, got {block!r}")
+            raise InputError(f"{here}: each block must be an object, got {block!r}")
         if "repeat" in block:
             n = block["repeat"]
             extra = set(block) - {"repeat", "blocks"}
             if not isinstance(n, int) or isinstance(n, bool) or n < 1 or extra:
-                raise ValueError(f"{here}: a group is {{\"repeat\": n >= 1, \"blocks\": [...]}}, "
+                raise InputError(f"{here}: a group is {{\"repeat\": n >= 1, \"blocks\": [...]}}, "
                                  f"got {block!r}")
             rows += _rows(block.get("blocks"), ctx, f"{here}.blocks") * n
             continue
         kind = block.get("kind")
         if kind not in KINDS:
-            raise ValueError(f"{here}: 'kind' must be one of {sorted(KINDS)}, got {kind!r}")
+            raise InputError(f"{here}: 'kind' must be one of {sorted(KINDS)}, got {kind!r}")
         builder, allowed = KINDS[kind]
         unknown = set(block) - allowed - _COMMON
         if unknown:
-            raise ValueError(f"{here}: unknown keys {sorted(unknown)} for kind {kind!r}; "
+            raise InputError(f"{here}: unknown keys {sorted(unknown)} for kind {kind!r}; "
                              f"allowed: {sorted(allowed | _COMMON)}")
         row = builder(block, table.Symbols(block.get("tag")), ctx, here)
         rows.append(table.BlockBound(row.kind, row.scope, row.forward, row.inverse,
@@ -243,12 +244,12 @@ def _rows(blocks: Any, ctx: dict, where: str) -> list[table.BlockBound]:
 def spec_bounds(spec: Mapping[str, Any]) -> NetworkBound:
     """The rows and composition of an architecture spec (a parsed JSON object, see above)."""
     if not isinstance(spec, Mapping):
-        raise ValueError(f"spec must be a JSON object, got {type(spec).__name__}")
+        raise InputError(f"spec must be a JSON object, got {type(spec).__name__}")
     unknown = set(spec) - {"name", "description", "box", "inverse_box", "blocks"}
     if unknown:
-        raise ValueError(f"spec: unknown top-level keys {sorted(unknown)}")
+        raise InputError(f"spec: unknown top-level keys {sorted(unknown)}")
     if "blocks" not in spec:
-        raise ValueError("spec: 'blocks' (the list of blocks) is required")
+        raise InputError("spec: 'blocks' (the list of blocks) is required")
     ctx = {"box": _pair(spec.get("box"), "box", "spec"),
            "inverse_box": _pair(spec.get("inverse_box"), "inverse_box", "spec")}
     rows = _rows(spec["blocks"], ctx, "spec.blocks")
@@ -263,7 +264,7 @@ def _check_consistent(rows: list[table.BlockBound]) -> None:
         for bound in (row.forward, row.inverse):
             for sym, v in bound.values.items():
                 if seen.setdefault(sym, v) != v:
-                    raise ValueError(
+                    raise InputError(
                         f"symbol {sym} is given two numbers ({seen[sym]} and {v}) by blocks that "
                         "share it; give the blocks distinct \"tag\"s"
                     )
@@ -277,4 +278,4 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"spec file {str(path)!r} is not valid JSON: {err}") from err
+        raise InputError(f"spec file {str(path)!r} is not valid JSON: {err}") from err

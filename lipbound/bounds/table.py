@@ -58,6 +58,7 @@ from typing import TypeVar
 
 import sympy as sp
 
+from ..errors import InputError
 from .evaluate import upper
 
 __all__ = [
@@ -276,7 +277,7 @@ def _discrete_flow(lip_h: sp.Expr, method: str, steps: int) -> sp.Expr:
     elif method == "euler":
         per_step = 1 + lip_h
     else:
-        raise ValueError(f"method must be 'rk4' or 'euler', got {method!r}")
+        raise InputError(f"method must be 'rk4' or 'euler', got {method!r}")
     return per_step**steps
 
 

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..blocks import InvertibleBlock
+from ..errors import InputError
 from ..precision import torch_dtype
 from .views import at_precision, default_tol, mark_non_finite, per_sample_norm
 
@@ -102,7 +103,7 @@ def dequantization_cell(x: Tensor, levels: int) -> tuple[Tensor, float]:
     """The centre ``(floor(levels x) + 1/2) / levels`` of the dequantization cell holding each
     coordinate of ``x`` (float64), and the cell's half-width ``0.5 / levels`` (eq. 12)."""
     if int(levels) < 2:
-        raise ValueError(f"levels must be >= 2, got {levels}")
+        raise InputError(f"levels must be >= 2, got {levels}")
     centre = (torch.floor(x.detach().to(torch.float64) * int(levels)) + 0.5) / int(levels)
     return centre, 0.5 / int(levels)
 
@@ -131,21 +132,21 @@ def invertibility_attack(model: InvertibleBlock, x: Tensor, radius: float | None
         seed: seed of the random directions taken where the gradient vanishes.
     """
     if not isinstance(x, Tensor) or x.dim() < 2:
-        raise ValueError(f"x must be a batch (B, ...) tensor, got {getattr(x, 'shape', type(x))}")
+        raise InputError(f"x must be a batch (B, ...) tensor, got {getattr(x, 'shape', type(x))}")
     if radius is None:
         if levels is None:
             if int(bits) < 1:
-                raise ValueError(f"bits must be >= 1, got {bits}")
+                raise InputError(f"bits must be >= 1, got {bits}")
             levels = 2 ** int(bits)
         x, radius = dequantization_cell(x, levels)
     if not radius > 0:
-        raise ValueError(f"radius must be > 0, got {radius}")
+        raise InputError(f"radius must be > 0, got {radius}")
     if not step > 0:
-        raise ValueError(f"step must be > 0, got {step}")
+        raise InputError(f"step must be > 0, got {step}")
     if int(iterations) < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
+        raise InputError(f"iterations must be >= 0, got {iterations}")
     if tol is not None and not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
+        raise InputError(f"tol must be > 0, got {tol}")
     tol = default_tol(precision) if tol is None else float(tol)
     run = at_precision(model, precision).requires_grad_(False)
     center = x.detach().to(torch_dtype(precision))

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..adapters import adapt
+from ..errors import InputError
 from ..io import load_inputs, load_saved
 from ..jsonio import dump_json
 from .data import checkerboard, load_digits
@@ -40,7 +41,7 @@ def load_data(spec: str, seed: int = 0) -> Tensor:
     if spec == "checkerboard" or spec.startswith("checkerboard:"):
         count = spec.partition(":")[2] or "2000"
         if not count.isdigit():
-            raise ValueError(f"DATA checkerboard:N needs an integer N, got {spec!r}")
+            raise InputError(f"DATA checkerboard:N needs an integer N, got {spec!r}")
         return checkerboard(int(count), generator=gen)
     return load_inputs(spec)
 
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     x = load_data(args.data, args.seed)
     if args.n is not None:
         if args.n < 1:
-            raise ValueError(f"--n must be >= 1, got {args.n}")
+            raise InputError(f"--n must be >= 1, got {args.n}")
         x = x[:args.n]
     progress = sys.stderr.isatty()
     levels = DATA_LEVELS.get(args.data) if args.bits is None else None

@@ -14,6 +14,8 @@ import importlib
 import torch
 from torch import Tensor
 
+from ..errors import InputError, InputTypeError
+
 __all__ = ["IMAGE_DATASETS", "checkerboard", "load_digits", "load_images", "quantized_images"]
 
 #: torchvision dataset class, constructor keyword for the split, and the splits, per name.
@@ -31,7 +33,7 @@ def checkerboard(n: int, generator: torch.Generator | None = None) -> Tensor:
     (the authors' recipe).
     """
     if int(n) < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise InputError(f"n must be >= 1, got {n}")
     n = int(n)
     x1 = 4 * torch.rand(n, generator=generator, dtype=torch.float64) - 2
     coin = torch.randint(0, 2, (n,), generator=generator).to(torch.float64)
@@ -63,9 +65,9 @@ def load_digits(dequantize: bool = True, generator: torch.Generator | None = Non
 
 def _check_count_and_bits(n: int | None, bits: int) -> None:
     if not 1 <= int(bits) <= 8:
-        raise ValueError(f"bits must be in 1..8, got {bits}")
+        raise InputError(f"bits must be in 1..8, got {bits}")
     if n is not None and int(n) < 1:
-        raise ValueError(f"n must be >= 1 (or None for all), got {n}")
+        raise InputError(f"n must be >= 1 (or None for all), got {n}")
 
 
 def quantized_images(data, n: int | None = None, bits: int = 8, dequantize: bool = True,
@@ -76,10 +78,10 @@ def quantized_images(data, n: int | None = None, bits: int = 8, dequantize: bool
     _check_count_and_bits(n, bits)
     count = len(data) if n is None else min(int(n), len(data))
     if count == 0:
-        raise ValueError("data holds no images")
+        raise InputError("data holds no images")
     pixels = torch.stack([torch.as_tensor(data[i][0]) for i in range(count)])
     if pixels.dtype != torch.uint8:
-        raise TypeError(f"images must be 8-bit (torch.uint8), got {pixels.dtype}")
+        raise InputTypeError(f"images must be 8-bit (torch.uint8), got {pixels.dtype}")
     levels = torch.div(pixels, 2 ** (8 - int(bits)), rounding_mode="floor")
     return _dequantize(levels, 2 ** int(bits), dequantize, generator)
 
@@ -100,10 +102,10 @@ def load_images(name: str, root: str, n: int | None = None, split: str = "train"
         download: let torchvision download the data.
     """
     if name not in IMAGE_DATASETS:
-        raise ValueError(f"name must be one of {sorted(IMAGE_DATASETS)}, got {name!r}")
+        raise InputError(f"name must be one of {sorted(IMAGE_DATASETS)}, got {name!r}")
     cls, split_kw, splits = IMAGE_DATASETS[name]
     if split not in splits:
-        raise ValueError(f"split of {name!r} must be one of {list(splits)}, got {split!r}")
+        raise InputError(f"split of {name!r} must be one of {list(splits)}, got {split!r}")
     _check_count_and_bits(n, bits)
     try:
         datasets = importlib.import_module("torchvision.datasets")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
+from ..errors import InputError
+
 __all__ = ["figure_path", "pyplot", "save_figure"]
 
 
@@ -22,7 +24,7 @@ def figure_path(path: str | Path) -> Path:
     """``path`` as a :class:`~pathlib.Path`; ``ValueError`` unless it ends in .png or .pdf."""
     path = Path(path)
     if path.suffix.lower() not in (".png", ".pdf"):
-        raise ValueError(f"path must end in .png or .pdf, got {str(path)!r}")
+        raise InputError(f"path must end in .png or .pdf, got {str(path)!r}")
     return path
 
 

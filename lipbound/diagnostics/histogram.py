@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from .figures import figure_path, pyplot, save_figure
 from .reconstruction import ReconstructionStats
 
@@ -17,7 +18,7 @@ def plot_error_histograms(stats: list[ReconstructionStats], path: str | Path) ->
     zero, NaN and Inf errors, which a log axis cannot show. PNG, or PDF from the suffix."""
     path = figure_path(path)
     if not stats:
-        raise ValueError("stats must hold at least one ReconstructionStats")
+        raise InputError("stats must hold at least one ReconstructionStats")
     directions = list(dict.fromkeys(s.direction for s in stats))
     fig, axes = pyplot().subplots(1, len(directions), figsize=(6 * len(directions), 4),
                                   squeeze=False)

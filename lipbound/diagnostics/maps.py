@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..blocks import InvertibleBlock
+from ..errors import InputError
 from .figures import figure_path, pyplot, save_figure
 from .reconstruction import reconstruction_stats
 from .spectrum import singular_values
@@ -55,9 +56,9 @@ def grid_maps(model: InvertibleBlock, n: int = 320, lim: float = 8.0, precision:
     """Evaluate the three maps of ``model`` (inputs of shape ``(B, 2)``) on an ``n x n`` grid
     over ``[-lim, lim]^2``."""
     if int(n) < 2:
-        raise ValueError(f"n must be >= 2, got {n}")
+        raise InputError(f"n must be >= 2, got {n}")
     if not lim > 0:
-        raise ValueError(f"lim must be > 0, got {lim}")
+        raise InputError(f"lim must be > 0, got {lim}")
     xs = torch.linspace(-lim, lim, int(n), dtype=torch.float64)
     gy, gx = torch.meshgrid(xs, xs, indexing="ij")
     points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..blocks import InvertibleBlock
+from ..errors import InputError
 from ..precision import torch_dtype
 from .views import (
     Inverted,
@@ -179,14 +180,14 @@ def reconstruction_stats(model: InvertibleBlock, x: Tensor, precision: str = "fl
         progress: show a tqdm bar over batches.
     """
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
+        raise InputError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
     if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(
+        raise InputError(
             f"x must be a non-empty batch (B, ...) tensor, got {getattr(x, 'shape', type(x))}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if tol is not None and not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
+        raise InputError(f"tol must be > 0, got {tol}")
     tol = default_tol(precision) if tol is None else float(tol)
     run = at_precision(model, precision)
     if direction == "z->x->z":

@@ -23,6 +23,7 @@ import reference
 
 from ..adapters.base import ForeignBlock
 from ..blocks import InvertibleBlock
+from ..errors import InputError
 from ..jsonio import jsonable
 from ..precision.decompose import Decomposition, decompose, format_decomposition
 from ..precision.names import parse_precision
@@ -136,19 +137,19 @@ def diagnose(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] = ("
         oracle: settings of the oracle decomposition, or ``None`` (default) for none.
     """
     if not precisions:
-        raise ValueError("precisions must name at least one precision")
+        raise InputError("precisions must name at least one precision")
     if spectrum_samples < 0:
-        raise ValueError(f"spectrum_samples must be >= 0, got {spectrum_samples}")
+        raise InputError(f"spectrum_samples must be >= 0, got {spectrum_samples}")
     if attack is not None and attack.samples < 0:
-        raise ValueError(f"attack.samples must be >= 0, got {attack.samples}")
+        raise InputError(f"attack.samples must be >= 0, got {attack.samples}")
     if oracle is not None and oracle.samples < 1:
-        raise ValueError(f"oracle.samples must be >= 1, got {oracle.samples}")
+        raise InputError(f"oracle.samples must be >= 1, got {oracle.samples}")
     if oracle is not None and parse_precision(oracle.reference).is_float:
-        raise ValueError(f"oracle.reference must be 'arb:<bits>' or 'mp:<bits>', got "
+        raise InputError(f"oracle.reference must be 'arb:<bits>' or 'mp:<bits>', got "
                          f"{oracle.reference!r}")
     for d in directions:
         if d not in DIRECTIONS:
-            raise ValueError(f"directions must be among {list(DIRECTIONS)}, got {d!r}")
+            raise InputError(f"directions must be among {list(DIRECTIONS)}, got {d!r}")
     inputs = {"x->z->x": x}
     if "z->x->z" in directions:
         inputs["z->x->z"] = _latent_samples(model, x, seed)

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..autodiff import batch_jacobian, flat_sample_map
 from ..blocks import InvertibleBlock
+from ..errors import InputError
 from .views import at_precision
 
 __all__ = [
@@ -269,9 +270,9 @@ def spectrum(model: InvertibleBlock, x: Tensor, method: str = "auto", max_full_d
         progress: a tqdm bar over samples.
     """
     if method not in ("auto", "full", "matrix_free"):
-        raise ValueError(f"method must be 'auto', 'full' or 'matrix_free', got {method!r}")
+        raise InputError(f"method must be 'auto', 'full' or 'matrix_free', got {method!r}")
     if not isinstance(x, Tensor) or x.dim() < 2:
-        raise ValueError(f"x must be a batch (B, ...) tensor, got {getattr(x, 'shape', x)!r}")
+        raise InputError(f"x must be a batch (B, ...) tensor, got {getattr(x, 'shape', x)!r}")
     model = at_precision(model, "float64")
     x = x.detach().to(torch.float64)
     if method == "auto":

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..blocks import InvertibleBlock
+from ..errors import InputTypeError
 from ..precision import torch_dtype
 
 __all__ = ["Inverted", "at_precision", "default_tol", "leaf_blocks", "mark_non_finite",
@@ -24,7 +25,7 @@ def leaf_blocks(model: InvertibleBlock) -> list[InvertibleBlock]:
     are expanded by their ``flat_blocks()``.
     """
     if not isinstance(model, InvertibleBlock):
-        raise TypeError(
+        raise InputTypeError(
             f"model must be an InvertibleBlock, got {type(model).__name__}; wrap models of other "
             "libraries with lipbound.adapters.adapt"
         )
@@ -42,7 +43,7 @@ class Inverted(InvertibleBlock):
     def __init__(self, model: InvertibleBlock) -> None:
         super().__init__()
         if not isinstance(model, InvertibleBlock):
-            raise TypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
+            raise InputTypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
         self.model = model
 
     def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:

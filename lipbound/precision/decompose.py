@@ -53,6 +53,7 @@ import reference
 from lipbound.autodiff import batch_jacobian
 from lipbound.blocks import InvertibleBlock
 
+from ..errors import InputError
 from .names import parse_precision
 from .run import (
     Run,
@@ -237,14 +238,14 @@ def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
     """
     p = parse_precision(precision)
     if not p.is_float:
-        raise ValueError(f"precision must be a float name (float16, bfloat16, float32, float64), "
+        raise InputError(f"precision must be a float name (float16, bfloat16, float32, float64), "
                          f"got {precision!r}")
     q = parse_precision(reference_name)
     if q.is_float:
-        raise ValueError(f"reference_name must be 'arb:<bits>' or 'mp:<bits>', got "
+        raise InputError(f"reference_name must be 'arb:<bits>' or 'mp:<bits>', got "
                          f"{reference_name!r}")
     if not isinstance(x, Tensor) or x.dim() < 2:
-        raise ValueError("x must be a batched torch tensor (B, ...)")
+        raise InputError("x must be a batched torch tensor (B, ...)")
     model_p = cast_model(model, p.dtype)
     xp = x.detach().to(p.dtype)
     x64 = xp.double().numpy()

@@ -17,6 +17,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from ..errors import InputError
+
 __all__ = ["RoundEachOp", "is_missing_kernel"]
 
 
@@ -26,7 +28,7 @@ class RoundEachOp(TorchDispatchMode):
     def __init__(self, dtype: torch.dtype) -> None:
         super().__init__()
         if dtype not in (torch.float16, torch.bfloat16):
-            raise ValueError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype}")
+            raise InputError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype}")
         self.dtype = dtype
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None

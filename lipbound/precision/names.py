@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 __all__ = ["MANTISSA_BITS", "TORCH_DTYPES", "Precision", "parse_precision", "torch_dtype"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
@@ -41,7 +43,7 @@ MANTISSA_BITS: dict[str, int] = {"float16": 11, "bfloat16": 8, "float32": 24, "f
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype of a float precision name; ``ValueError`` for anything else."""
     if name not in TORCH_DTYPES:
-        raise ValueError(f"precision must be one of {sorted(TORCH_DTYPES)}, got {name!r}")
+        raise InputError(f"precision must be one of {sorted(TORCH_DTYPES)}, got {name!r}")
     return TORCH_DTYPES[name]
 
 
@@ -76,7 +78,7 @@ class Precision:
     def same_mantissa_reference(self) -> str:
         """``mp:<bits>`` with this precision's significand (float names only)."""
         if not self.is_float:
-            raise ValueError(f"{self.name} is not a float precision")
+            raise InputError(f"{self.name} is not a float precision")
         return f"mp:{self.bits}"
 
 
@@ -88,7 +90,7 @@ def parse_precision(name: str) -> Precision:
         kind, bits = name.split(":")
         if kind in ("mp", "arb") and bits.isdigit() and int(bits) >= 2:
             return Precision(name, kind, int(bits))
-    raise ValueError(
+    raise InputError(
         f"precision must be one of float16, bfloat16, float32, float64, mp:<bits>, arb:<bits> "
         f"(bits >= 2), got {name!r}"
     )

@@ -19,6 +19,7 @@ from torch import Tensor
 import reference
 from lipbound.blocks import InvertibleBlock
 
+from ..errors import InputError
 from .emulate import RoundEachOp, is_missing_kernel
 from .names import Precision, parse_precision
 
@@ -93,7 +94,7 @@ def _float_run(model: InvertibleBlock, x: Tensor, p: Precision, inverse: bool, t
     xp = x.detach().to(dtype)
     emulated = bool(emulate)
     if emulated and dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"emulate=True applies to float16 and bfloat16, not {p.name}")
+        raise InputError(f"emulate=True applies to float16 and bfloat16, not {p.name}")
     if not emulated:
         try:
             out, steps = _torch_run(model, xp, inverse, trace)
@@ -127,7 +128,7 @@ def _run(model: InvertibleBlock, x: Tensor, precision: str, inverse: bool, trace
     if p.is_float:
         if not copy_model and any(t.is_floating_point() and t.dtype != p.dtype
                                   for t in list(model.parameters()) + list(model.buffers())):
-            raise ValueError(f"copy_model=False needs a model already cast to {p.dtype}")
+            raise InputError(f"copy_model=False needs a model already cast to {p.dtype}")
         return _float_run(cast_model(model, p.dtype) if copy_model else model, x, p, inverse,
                           trace, emulate)
     if ref is None or ref.backend.name != p.name:

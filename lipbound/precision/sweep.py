@@ -38,6 +38,7 @@ from lipbound.blocks import figure1_chain
 from reference.linalg import to_mpf
 from reference.tensor import DualTensor, RTensor
 
+from ..errors import InputError
 from .names import parse_precision
 from .run import cast_model, exact_difference, row_norms
 
@@ -268,7 +269,7 @@ def _exact_rows(chain: str, depth: int, t: float, g: float, alternate: bool, x: 
     for L, (smax, smin) in enumerate(svs, start=1):
         cond = _over(smax, smin)
         if not mpmath.isfinite(cond):
-            raise ValueError(f"g must be nonzero: the exact {chain} chain with g = {g!r} is "
+            raise InputError(f"g must be nonzero: the exact {chain} chain with g = {g!r} is "
                              "singular")
         bits = ref.backend.prec + int(mpmath.ceil(mpmath.log(max(cond, 1), 2))) + 32
         bands.setdefault(-(-bits // PRECISION_BAND) * PRECISION_BAND, []).append(L)
@@ -288,15 +289,15 @@ def figure1_sweep(depths: int = 100, chains: Sequence[str] = ("additive", "affin
     """Records for depths ``1..depths`` of every chain at every precision (see the module
     docstring). ``exact`` uses the decimal constants ``repr(t)`` and ``repr(g)``."""
     if int(depths) < 1:
-        raise ValueError(f"depths must be >= 1, got {depths}")
+        raise InputError(f"depths must be >= 1, got {depths}")
     for c in chains:
         if c not in ("additive", "affine"):
-            raise ValueError(f"chains must be 'additive' or 'affine', got {c!r}")
+            raise InputError(f"chains must be 'additive' or 'affine', got {c!r}")
     for p in precisions:
         if p != "exact" and not parse_precision(p).is_float:
-            raise ValueError(f"precisions must be float names or 'exact', got {p!r}")
+            raise InputError(f"precisions must be float names or 'exact', got {p!r}")
     if parse_precision(reference_name).kind != "arb":
-        raise ValueError(f"reference_name must be 'arb:<bits>' (the sweep's exact values are "
+        raise InputError(f"reference_name must be 'arb:<bits>' (the sweep's exact values are "
                          f"certified by ball arithmetic), got {reference_name!r}")
     xa = np.asarray(x, dtype=np.float64).reshape(1, 2)
     jobs = [(c, p) for c in chains for p in precisions]
