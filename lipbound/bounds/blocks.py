@@ -7,7 +7,7 @@ certified number:
   constants (:mod:`.layers`); for a neural ODE the first layer's time column is left out, as
   ``Lip(f)`` is in ``x`` only.
 * ``c_g, c_{g'}, c_{1/g}, c_{(1/g)'}``, ``c_t`` and the per-coordinate sups ``m_x``, ``m_y``:
-  the scale function's sups (:class:`~lipbound.blocks.scale.ScaleFunction`) over the range of the
+  the scale function's sups (:mod:`.scales`, in ball arithmetic) over the range of the
   raw scale ``h = s(x_{I1})`` on the box, which interval bound propagation through ``s`` and ``t``
   gives coordinate by coordinate.
 * ``max |D_ii|``, ``||W||``, ``||W^-1||``: rounded up from the stored parameters.
@@ -49,13 +49,7 @@ from ..blocks.ode import NeuralODE, ODEFunc
 from ..blocks.partition import MaskPartition, Partition
 from ..blocks.reshape import Permutation, Squeeze
 from ..blocks.residual import InvertibleResidual, frozen_spectral_norm
-from ..blocks.scale import (
-    ExpScale,
-    IdentityScale,
-    ScaleFunction,
-    SigmoidScale,
-    SoftClampScale,
-)
+from ..blocks.scale import ScaleFunction
 from ..errors import InputError, InputTypeError
 from . import table
 from .interval import Box, affine_map, monotone_map
@@ -63,6 +57,7 @@ from .layers import ibp, lipschitz
 from .norms import certified_inverse, spectral_norm_upper
 from .registry import TypeRegistry
 from .rounding import down, exp_up, up, up_tensor, widen
+from .scales import g_box, scale_sup
 
 __all__ = [
     "BlockContext",
@@ -195,16 +190,6 @@ def _additive_box(sign: int) -> Callable[[AdditiveCoupling, Box], Box]:
     return rule
 
 
-_INCREASING_SCALES = (SigmoidScale, ExpScale, SoftClampScale, IdentityScale)
-
-
-def _g_box(scale: ScaleFunction, h: Box) -> Box:
-    if not isinstance(scale, _INCREASING_SCALES):
-        raise InputTypeError(f"scale {type(scale).__name__} is not known to be increasing; bounds "
-                        f"support {[c.__name__ for c in _INCREASING_SCALES]}")
-    return monotone_map(h, scale)
-
-
 def _affine_parts(block: AffineCoupling, box: Box) -> tuple[Box, Box, Box]:
     """Boxes of the active part, the raw scale ``h`` and the shift ``t`` (active layout)."""
     p = block.partition
@@ -215,13 +200,13 @@ def _affine_parts(block: AffineCoupling, box: Box) -> tuple[Box, Box, Box]:
 
 def _per_coordinate_sups(scale: ScaleFunction, h: Box, mask: Tensor,
                          names: tuple[str, ...]) -> dict[str, Tensor]:
-    """``{name: tensor}`` of ``scale.sup_<name>(h_lo_i, h_hi_i)`` for the masked coordinates."""
+    """``{name: tensor}`` of ``scale_sup(scale, name, h_lo_i, h_hi_i)`` for the masked
+    coordinates."""
     pairs = torch.stack([h.lo[0][mask], h.hi[0][mask]], dim=1)
     unique, where = torch.unique(pairs, dim=0, return_inverse=True)
     out = {}
     for name in names:
-        fn = getattr(scale, f"sup_{name}")
-        vals = torch.tensor([fn(lo, hi) for lo, hi in unique.tolist()],
+        vals = torch.tensor([scale_sup(scale, name, lo, hi) for lo, hi in unique.tolist()],
                             dtype=torch.float64)
         out[name] = vals[where]
     return out
@@ -275,13 +260,13 @@ def _affine_bound(block: AffineCoupling, ctx: BlockContext) -> table.BlockBound:
 
 def _affine_forward_box(block: AffineCoupling, box: Box) -> Box:
     active, h, t = _affine_parts(block, box)
-    new = active * _g_box(block.scale, h) + t
+    new = active * g_box(block.scale, h) + t
     return Box(block.partition.combine(box.lo, new.lo), block.partition.combine(box.hi, new.hi))
 
 
 def _affine_inverse_box(block: AffineCoupling, box: Box) -> Box:
     active, h, t = _affine_parts(block, box)
-    new = (active - t).divide(_g_box(block.scale, h), "the scale g(s(y_I1))")
+    new = (active - t).divide(g_box(block.scale, h), "the scale g(s(y_I1))")
     return Box(block.partition.combine(box.lo, new.lo), block.partition.combine(box.hi, new.hi))
 
 

@@ -14,7 +14,8 @@ square root in Table 3 has a non-negative argument).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import sympy as sp
 from flint import arb, ctx, fmpq
@@ -22,7 +23,8 @@ from flint import arb, ctx, fmpq
 from ..errors import InputTypeError
 from .rounding import down, up
 
-__all__ = ["PREC", "ball_upper", "exact_float", "lower", "to_arb", "upper"]
+__all__ = ["PREC", "ball_lower", "ball_upper", "exact_float", "lower", "to_arb", "upper",
+           "working_precision"]
 
 #: Working precision of the ball evaluation, in bits.
 PREC = 128
@@ -81,16 +83,24 @@ def to_arb(expr: sp.Expr, values: Mapping[sp.Symbol, float]) -> arb:
     raise InputTypeError(f"cannot evaluate {type(expr).__name__} in a bound expression: {expr}")
 
 
+@contextmanager
+def working_precision(bits: int = PREC) -> Iterator[None]:
+    """Run ``arb`` arithmetic at ``bits`` bits inside the block (python-flint's precision is
+    global), restoring the previous precision after."""
+    old = ctx.prec
+    ctx.prec = bits
+    try:
+        yield
+    finally:
+        ctx.prec = old
+
+
 def _evaluate(expr: sp.Expr, values: Mapping[sp.Symbol, float]) -> arb | None:
     free = expr.free_symbols - set(values)
     if free:
         return None
-    old = ctx.prec
-    ctx.prec = PREC
-    try:
+    with working_precision():
         return to_arb(expr, values)
-    finally:
-        ctx.prec = old
 
 
 def exact_float(ball: arb) -> float | None:
@@ -111,6 +121,15 @@ def ball_upper(ball: arb) -> float:
     return exact if exact is not None else up(float(ball.upper()))
 
 
+def ball_lower(ball: arb) -> float:
+    """A float ``<=`` every point of ``ball`` (its value when exact); ``-inf`` when the ball is
+    unbounded or not a number."""
+    if not ball.is_finite():
+        return -math.inf
+    exact = exact_float(ball)
+    return exact if exact is not None else down(float(ball.lower()))
+
+
 def upper(expr: sp.Expr, values: Mapping[sp.Symbol, float]) -> float | None:
     """A float ``>=`` the exact value of ``expr`` at ``values``; ``None`` when symbols are left
     free; ``inf`` when the ball is unbounded or not a number (a division by a ball holding 0)."""
@@ -121,9 +140,4 @@ def upper(expr: sp.Expr, values: Mapping[sp.Symbol, float]) -> float | None:
 def lower(expr: sp.Expr, values: Mapping[sp.Symbol, float]) -> float | None:
     """A float ``<=`` the exact value of ``expr`` at ``values`` (see :func:`upper`)."""
     ball = _evaluate(expr, values)
-    if ball is None:
-        return None
-    if not ball.is_finite():
-        return -math.inf
-    exact = exact_float(ball)
-    return exact if exact is not None else down(float(ball.lower()))
+    return None if ball is None else ball_lower(ball)

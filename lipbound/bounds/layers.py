@@ -35,15 +35,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from flint import arb
 from torch import Tensor, nn
 
 from ..blocks.residual import LipSwish, SpectralNormConv2d, SpectralNormLinear
 from ..blocks.subnets import Constant
 from ..errors import InputError
+from .evaluate import ball_lower, ball_upper, working_precision
 from .interval import Box, affine_map, monotone_map
 from .norms import conv2d_norm_upper, spectral_norm_upper
 from .registry import TypeRegistry
-from .rounding import U, up, widen
+from .rounding import LIB_ULPS, U, up, widen
 
 __all__ = ["LayerRule", "ibp", "layer_rule", "lipschitz", "register_layer"]
 
@@ -193,32 +195,57 @@ def _monotone(layer: nn.Module, box: Box) -> Box:
     return monotone_map(box, layer, absolute=absolute)
 
 
-def _checked_monotone(attr: str) -> Callable[[nn.Module, Box], Box]:
+def _checked_monotone(attr: str, image: Callable[[nn.Module, Box], Box] = _monotone
+                      ) -> Callable[[nn.Module, Box], Box]:
+    """``image``, refusing layers whose ``attr < 0`` (the activation is then not monotone)."""
     def rule(layer: nn.Module, box: Box) -> Box:
         if getattr(layer, attr) < 0:
             raise InputError(f"{layer}: {attr} < 0 makes the activation non-monotone; "
                              "not supported")
-        return _monotone(layer, box)
+        return image(layer, box)
     return rule
 
 
-def _silu_like_ibp(fn: Callable[[Tensor], Tensor], beta: float, scale: float, box: Box) -> Box:
-    """Box of ``silu(beta x) * scale`` (``beta, scale > 0``): decreasing, then increasing, with
-    its minimum ``_SILU_MIN * scale`` at ``x = x* / beta``."""
-    f_lo, f_hi = fn(box.lo), fn(box.hi)
+def _elu_image(layer: nn.ELU, box: Box) -> Box:
+    """``alpha (e^x - 1)`` for ``x < 0``, ``x`` for ``x >= 0`` (increasing for ``alpha >= 0``),
+    evaluated with ``expm1``, which is accurate *relative to its result* also near 0, so the
+    relative widening of :func:`.interval.monotone_map` encloses it. (``exp(x) - 1`` cancels
+    near 0: its error is absolute, about ``u``, and no relative widening covers it.)"""
+    alpha = float(layer.alpha)
+
+    def elu(x: Tensor) -> Tensor:
+        return torch.where(x < 0, alpha * torch.expm1(torch.clamp(x, max=0.0)), x)
+
+    return monotone_map(box, elu, ulps=LIB_ULPS + 2)
+
+
+def _silu_box(z: Box) -> Box:
+    """Box of ``silu(z) = z sigmoid(z)`` on ``z``: decreasing, then increasing, with its minimum
+    (``>= _SILU_MIN``) at ``z* = -1.278...``; torch's ``silu`` at the exact float ends is
+    accurate relative to its result (``z`` times a sigmoid), so a relative widening encloses it."""
+    f_lo, f_hi = F.silu(z.lo), F.silu(z.hi)
     lo, hi = torch.minimum(f_lo, f_hi), torch.maximum(f_lo, f_hi)
-    may_hold_min = (box.lo <= _SILU_ARGMIN[1] / beta) & (box.hi >= _SILU_ARGMIN[0] / beta)
-    lo = torch.where(may_hold_min, torch.full_like(lo, _SILU_MIN * scale * (1 + 1e-9)), lo)
+    may_hold_min = (z.lo <= _SILU_ARGMIN[1]) & (z.hi >= _SILU_ARGMIN[0])
+    lo = torch.where(may_hold_min, torch.full_like(lo, _SILU_MIN), lo)
     return Box(*widen(lo, hi, 16 * U))
 
 
 def _silu_ibp(layer: nn.Module, box: Box) -> Box:
-    return _silu_like_ibp(layer, 1.0, 1.0, box)
+    return _silu_box(box)
 
 
 def _lipswish_ibp(layer: LipSwish, box: Box) -> Box:
-    beta = float(F.softplus(layer.raw_beta.detach().to(torch.float64)))
-    return _silu_like_ibp(layer, beta, 1.0 / (1.1 * beta), box)
+    """``silu(beta x) / (1.1 beta)`` with ``beta = softplus(raw_beta)`` enclosed in ball arithmetic
+    (torch's ``softplus``: ``raw_beta`` itself above the threshold 20) and ``1.1`` the float
+    the layer divides by: interval products, so no rounding of ``beta`` or ``beta x`` escapes."""
+    raw = float(layer.raw_beta.detach())
+    if raw > 20.0:
+        beta = Box.scalar(raw, raw)
+    else:
+        with working_precision():
+            ball = arb(raw).exp().log1p()
+            beta = Box.scalar(ball_lower(ball), ball_upper(ball))
+    return _silu_box(box * beta).divide(beta * Box.scalar(1.1, 1.1), "LipSwish beta")
 
 
 def _identity_ibp(layer: nn.Module, box: Box) -> Box:
@@ -233,7 +260,7 @@ register_layer(nn.LeakyReLU, LayerRule(
     _activation(lambda layer: max(1.0, abs(layer.negative_slope))),
     _checked_monotone("negative_slope")))
 register_layer(nn.ELU, LayerRule(_activation(lambda layer: max(1.0, layer.alpha)),
-                                 _checked_monotone("alpha")))
+                                 _checked_monotone("alpha", _elu_image)))
 register_layer(nn.SiLU, LayerRule(_activation(lambda layer: SILU_LIP), _silu_ibp))
 register_layer(nn.Softplus, LayerRule(_ONE, _monotone))
 register_layer(LipSwish, LayerRule(_ONE, _lipswish_ibp))

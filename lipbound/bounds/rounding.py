@@ -18,7 +18,6 @@ import math
 import torch
 from torch import Tensor
 
-from ..blocks.scale import round_up
 from ..errors import InputError
 
 __all__ = ["LIB_ULPS", "U", "down", "exp_up", "gamma", "up", "up_tensor", "widen"]
@@ -33,9 +32,12 @@ ETA = 2.0 ** -1074
 
 
 def up(v: float, ulps: int = 1) -> float:
-    """``v`` moved up by ``ulps`` ulps (``inf`` stays ``inf``); NaN is refused
-    (:func:`lipbound.blocks.scale.round_up`, one ulp by default)."""
-    return round_up(v, ulps)
+    """``v`` moved up by ``ulps`` ulps (``inf`` stays ``inf``); NaN is refused."""
+    if math.isnan(v):
+        raise InputError("cannot round NaN up to a bound")
+    for _ in range(ulps):
+        v = math.nextafter(v, math.inf)
+    return v
 
 
 def down(v: float, ulps: int = 1) -> float:

@@ -62,6 +62,7 @@ from .blocks import actnorm_numbers, diagonal_numbers
 from .compose import NetworkBound
 from .norms import certified_inverse, spectral_norm_upper
 from .rounding import up
+from .scales import scale_sup
 
 __all__ = ["KINDS", "load_spec", "spec_bounds"]
 
@@ -112,8 +113,8 @@ def _scale_sups(block: Mapping[str, Any], where: str) -> dict[str, float | None]
     if s_range is None:
         raise InputError(f"{where}: 'scale' needs 's_range' [lo, hi], the range of s on the box")
     scale = make_scale(block["scale"])
-    return {"c_g": scale.sup_g(*s_range), "c_g'": scale.sup_dg(*s_range),
-            "c_1/g": scale.sup_inv_g(*s_range), "c_(1/g)'": scale.sup_d_inv_g(*s_range)}
+    return {symbol: scale_sup(scale, which, *s_range) for symbol, which in
+            (("c_g", "g"), ("c_g'", "dg"), ("c_1/g", "inv_g"), ("c_(1/g)'", "d_inv_g"))}
 
 
 _NO_BOX = ("the affine coupling bound (Lemma 6) is local, there is no global one (Theorem 2 "
