@@ -21,7 +21,8 @@ from lipbound.blocks import (
 )
 from lipbound.bounds import bound_model
 from lipbound.bounds.empirical import max_jacobian_norm
-from lipbound.bounds.report import FORMATS, format_number
+from lipbound.bounds.report import FORMATS, format_report, to_json
+from lipbound.bounds.rounding import format_bound
 from lipbound.bounds.spec import spec_bounds
 from lipbound.bounds.table import expr_str
 from lipbound.cli import main
@@ -141,11 +142,11 @@ def test_exact_blocks_are_tight():
 
 
 def test_report_rounds_printed_bounds_up():
-    assert format_number(1.0000001234567) == "1.00001" and format_number(2.0) == "2"
+    assert format_bound(1.0000001234567) == "1.00001" and format_bound(2.0) == "2"
     for v in (math.pi, 1 / 3, 123456.7, 2.5e-7, 9.999999999e12):
-        assert float(format_number(v)) >= v
-        assert float(format_number(v, upward=False)) <= v
-    assert format_number(math.inf) == "inf" and format_number(None) == "-"
+        assert float(format_bound(v)) >= v
+        assert float(format_bound(v, upward=False)) <= v
+    assert format_bound(math.inf) == "inf" and format_bound(None) == "-"
 
 
 def test_json_shape_matches_the_issue(tmp_path, capsys):
@@ -179,3 +180,82 @@ def test_json_shape_matches_the_issue(tmp_path, capsys):
     assert refused["blocks"][0]["forward"] is None and refused["network"]["forward"] is None
     assert "Theorem 2" in refused["blocks"][0]["forward_refused"]
     assert refused["network"]["forward_expr"].count("Lip(s)") >= 2  # still symbolic
+
+
+@pytest.mark.parametrize("diag, reason", [
+    ({"max_abs": 2.0, "max_inv_abs": math.inf}, "infinite"),  # the Glow-like case: 1/inf
+    ({"max_abs": 1e308, "max_inv_abs": 1e308}, "below the float range"),  # 1e-308: subnormal
+])
+def test_remark3_lower_bound_is_never_negative_or_subnormal(diag, reason, capsys):
+    net = spec_bounds([{"kind": "diagonal", **diag}])
+    assert net.forward_lower == 0.0 and math.copysign(1.0, net.forward_lower) == 1.0
+    text = format_report(net, "text")
+    line = next(ln for ln in text.splitlines() if "Remark 3: Lip(F) >=" in ln)
+    assert line.split(">=")[1].split()[0] == "0" and "vacuous" in line and reason in line
+    assert "-4.94" not in text and "e-324" not in text and "e-308" not in text
+    assert "vacuous" in format_report(net, "markdown")
+    network = to_json(net)["network"]
+    assert network["forward_lower"] == 0.0 and reason in network["forward_lower_vacuous"]
+
+
+def test_remark3_lower_bound_says_something_when_it_can():
+    net = spec_bounds([{"kind": "diagonal", "max_abs": 4.0, "max_inv_abs": 8.0}])
+    assert net.forward_lower == 0.125 and net.inverse_lower == 0.25  # exact: powers of two
+    third = spec_bounds([{"kind": "diagonal", "max_abs": 3.0, "max_inv_abs": 3.0}])
+    assert 0 < third.forward_lower <= 1 / 3 and third.forward_lower * 3 <= 1.0
+    assert third.forward_lower == pytest.approx(1 / 3, rel=1e-15)
+    network = to_json(net)["network"]
+    assert network["forward_lower_vacuous"] is None and network["inverse_lower_vacuous"] is None
+    assert "vacuous" not in format_report(net, "text")
+
+
+def test_network_bound_repr_is_short():
+    net = spec_bounds([{"kind": "diagonal", "max_abs": 2.0, "max_inv_abs": 0.5},
+                       {"kind": "permutation"}])
+    assert repr(net) == "NetworkBound(2 blocks, Lip(F) <= 2, Lip(F^-1) <= 0.5)"
+    symbolic = spec_bounds([{"kind": "additive"}, {"kind": "affine", "lip_s": 1, "lip_t": 1,
+                                                   "scale": "sigmoid", "s_range": [-1, 1]}])
+    assert repr(symbolic) == "NetworkBound(2 blocks, Lip(F) <= ?, Lip(F^-1) <= ?, 2 refused)"
+    third = spec_bounds([{"kind": "diagonal", "max_abs": 1 / 3, "max_inv_abs": 3.0}])
+    shown = repr(third).split("<= ")[1].split(",")[0]
+    assert float(shown) >= third.forward and len(repr(third)) < 80  # printed bounds round up
+
+
+def test_spec_may_be_a_json_list_of_blocks(tmp_path, capsys):
+    blocks = [{"kind": "additive", "lip_t": 2.5}, {"kind": "diagonal", "diag": [0.5, 4.0]}]
+    as_list, as_object = tmp_path / "list.json", tmp_path / "object.json"
+    as_list.write_text(json.dumps(blocks))
+    as_object.write_text(json.dumps({"blocks": blocks}))
+    outputs = []
+    for path in (as_list, as_object):
+        assert main(["bounds", str(path), "--format", "json"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert outputs[0] == outputs[1] and len(outputs[0]["blocks"]) == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text('"additive"')
+    assert main(["bounds", str(bad)]) == 2
+    assert "JSON list of blocks" in capsys.readouterr().err
+
+
+def test_every_bounds_option_states_its_default():
+    import argparse
+
+    from lipbound.bounds.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in options} == {"box", "output_box", "shape", "format", "output",
+                                         "progress"}
+    for action in options:
+        assert action.help and "(default: " in action.help, action.dest
+
+
+def test_non_blocks_get_a_type_error():
+    from lipbound.bounds.cli import infer_shape
+    from lipbound.errors import InputTypeError
+
+    for call in (lambda: bound_model(torch.nn.Linear(2, 2), (2,)),
+                 lambda: infer_shape(torch.nn.Linear(2, 2))):
+        with pytest.raises(InputTypeError, match="model must be an InvertibleBlock, got Linear"):
+            call()

@@ -15,15 +15,16 @@ from pathlib import Path
 
 from torch import nn
 
+from ..blocks.base import InvertibleBlock
 from ..blocks.coupling import AdditiveCoupling, AffineCoupling
 from ..blocks.linear import ActNorm, DiagonalScaling, Invertible1x1Conv
 from ..blocks.ode import NeuralODE
 from ..blocks.partition import ChannelPartition, MaskPartition
 from ..blocks.reshape import Permutation, Squeeze
 from ..blocks.residual import InvertibleResidual, SpectralNormConv2d, SpectralNormLinear
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
 from ..io import load_model
-from .compose import NetworkBound, bound_model, leaf_blocks
+from .compose import NetworkBound, bound_model
 from .report import FORMATS, format_report
 from .spec import load_spec, spec_bounds
 
@@ -33,17 +34,23 @@ __all__ = ["add_arguments", "infer_shape", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``lipbound bounds``."""
     parser.add_argument("source", metavar="SPEC_OR_MODEL",
-                        help="architecture spec (.json) or saved model (lipbound.io.save_model)")
+                        help="architecture spec (.json: a list of blocks, or {\"blocks\": [...]}) "
+                             "or saved model (lipbound.io.save_model)")
     parser.add_argument("--box", nargs=2, type=float, metavar=("A", "B"),
-                        help="model inputs lie in [A, B]^d (needed by local bounds)")
+                        help="model inputs lie in [A, B]^d; local bounds (affine couplings) "
+                             "need it (default: no box, so only global bounds are numeric)")
     parser.add_argument("--output-box", nargs=2, type=float, metavar=("A", "B"),
                         help="bound the inverses on outputs in [A, B]^d, carried backward "
                              "(default: on the forward images of --box)")
     parser.add_argument("--shape", nargs="+", type=int, metavar="N",
-                        help="per-sample input shape of a model, e.g. 2 or 3 32 32")
-    parser.add_argument("--format", choices=FORMATS, default="text", help="report format")
-    parser.add_argument("--output", metavar="FILE", help="write the report to FILE")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
+                        help="per-sample input shape of a model, e.g. 2 or 3 32 32 (default: "
+                             "read from the model; image models need it)")
+    parser.add_argument("--format", choices=FORMATS, default="text",
+                        help=f"report format, one of {', '.join(FORMATS)} (default: text)")
+    parser.add_argument("--output", metavar="FILE",
+                        help="write the report to FILE (default: print it)")
+    parser.add_argument("--progress", action="store_true",
+                        help="show progress bars on stderr (default: off)")
 
 
 def _first_dim(block: nn.Module) -> int | None:
@@ -73,7 +80,9 @@ def infer_shape(model: nn.Module) -> tuple[int, ...]:
     Raises ``ValueError`` (asking for ``--shape``) for image models, which do not store their
     spatial size.
     """
-    blocks = leaf_blocks(model)
+    if not isinstance(model, InvertibleBlock):
+        raise InputTypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
+    blocks = model.flat_blocks()
     for block in blocks:  # a mask or a stored conv input shape fixes the shape until a squeeze
         if isinstance(block, Squeeze):
             break

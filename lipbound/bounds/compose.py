@@ -8,8 +8,10 @@ For ``F = F_L o ... o F_1``,
 (the inverse applies ``F_L^{-1}`` first: the same product in reverse order). Cumulative values are
 the bounds of the prefix ``F_k o ... o F_1`` and of its inverse. Remark 3 turns upper bounds into
 lower bounds through eq. 9, ``Lip(F) >= 1 / L*`` and ``Lip(F^-1) >= 1 / L`` for ``L >= Lip(F)``,
-``L* >= Lip(F^-1)``; Remark 4's bi-Lipschitz constant is ``max(L, L*)``. Products are evaluated in
-ball arithmetic and rounded up, lower bounds rounded down.
+``L* >= Lip(F^-1)``; a lower bound is never below 0, and one that is 0 (an infinite ``L``, or
+``1 / L`` below the normal float range) says nothing and is reported as vacuous. Remark 4's
+bi-Lipschitz constant is ``max(L, L*)``. Products are evaluated in ball arithmetic and rounded up,
+lower bounds rounded down.
 
 :func:`bound_model` builds the rows of a model made of :mod:`lipbound.blocks`, carrying the input
 box forward block by block (``[a, b]`` of each forward) and, for the inverses, either the forward
@@ -33,12 +35,12 @@ from tqdm import tqdm
 from ..blocks.base import InvertibleBlock
 from ..errors import InputError, InputTypeError
 from .blocks import BlockContext, block_rule, shared_propagation
-from .evaluate import ball_upper
+from .evaluate import ball_lower, ball_upper, working_precision
 from .interval import Box
-from .rounding import down
+from .rounding import format_bound
 from .table import BlockBound
 
-__all__ = ["NetworkBound", "bound_model", "leaf_blocks"]
+__all__ = ["NetworkBound", "bound_model", "remark3_lower"]
 
 _LOST = ("the box carried to this block's input overflowed float64 (interval propagation "
          "through the blocks before it diverged), so there is no finite local bound here")
@@ -68,6 +70,23 @@ def _symbolic_product(factors: Sequence[sp.Expr]) -> sp.Expr:
     if not terms:
         return sp.Integer(1)
     return terms[0] if len(terms) == 1 else sp.Mul(*terms, evaluate=False)
+
+
+#: Smallest positive normal float64: a lower bound below it is reported as 0 (vacuous).
+_TINY = 2.0 ** -1022
+
+
+def remark3_lower(upper: float | None) -> float | None:
+    """Remark 3's lower bound ``1 / L`` from an upper bound ``L``, rounded down; ``0`` (vacuous)
+    when ``L`` is infinite or ``1 / L`` is below the normal float range, never negative or
+    subnormal; ``None`` when ``L`` is not numeric."""
+    if upper is None:
+        return None
+    if math.isinf(upper) or upper <= 0:
+        return 0.0
+    with working_precision():
+        v = ball_lower(1 / arb(upper))
+    return v if v >= _TINY else 0.0
 
 
 def _cumulative(values: Sequence[float | None]) -> list[float | None]:
@@ -143,13 +162,13 @@ class NetworkBound:
 
     @property
     def forward_lower(self) -> float | None:
-        """Remark 3: ``Lip(F) >= 1 / L*``."""
-        return None if self.inverse is None else down(1.0 / self.inverse)
+        """Remark 3: ``Lip(F) >= 1 / L*`` (:func:`remark3_lower`: ``0`` when vacuous)."""
+        return remark3_lower(self.inverse)
 
     @property
     def inverse_lower(self) -> float | None:
-        """Remark 3: ``Lip(F^-1) >= 1 / L``."""
-        return None if self.forward is None else down(1.0 / self.forward)
+        """Remark 3: ``Lip(F^-1) >= 1 / L`` (:func:`remark3_lower`: ``0`` when vacuous)."""
+        return remark3_lower(self.forward)
 
     @property
     def bilipschitz(self) -> float | None:
@@ -157,6 +176,15 @@ class NetworkBound:
         if self.forward is None or self.inverse is None:
             return None
         return max(self.forward, self.inverse)
+
+    def __repr__(self) -> str:
+        def show(v: float | None) -> str:
+            return "?" if v is None else format_bound(v)
+
+        refused = len(self.refusals())
+        return (f"NetworkBound({len(self.blocks)} blocks, Lip(F) <= {show(self.forward)}, "
+                f"Lip(F^-1) <= {show(self.inverse)}"
+                + (f", {refused} refused" if refused else "") + ")")
 
     def refusals(self) -> list[str]:
         """``"block k (kind) forward|inverse: reason"`` for every refused bound."""
@@ -167,13 +195,6 @@ class NetworkBound:
                 if reason:
                     out.append(f"block {k} ({b.kind}) {name}: {reason}")
         return out
-
-
-def leaf_blocks(model: InvertibleBlock) -> list[InvertibleBlock]:
-    """The leaf blocks of a model in forward order."""
-    if isinstance(model, InvertibleBlock):
-        return model.flat_blocks()
-    raise InputTypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
 
 
 def _carry(blocks: Sequence[InvertibleBlock], start: Box | None, inverse: bool,
@@ -211,7 +232,9 @@ def bound_model(model: InvertibleBlock, shape: Sequence[int],
     if not shape or min(shape) < 1:
         raise InputError(f"shape must be a non-empty per-sample shape of positive sizes, "
                          f"got {shape}")
-    blocks = leaf_blocks(model)
+    if not isinstance(model, InvertibleBlock):
+        raise InputTypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
+    blocks = model.flat_blocks()
     shapes = [shape]
     for block in blocks:
         shapes.append(tuple(block_rule(block).out_shape(block, shapes[-1])))

@@ -2,17 +2,17 @@
 
 One row per block (kind, scope, forward and inverse bound, cumulative values), then the network's
 bounds, the paper's products beside them, the Remark 3 lower bounds and the Remark 4 bi-Lipschitz
-constant. Printed upper bounds are rounded *up* to six significant digits and lower bounds down, so
-a printed number is still a bound. Where a bound is not numeric the expression is printed; where it
-is refused, the reason. JSON numbers are floats (``"inf"``/``"nan"`` as strings), the sympy
-expressions strings beside them.
+constant (a lower bound of 0 is marked vacuous, with the reason: ``*_lower_vacuous`` in JSON,
+``null`` when the bound says something). Printed upper bounds are rounded *up* to six significant
+digits and lower bounds down, so a printed number is still a bound. Where a bound is not numeric
+the expression is printed; where it is refused, the reason. JSON numbers are floats
+(``"inf"``/``"nan"`` as strings), the sympy expressions strings beside them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 import sympy as sp
@@ -20,37 +20,21 @@ import sympy as sp
 from ..errors import InputError
 from ..jsonio import jsonable
 from .compose import NetworkBound
+from .rounding import format_bound
 from .table import Bound, expr_latex, expr_str
 
 __all__ = ["FORMATS", "format_report", "to_json"]
 
 FORMATS = ("text", "markdown", "latex", "json")
-_DIGITS = 6
 #: Longest network expression printed in text formats (JSON always has it).
 _MAX_EXPR = 400
-
-
-def format_number(v: float | None, upward: bool = True) -> str:
-    """``v`` to six significant digits, rounded up (``upward``) or down; ``-`` for ``None``."""
-    if v is None:
-        return "-"
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if v == 0:
-        return "0"
-    d = Decimal(v)
-    exponent = d.adjusted() - (_DIGITS - 1)
-    q = d.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_CEILING if upward else ROUND_FLOOR)
-    return f"{q:.{_DIGITS - 1}e}" if abs(d.adjusted()) >= 5 else f"{float(q):.{_DIGITS}g}"
 
 
 def _cell(bound: Bound, latex: bool = False) -> str:
     if bound.refused:
         return "refused"
     if bound.value is not None:
-        return format_number(bound.value)
+        return format_bound(bound.value)
     expr = bound.substituted()
     return f"${expr_latex(expr)}$" if latex else expr_str(expr)
 
@@ -59,8 +43,8 @@ def _rows(net: NetworkBound, latex: bool = False) -> list[list[str]]:
     out = []
     for k, row in enumerate(net.blocks):
         out.append([str(k), row.kind, row.scope, _cell(row.forward, latex),
-                    _cell(row.inverse, latex), format_number(net.cumulative_forward[k]),
-                    format_number(net.cumulative_inverse[k])])
+                    _cell(row.inverse, latex), format_bound(net.cumulative_forward[k]),
+                    format_bound(net.cumulative_inverse[k])])
     return out
 
 
@@ -68,15 +52,30 @@ _HEADER = ["#", "block", "scope", "Lip(F)", "Lip(F^-1)", "cumulative Lip(F)",
            "cumulative Lip(F^-1)"]
 
 
+def _vacuous(lower: float | None, upper: float | None, of: str) -> str | None:
+    """Why a Remark 3 lower bound of 0 says nothing, or ``None`` when it says something."""
+    if lower != 0:
+        return None
+    if upper is not None and math.isinf(upper):
+        return f"vacuous: the upper bound on {of} is infinite"
+    return f"vacuous: 1 / (the upper bound on {of}) is below the float range"
+
+
+def _lower_cell(lower: float | None, upper: float | None, of: str) -> str:
+    reason = _vacuous(lower, upper, of)
+    text = format_bound(lower, upward=False)
+    return text if reason is None else f"{text} ({reason})"
+
+
 def _network_lines(net: NetworkBound) -> list[tuple[str, str]]:
     lines = [
-        ("Lip(F) <=", format_number(net.forward)),
-        ("Lip(F^-1) <=", format_number(net.inverse)),
-        ("paper's product, Lip(F) <=", format_number(net.forward_paper)),
-        ("paper's product, Lip(F^-1) <=", format_number(net.inverse_paper)),
-        ("Remark 3: Lip(F) >=", format_number(net.forward_lower, upward=False)),
-        ("Remark 3: Lip(F^-1) >=", format_number(net.inverse_lower, upward=False)),
-        ("Remark 4: biLip(F) <=", format_number(net.bilipschitz)),
+        ("Lip(F) <=", format_bound(net.forward)),
+        ("Lip(F^-1) <=", format_bound(net.inverse)),
+        ("paper's product, Lip(F) <=", format_bound(net.forward_paper)),
+        ("paper's product, Lip(F^-1) <=", format_bound(net.inverse_paper)),
+        ("Remark 3: Lip(F) >=", _lower_cell(net.forward_lower, net.inverse, "Lip(F^-1)")),
+        ("Remark 3: Lip(F^-1) >=", _lower_cell(net.inverse_lower, net.forward, "Lip(F)")),
+        ("Remark 4: biLip(F) <=", format_bound(net.bilipschitz)),
     ]
     for name, expr in (("Lip(F) <=", net.forward_expr), ("Lip(F^-1) <=", net.inverse_expr)):
         text = expr_str(expr)
@@ -155,6 +154,8 @@ def to_json(net: NetworkBound) -> dict[str, Any]:
         "forward": jsonable(net.forward), "inverse": jsonable(net.inverse),
         "forward_lower": jsonable(net.forward_lower),
         "inverse_lower": jsonable(net.inverse_lower),
+        "forward_lower_vacuous": _vacuous(net.forward_lower, net.inverse, "Lip(F^-1)"),
+        "inverse_lower_vacuous": _vacuous(net.inverse_lower, net.forward, "Lip(F)"),
         "bilipschitz": jsonable(net.bilipschitz),
         "forward_paper": jsonable(net.forward_paper),
         "inverse_paper": jsonable(net.inverse_paper),

@@ -14,13 +14,17 @@ constant, rounded up.
 from __future__ import annotations
 
 import math
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 import torch
 from torch import Tensor
 
 from ..errors import InputError
 
-__all__ = ["LIB_ULPS", "U", "down", "exp_up", "gamma", "up", "up_tensor", "widen"]
+__all__ = ["LIB_ULPS", "U", "down", "exp_up", "format_bound", "gamma", "up", "up_tensor", "widen"]
+
+#: Significant digits of printed bounds.
+_DIGITS = 6
 
 #: Unit roundoff of float64.
 U = 2.0 ** -53
@@ -89,3 +93,19 @@ def widen(lo: Tensor, hi: Tensor, rel: float, absolute: float = 0.0) -> tuple[Te
     lo_out = torch.where(torch.isnan(lo_out), -inf, torch.nextafter(lo_out, -inf))
     hi_out = torch.where(torch.isnan(hi_out), inf, torch.nextafter(hi_out, inf))
     return lo_out, hi_out
+
+
+def format_bound(v: float | None, upward: bool = True) -> str:
+    """``v`` to six significant digits, rounded up (``upward``) or down; ``-`` for ``None``."""
+    if v is None:
+        return "-"
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if v == 0:
+        return "0"
+    d = Decimal(v)
+    exponent = d.adjusted() - (_DIGITS - 1)
+    q = d.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_CEILING if upward else ROUND_FLOOR)
+    return f"{q:.{_DIGITS - 1}e}" if abs(d.adjusted()) >= 5 else f"{float(q):.{_DIGITS}g}"

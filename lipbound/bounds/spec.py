@@ -1,7 +1,8 @@
 r"""Architecture specs without weights: a JSON file listing the blocks, with numbers where known.
 
 The result is the composed symbolic bound of Table 3 (:mod:`.table`, :mod:`.compose`), numeric
-where every number is given. Format::
+where every number is given. A file is either the list of blocks alone (``[{"kind": ...}, ...]``)
+or an object with it::
 
     {
       "name": "2D affine coupling flow",           (optional)
@@ -242,10 +243,14 @@ def _rows(blocks: Any, ctx: dict, where: str) -> list[table.BlockBound]:
     return rows
 
 
-def spec_bounds(spec: Mapping[str, Any]) -> NetworkBound:
-    """The rows and composition of an architecture spec (a parsed JSON object, see above)."""
+def spec_bounds(spec: Mapping[str, Any] | list) -> NetworkBound:
+    """The rows and composition of an architecture spec (a parsed JSON object, see above, or
+    just its list of blocks)."""
+    if isinstance(spec, list):
+        spec = {"blocks": spec}
     if not isinstance(spec, Mapping):
-        raise InputError(f"spec must be a JSON object, got {type(spec).__name__}")
+        raise InputError(f"spec must be a JSON object {{\"blocks\": [...]}} or a JSON list of "
+                         f"blocks, got {type(spec).__name__}")
     unknown = set(spec) - {"name", "description", "box", "inverse_box", "blocks"}
     if unknown:
         raise InputError(f"spec: unknown top-level keys {sorted(unknown)}")
