@@ -283,3 +283,48 @@ def test_output_box_carried_backward_through_iterative_blocks(build):
             assert bool((values >= box.lo).all() and (values <= box.hi).all()), k
     # ||J_{F^-1}(F(x))|| = ||J_F(x)^-1|| on the box holding F^-1([a*, b*]^d) (global rows)
     assert max_jacobian_norm(model, net.inverse_boxes[0], invert=True, **SEARCH) <= net.inverse
+
+
+def _state(model: torch.nn.Module) -> dict[str, tuple]:
+    """Every parameter and buffer, as dtype, shape and bytes (bit-identical means equal)."""
+    out = {}
+    for prefix, tensors in (("p:", model.named_parameters()), ("b:", model.named_buffers())):
+        for name, t in tensors:
+            out[prefix + name] = (t.dtype, tuple(t.shape), t.detach().cpu().numpy().tobytes())
+    return out
+
+
+def _made_stale(model: InvertibleSequential, shape: tuple) -> None:
+    """A forward pass and then an in-place weight change: the spectral-norm vectors are stale,
+    and the model's own forward would refresh them."""
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))
+        for m in model.modules():
+            if isinstance(m, SpectralNormLinear):
+                m.weight.mul_(1.5)
+
+
+#: name -> (case of CASES, made stale)
+STATE_CASES = {**{n: (n, False) for n in CASES}, "iresnet-mlp-stale": ("iresnet-mlp", True)}
+
+
+def test_state_cases_cover_every_block_type():
+    kinds = {type(b) for case, _ in STATE_CASES.values() for b in CASES[case][0]().flat_blocks()}
+    assert kinds == {AdditiveCoupling, AffineCoupling, DiagonalScaling, ActNorm,
+                     Invertible1x1Conv, Permutation, Squeeze, InvertibleResidual, NeuralODE}
+
+
+@pytest.mark.parametrize("name", sorted(STATE_CASES))
+def test_bounds_leave_every_parameter_and_buffer_bit_identical(name):
+    case, stale = STATE_CASES[name]
+    build, shape, box = CASES[case][:3]
+    model = build()
+    if stale:
+        _made_stale(model, shape)
+    before = _state(model)
+    net = bound_model(model, shape, box=box)
+    assert _state(model) == before
+    bound_model(model, shape, box=box, output_box=(-1.0, 1.0))
+    assert _state(model) == before
+    assert net.forward is not None and len(net.blocks) == len(model.flat_blocks())

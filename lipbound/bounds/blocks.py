@@ -10,7 +10,8 @@ certified number:
   the scale function's sups (:mod:`.scales`, in ball arithmetic) over the range of the
   raw scale ``h = s(x_{I1})`` on the box, which interval bound propagation through ``s`` and ``t``
   gives coordinate by coordinate.
-* ``max |D_ii|``, ``||W||``, ``||W^-1||``: rounded up from the stored parameters.
+* ``max |D_ii|``, ``||W||``, ``||W^-1||``: rounded up from the stored parameters; an LU-form
+  ``W = P L U`` is formed in ball arithmetic, never from torch's rounded product.
 
 A rule also maps boxes through its block, forward (``[a, b]`` of the next block) and backward
 (``[a*, b*]`` of the previous block's inverse). Coupling, linear and reshape blocks do this with
@@ -33,6 +34,7 @@ Unknown block types get a ``TypeError`` that says how to register a rule (:func:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +42,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
+from flint import arb, arb_mat
 from torch import Tensor, nn
 
 from ..blocks.base import InvertibleBlock
@@ -52,6 +55,7 @@ from ..blocks.residual import InvertibleResidual, frozen_spectral_norm
 from ..blocks.scale import ScaleFunction
 from ..errors import InputError, InputTypeError
 from . import table
+from .evaluate import ball_upper, working_precision
 from .interval import Box, affine_map, monotone_map
 from .layers import ibp, lipschitz
 from .norms import certified_inverse, spectral_norm_upper
@@ -333,14 +337,37 @@ def _actnorm_inverse_box(block: ActNorm, box: Box) -> Box:
     return box * scale - bias
 
 
-def _matrix(block: Invertible1x1Conv) -> Tensor:
-    return block.matrix().detach().to(torch.float64)
+def _matrix(block: Invertible1x1Conv) -> tuple[Tensor, float]:
+    """A float matrix ``M`` and ``e`` with ``||W - M||_2 <= e`` for the block's exact ``W``:
+    the stored weight (``e = 0``), or ``W = P L U`` with ``U``'s diagonal ``sign_s * exp(log_s)``
+    formed in ball arithmetic (not torch's rounded products): ``M`` the balls' midpoints, ``e``
+    the Frobenius norm of their radii, rounded up."""
+    if not block.lu:
+        return block.weight.detach().to(torch.float64), 0.0
+    n = block.num_channels
+    lower, upper, perm = (t.detach().to(torch.float64).tolist()
+                          for t in (block.lower, block.upper, block.perm))
+    sign, log_s = block.sign_s.tolist(), block.log_s.detach().tolist()
+    with working_precision():
+        l_mat = arb_mat([[arb(lower[i][j]) if j < i else arb(int(i == j)) for j in range(n)]
+                       for i in range(n)])
+        u_mat = arb_mat([[arb(upper[i][j]) if j > i else
+                        (arb(sign[i]) * arb(log_s[i]).exp() if i == j else arb(0))
+                        for j in range(n)] for i in range(n)])
+        w = arb_mat([[arb(v) for v in row] for row in perm]) * l_mat * u_mat
+        mid = [[float(w[i, j].mid()) for j in range(n)] for i in range(n)]
+        err = arb(0)
+        for i in range(n):
+            for j in range(n):
+                err += arb(ball_upper(abs(w[i, j] - arb(mid[i][j])))) ** 2
+        e = ball_upper(err.sqrt())
+    return torch.tensor(mid, dtype=torch.float64), e
 
 
 def _conv1x1_bound(block: Invertible1x1Conv, ctx: BlockContext) -> table.BlockBound:
-    w = _matrix(block)
+    m, e = _matrix(block)
     return table.invertible_1x1_conv(table.Symbols(ctx.index), {
-        "||W||": spectral_norm_upper(w), "||W^-1||": certified_inverse(w)[1]})
+        "||W||": up(spectral_norm_upper(m) + e), "||W^-1||": certified_inverse(m, error=e)[1]})
 
 
 def _mix(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
@@ -348,14 +375,18 @@ def _mix(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def _conv1x1_forward_box(block: Invertible1x1Conv, box: Box) -> Box:
-    w = _matrix(block)
-    return affine_map(box, _mix, w, None, w.shape[1])
+    """``W y = M y + (W - M) y``, the second term within ``e ||y||`` per coordinate."""
+    m, e = _matrix(block)
+    out = affine_map(box, _mix, m, None, m.shape[1])
+    return out if e == 0 else Box(*widen(out.lo, out.hi, 0.0, up(e * box.norm_upper())))
 
 
 def _conv1x1_inverse_box(block: Invertible1x1Conv, box: Box) -> Box:
-    """``W^-1 y`` through the float inverse ``X``, widened by ``||(W^-1 - X) y||``, where
-    ``W^-1 - X = W^-1 (I - W X)``."""
-    x, inv_norm, residual = certified_inverse(_matrix(block))
+    """``W^-1 y`` through the float inverse ``X`` of ``M``, widened by ``||(W^-1 - X) y||``,
+    where ``W^-1 - X = W^-1 (I - W X)`` (:func:`.norms.certified_inverse` bounds both norms for
+    the exact ``W``)."""
+    m, e = _matrix(block)
+    x, inv_norm, residual = certified_inverse(m, error=e)
     out = affine_map(box, _mix, x, None, x.shape[1])
     slack = up(up(inv_norm * residual) * box.norm_upper())
     return Box(*widen(out.lo, out.hi, 0.0, slack))
@@ -422,7 +453,9 @@ def _residual_inverse_box(block: InvertibleResidual, box: Box) -> Box:
             raise InputError(f"cannot carry a box through the i-ResNet inverse: Lip(g) <= "
                              f"{lip_g:.6g} is not < 1")
         c, rho = box.l2_radius()
-        x = block.inverse(c.to(_dtype(block))).to(torch.float64)
+        # any float point serves as x~; a copy runs the inverse, which may refresh the model's
+        # spectral-norm vectors (the bounds leave the model's state untouched)
+        x = copy.deepcopy(block).inverse(c.to(_dtype(block))).to(torch.float64)
         if not bool(torch.isfinite(x).all()):
             return Box.everything(box.shape)
         point = Box.point(x)

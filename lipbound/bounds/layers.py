@@ -6,7 +6,9 @@ ODE) is a chain of layers, so
 .. math:: \mathrm{Lip}(L_k \circ \dots \circ L_1) \le \prod_i \mathrm{Lip}(L_i),
 
 with ``Lip`` of a linear or convolutional layer its exact operator norm bounded from above
-(:mod:`.norms`; never the norm of a reshaped kernel) and ``Lip`` of an activation the sup of its
+(:mod:`.norms`; never the norm of a reshaped kernel; for spectral-norm layers the stored ``W``
+times an outward enclosure of the exact factor ``1 / max(1, sigma / c)``, see
+:func:`_spectral_factor`) and ``Lip`` of an activation the sup of its
 derivative:
 
 ===============  ==============================================================
@@ -30,6 +32,9 @@ one.
 
 from __future__ import annotations
 
+import copy
+import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,11 +50,13 @@ from .evaluate import ball_lower, ball_upper, working_precision
 from .interval import Box, affine_map, monotone_map
 from .norms import conv2d_norm_upper, spectral_norm_upper
 from .registry import TypeRegistry
-from .rounding import LIB_ULPS, U, up, widen
+from .rounding import LIB_ULPS, U, down, up, widen
 
 __all__ = ["LayerRule", "ibp", "layer_rule", "lipschitz", "register_layer"]
 
 Shape = tuple[int, ...]
+#: A linear operator ``op(x, weight, bias)`` (``F.linear``, ``F.conv2d`` with fixed settings).
+Operator = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 #: SiLU: its minimiser ``x* = -1.27846...`` (where ``1 + x (1 - sigmoid(x)) = 0``), enclosed, and a
 #: lower bound on its minimum ``x* + 1 = -0.27846...``.
@@ -121,8 +128,8 @@ def _constant_ibp(net: Constant, box: Box) -> Box:
 # --- linear layers -----------------------------------------------------------------------------
 
 def _weight(layer: nn.Module) -> Tensor:
-    w = layer.effective_weight() if hasattr(layer, "effective_weight") else layer.weight
-    return w.detach()
+    """The stored weight ``W`` (for spectral-norm layers, before the normalisation)."""
+    return layer.weight.detach()
 
 
 def _linear_weight(layer: nn.Module, shape: Shape) -> Tensor:
@@ -134,14 +141,80 @@ def _linear_weight(layer: nn.Module, shape: Shape) -> Tensor:
     return w
 
 
+#: Power-iteration vectors a stale spectral-norm layer's forward would refresh to, by layer:
+#: ``(state key, u, v)`` (:func:`_power_vectors`).
+_REFRESHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _power_vectors(layer: SpectralNormLinear | SpectralNormConv2d) -> tuple[Tensor, Tensor]:
+    """The ``u``, ``v`` the layer's forward uses: the stored ones when they are current for the
+    stored weight (the oracle reads the same), else those a refresh gives (the forward refreshes
+    a stale layer first: weights changed, or a freshly loaded model), computed on a copy so that
+    the model's buffers are never touched."""
+    if layer.u is None or layer.v is None:
+        raise InputError(f"{type(layer).__name__}: the input shape is unknown (no stored power-"
+                         "iteration vectors); pass input_shape or call the layer once")
+    if layer._key is not None and layer._key == layer._weight_key():
+        return layer.u.detach(), layer.v.detach()
+    state = (layer._weight_key(), id(layer.u), layer.u._version, id(layer.v), layer.v._version)
+    cached = _REFRESHED.get(layer)
+    if cached is None or cached[0] != state:
+        fresh = copy.deepcopy(layer)
+        with torch.no_grad():
+            fresh.sigma()
+        cached = _REFRESHED[layer] = (state, fresh.u.detach(), fresh.v.detach())
+    return cached[1], cached[2]
+
+
+def _spectral_factor(layer: nn.Module, op: Operator, fan_in: int) -> tuple[float, float]:
+    r"""``[f_lo, f_hi]`` holding the exact ``f = 1 / max(1, sigma / c)`` of a spectral-norm layer,
+    whose effective weight is ``f W`` (:class:`~lipbound.blocks.residual.SpectralNormLinear`):
+    ``sigma = <u, A(W) v>`` with the layer's power-iteration vectors (:func:`_power_vectors`),
+    enclosed in interval arithmetic; ``(1, 1)`` for plain layers. The float ``effective_weight()``
+    is not used: the bound holds for the exact normalised map."""
+    if not isinstance(layer, (SpectralNormLinear, SpectralNormConv2d)):
+        return 1.0, 1.0
+    u, v = _power_vectors(layer)
+    u = u.to(torch.float64)
+    av = affine_map(Box.point(v), op, _weight(layer), None, fan_in)
+    products = torch.stack([u * av.lo, u * av.hi])
+    lo, hi = widen(products.min(0).values, products.max(0).values, 0.0)
+    # math.fsum is correctly rounded: one ulp outward encloses the exact sum
+    ratio_lo = down(down(math.fsum(lo.flatten().tolist())) / layer.coeff)
+    ratio_hi = up(up(math.fsum(hi.flatten().tolist())) / layer.coeff)
+    f_hi = 1.0 if ratio_lo <= 1 else up(1.0 / ratio_lo)
+    f_lo = 1.0 if ratio_hi <= 1 else down(1.0 / ratio_hi)
+    return f_lo, f_hi
+
+
+def _scaled_affine_map(layer: nn.Module, box: Box, op: Operator, fan_in: int) -> Box:
+    """The box of the layer's map ``op(x, f W, b)`` (``f`` from :func:`_spectral_factor`)."""
+    w = _weight(layer)
+    factor = _spectral_factor(layer, op, fan_in)
+    if factor == (1.0, 1.0):
+        return affine_map(box, op, w, layer.bias, fan_in)
+    out = affine_map(box, op, w, None, fan_in) * Box.scalar(*factor)
+    if layer.bias is None:
+        return out
+    bias = layer.bias.detach().reshape(1, -1, *([1] * (out.lo.dim() - 2)))
+    return out + Box.point(bias)
+
+
+def _scaled_norm(layer: nn.Module, norm: float, op: Operator, fan_in: int) -> float:
+    """``||f W|| <= f_hi ||W||``, rounded up."""
+    f_hi = _spectral_factor(layer, op, fan_in)[1]
+    return norm if f_hi == 1.0 else up(norm * f_hi)
+
+
 def _linear_lip(layer: nn.Module, shape: Shape) -> tuple[float, Shape]:
     w = _linear_weight(layer, shape)
-    return spectral_norm_upper(w), (*shape[:-1], w.shape[0])
+    norm = _scaled_norm(layer, spectral_norm_upper(w), F.linear, w.shape[1])
+    return norm, (*shape[:-1], w.shape[0])
 
 
 def _linear_ibp(layer: nn.Module, box: Box) -> Box:
     w = _linear_weight(layer, box.shape)
-    return affine_map(box, F.linear, w, layer.bias, w.shape[1])
+    return _scaled_affine_map(layer, box, F.linear, w.shape[1])
 
 
 def _conv_settings(layer: nn.Module) -> tuple[int, int]:
@@ -165,20 +238,26 @@ def _conv_out_shape(layer: nn.Module, shape: Shape) -> Shape:
     return (w.shape[0], shape[1] + 2 * ph - w.shape[2] + 1, shape[2] + 2 * pw - w.shape[3] + 1)
 
 
-def _conv_lip(layer: nn.Module, shape: Shape) -> tuple[float, Shape]:
-    out = _conv_out_shape(layer, shape)
-    return conv2d_norm_upper(_weight(layer), shape[1:], _conv_settings(layer)), out
-
-
-def _conv_ibp(layer: nn.Module, box: Box) -> Box:
-    _conv_out_shape(layer, box.shape)  # checks the input shape
+def _conv_op(layer: nn.Module) -> tuple[Operator, int]:
+    """The convolution as ``op(x, weight, bias)`` and its inner-product length."""
     w = _weight(layer)
     padding = _conv_settings(layer)
 
     def op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.conv2d(x, weight, bias, padding=padding)
 
-    return affine_map(box, op, w, layer.bias, w.shape[1] * w.shape[2] * w.shape[3])
+    return op, w.shape[1] * w.shape[2] * w.shape[3]
+
+
+def _conv_lip(layer: nn.Module, shape: Shape) -> tuple[float, Shape]:
+    out = _conv_out_shape(layer, shape)
+    norm = conv2d_norm_upper(_weight(layer), shape[1:], _conv_settings(layer))
+    return _scaled_norm(layer, norm, *_conv_op(layer)), out
+
+
+def _conv_ibp(layer: nn.Module, box: Box) -> Box:
+    _conv_out_shape(layer, box.shape)  # checks the input shape
+    return _scaled_affine_map(layer, box, *_conv_op(layer))
 
 
 # --- activations -------------------------------------------------------------------------------

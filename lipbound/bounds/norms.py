@@ -137,9 +137,13 @@ def spectral_norm_upper(w: Tensor, rtol: float = 1e-4, max_squarings: int = 40) 
     return best
 
 
-def certified_inverse(w: Tensor, rtol: float = 1e-4) -> tuple[Tensor, float, float]:
+def certified_inverse(w: Tensor, rtol: float = 1e-4,
+                      error: float = 0.0) -> tuple[Tensor, float, float]:
     """The float inverse ``X`` of a square matrix, a certified upper bound on ``||W^-1||_2`` (which
     also bounds ``||X||_2``), and one on ``||I - W X||_2`` (see the module docstring).
+
+    With ``error = e > 0`` the two bounds hold for every matrix ``W`` with ``||W - w||_2 <= e``
+    (``X`` stays the inverse of ``w``): ``||I - W X|| <= ||I - w X|| + e ||X||``.
 
     Raises ``ValueError`` when ``w`` is singular or so ill-conditioned that ``||I - W X|| >= 1``.
     """
@@ -154,11 +158,14 @@ def certified_inverse(w: Tensor, rtol: float = 1e-4) -> tuple[Tensor, float, flo
     r = torch.eye(n, dtype=w.dtype) - w @ x
     err_r = up(gamma(n + 1) * up(float(_frobenius_upper(w.abs() @ x.abs())) + math.sqrt(n)))
     r_norm = up(spectral_norm_upper(r, rtol=1e-2) + err_r)
+    x_norm = spectral_norm_upper(x, rtol)
+    if error:
+        r_norm = up(r_norm + up(error * x_norm))
     if not r_norm < 1:
         raise InputError(
             f"w is too ill-conditioned for a certified inverse bound (||I - W W^-1|| <= {r_norm})"
         )
-    return x, up(up(spectral_norm_upper(x, rtol)) / (1.0 - r_norm), 2), r_norm
+    return x, up(up(x_norm) / (1.0 - r_norm), 2), r_norm
 
 
 def _phases(k: int, size: int) -> Tensor:
