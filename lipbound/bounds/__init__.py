@@ -9,6 +9,10 @@
 * :mod:`.norms`, :mod:`.layers`, :mod:`.interval`: certified operator norms, sub-network
   Lipschitz constants (:func:`register_layer`) and interval bound propagation; :mod:`.registry`
   holds the rules of both by type.
+* :mod:`.scales`: the sups of Lemma 6 and the interval images of the affine couplings' scale
+  functions, in ball arithmetic (:func:`register_scale`).
+* :mod:`.rounding`, :mod:`.evaluate`: the one rounding policy (every bound rounded up, every
+  lower bound down) and ball-arithmetic evaluation of the bound expressions.
 * :mod:`.empirical`: the largest Jacobian norm found by sampling and gradient ascent, to hold the
   bounds against.
 """
@@ -17,6 +21,7 @@ from .blocks import BlockContext, BlockRule, register_block
 from .compose import NetworkBound, bound_model
 from .interval import Box
 from .layers import LayerRule, register_layer
+from .scales import ScaleRule, register_scale
 from .table import BlockBound, Bound
 
 __all__ = [
@@ -27,7 +32,9 @@ __all__ = [
     "Box",
     "LayerRule",
     "NetworkBound",
+    "ScaleRule",
     "bound_model",
     "register_block",
     "register_layer",
+    "register_scale",
 ]

@@ -81,7 +81,7 @@ class ScaleRule:
 
 _RULES = TypeRegistry(
     ScaleRule, "bound rule for scale type",
-    "lipbound.bounds.scales.register_scale(ScaleType, ScaleRule(value=..., sup_g=..., ...))")
+    "lipbound.bounds.register_scale(ScaleType, ScaleRule(value=..., sup_g=..., ...))")
 
 
 def register_scale(scale_type: type, rule: ScaleRule) -> None:
