@@ -199,3 +199,47 @@ def test_verify_command_rejects_bad_input(tmp_path, capsys):
 def test_json_safe():
     assert json_safe({"a": [float("inf"), float("-inf"), float("nan"), np.float32(2)]}) == {
         "a": ["inf", "-inf", "nan", 2.0]}
+
+
+def test_amplification_leaves_out_exact_forward_and_nan_samples():
+    from lipbound.precision.decompose import _amplification
+
+    amp = _amplification(np.array([1.0, 0.0, np.nan, 5.0]), np.array([1e-3, 0.0, 1.0, 1e-2]))
+    assert amp.worst == pytest.approx(1e3) and amp.samples == 2 and amp.exact_forward == 1
+    none = _amplification(np.zeros(2), np.zeros(2))
+    assert none.worst is None and none.samples == 0 and none.exact_forward == 2
+
+
+def test_an_exact_forward_sample_does_not_hide_instability(tmp_path):
+    """t = 0: the chain scales x_2 by 0.1 per block. x = (1, 0) maps to (1, 0) exactly in
+    float32 (delta = 0, a ratio 0 / 0), x = (1, 1) is amplified by 1/sigma_min = 10^12. Before,
+    the NaN ratio of the exact sample made the batch's verdict "rounding"."""
+    model = figure1_chain(12, "affine", t=0.0)
+    alone = decompose(model, torch.tensor([[1.0, 1.0]]), "float32", trace=False)
+    mixed = decompose(model, torch.tensor([[1.0, 1.0], [1.0, 0.0]]), "float32", trace=False)
+    assert alone.verdict == mixed.verdict == "instability", mixed.reasons
+    assert mixed.per_sample["delta"][1] == 0.0 and mixed.per_sample["delta"][0] > 0
+    assert mixed.exact_forward_samples == 1 and mixed.amplification_samples == 1
+    assert mixed.amplification == alone.amplification
+    assert mixed.amplification == pytest.approx(mixed.recon_exact / mixed.delta)
+    assert mixed.amplification > 1e11  # 1/sigma_min = 10^12, up to float32's g
+    assert "1 of 2 samples; 1 with delta = 0 left out" in format_decomposition(mixed)
+    data = json.loads(json.dumps(json_safe(mixed.to_dict())))
+    assert data["exact_forward_samples"] == 1 and data["amplification"] > 1e11
+
+
+def test_an_exact_float_run_is_rounding_without_amplification():
+    """g = 0.5, t = 0: every float operation is exact, so delta = 0 for every sample: there is
+    no amplification to measure (None, not NaN) and the verdict is rounding (of size 0)."""
+    model = figure1_chain(12, "affine", t=0.0, g=0.5)
+    d = decompose(model, torch.tensor([[1.0, 1.0], [2.0, -3.0]]), "float32", trace=False)
+    assert d.delta == 0.0 and d.total == 0.0
+    assert d.amplification is None and d.exact_forward_samples == 2
+    assert d.lip_inverse == 2.0 ** 12
+    assert d.verdict == "rounding", d.reasons
+
+
+def test_decompose_rejects_non_finite_inputs():
+    x = torch.tensor([[1.0, 1.0], [float("nan"), 0.0], [1.0, float("inf")]])
+    with pytest.raises(ValueError, match=r"x must be finite: rows \[1, 2\]"):
+        decompose(figure1_chain(2, "affine"), x)
