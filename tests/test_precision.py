@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_helpers import cli_error
 
 import reference
 from lipbound.blocks import (
@@ -243,3 +244,64 @@ def test_decompose_rejects_non_finite_inputs():
     x = torch.tensor([[1.0, 1.0], [float("nan"), 0.0], [1.0, float("inf")]])
     with pytest.raises(ValueError, match=r"x must be finite: rows \[1, 2\]"):
         decompose(figure1_chain(2, "affine"), x)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--reference", "mp:abc",
+     "--reference must be one of mp:<bits> or arb:<bits> (bits >= 2), got 'mp:abc'"),
+    ("--reference", "float64",
+     "--reference must be one of mp:<bits> or arb:<bits> (bits >= 2), got 'float64'"),
+    ("--precision", "mp:24",
+     "--precision must be one of float16, bfloat16, float32 or float64, got 'mp:24'"),
+])
+def test_verify_command_names_the_option_and_the_accepted_precisions(tmp_path, capsys, option,
+                                                                     value, message):
+    save_model(figure1_chain(2, "affine"), tmp_path / "m.pt")
+    np.save(tmp_path / "x.npy", np.ones((1, 2)))
+    err = cli_error(["verify", str(tmp_path / "m.pt"), str(tmp_path / "x.npy"), option, value],
+                     capsys)
+    assert f"lipbound verify: error: {message}" in err
+    assert "reference_name" not in err
+    # the help names the same accepted precisions as the message
+    with pytest.raises(SystemExit):
+        main(["verify", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    accepted = message.split(" must be ")[1].split(", got")[0]
+    assert accepted in help_text
+
+
+def test_verify_command_rejects_non_finite_and_empty_inputs(tmp_path, capsys):
+    save_model(figure1_chain(2, "affine"), tmp_path / "m.pt")
+    x = np.ones((3, 2))
+    x[2, 0] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    err = cli_error(["verify", str(tmp_path / "m.pt"), str(tmp_path / "x.npy")], capsys)
+    assert f"the inputs {tmp_path / 'x.npy'} must be finite: rows [2] hold NaN or Inf" in err
+    torch.save(torch.ones(1, 0), tmp_path / "e.pt")
+    err = cli_error(["verify", str(tmp_path / "m.pt"), str(tmp_path / "e.pt")], capsys)
+    assert "must hold at least one sample of at least one value, got shape (1, 0)" in err
+
+
+def test_verify_reference_mp_works(tmp_path, capsys):
+    save_model(figure1_chain(3, "affine"), tmp_path / "m.pt")
+    np.save(tmp_path / "x.npy", np.ones((1, 2)))
+    assert main(["verify", str(tmp_path / "m.pt"), str(tmp_path / "x.npy"), "--reference",
+                 "mp:200", "--no-progress"]) == 0
+    assert "against mp:200" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["verify", "sweep"])
+def test_every_option_states_its_default(command):
+    """Every option's help says its default (positional arguments say they are required)."""
+    import argparse
+    import importlib
+
+    from lipbound.cli import COMMANDS
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(COMMANDS[command][0]).add_arguments(parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        wanted = "required" if not action.option_strings else "default"
+        assert action.help and wanted in action.help, (action.dest, action.help)

@@ -68,7 +68,8 @@ from .run import (
     run_inverse,
 )
 
-__all__ = ["AMPLIFY", "BlockTrace", "Decomposition", "decompose", "format_decomposition"]
+__all__ = ["AMPLIFY", "BlockTrace", "Decomposition", "check_inputs", "decompose",
+           "format_decomposition"]
 
 #: Amplification (and local Lip(F^-1)) from which the verdict is "instability".
 AMPLIFY = 100.0
@@ -185,14 +186,23 @@ def _check_arguments(precision: str, reference_name: str, x: Tensor) -> Precisio
     a reference that is not ``mp``/``arb``, or ``x`` that is not a finite batch."""
     p = parse_precision(precision, kinds=("torch",), argument="precision")
     parse_precision(reference_name, kinds=("mp", "arb"), argument="reference_name")
+    check_inputs(x, "x")
+    return p
+
+
+def check_inputs(x: Tensor, name: str) -> None:
+    """:class:`InputError` naming ``name`` unless ``x`` is a finite, non-empty batch ``(B, ...)``
+    (the message lists the first rows with NaN or Inf)."""
     if not isinstance(x, Tensor) or x.dim() < 2:
-        raise InputError("x must be a batched torch tensor (B, ...)")
+        raise InputError(f"{name} must be a batched torch tensor (B, ...)")
+    if x.shape[0] == 0 or x[0].numel() == 0:
+        raise InputError(f"{name} must hold at least one sample of at least one value, got "
+                         f"shape {tuple(x.shape)}")
     bad = torch.nonzero(~torch.isfinite(x.detach().reshape(x.shape[0], -1)).all(dim=1))
     if len(bad):
         rows = [int(r) for r in bad[:10, 0]]
-        raise InputError(f"x must be finite: rows {rows}{' ...' if len(bad) > 10 else ''} "
+        raise InputError(f"{name} must be finite: rows {rows}{' ...' if len(bad) > 10 else ''} "
                          "hold NaN or Inf")
-    return p
 
 
 @dataclass
