@@ -305,3 +305,28 @@ def test_every_option_states_its_default(command):
             continue
         wanted = "required" if not action.option_strings else "default"
         assert action.help and wanted in action.help, (action.dest, action.help)
+
+
+def test_cast_model_is_the_one_cast_and_leaves_the_model_alone():
+    """``cast_model`` (by name or dtype) and the diagnostics' ``at_precision`` give the same
+    copy: every floating tensor rounded to the dtype, eval mode; the model keeps its float64
+    values and its training mode."""
+    from lipbound.diagnostics.views import at_precision
+
+    model = randomize_parameters(residual_flow((3,), 2, 6, actnorm=True),
+                                 generator=torch.Generator().manual_seed(3)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    by_name, by_dtype = cast_model(model, "float16"), cast_model(model, torch.float16)
+    diag = at_precision(model, "float16")
+    for copy_ in (by_name, by_dtype, diag):
+        assert not copy_.training
+        for k, v in copy_.state_dict().items():
+            if before[k].is_floating_point():
+                assert v.dtype == torch.float16
+                assert torch.equal(v, before[k].to(torch.float16)), k
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.dtype == before[k].dtype, k
+    with pytest.raises(ValueError, match="precision must be one of float16, bfloat16, float32 "
+                                         "or float64, got 'mp:11'"):
+        cast_model(model, "mp:11")

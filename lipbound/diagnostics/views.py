@@ -4,7 +4,6 @@ a precision, the float tolerance used to call a reconstruction failed, and per-s
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -12,7 +11,7 @@ from torch import Tensor
 
 from ..blocks import InvertibleBlock
 from ..errors import InputTypeError
-from ..precision import torch_dtype
+from ..precision import cast_model, torch_dtype
 
 __all__ = ["Inverted", "at_precision", "default_tol", "leaf_blocks", "mark_non_finite",
            "per_sample_norm"]
@@ -69,8 +68,7 @@ def at_precision(model: InvertibleBlock, precision: str) -> InvertibleBlock:
 
     ``precision`` is a float precision name of :mod:`lipbound.precision` (``"float32"``, ...).
     """
-    dtype = torch_dtype(precision)
-    return copy.deepcopy(model).to(dtype).eval()
+    return cast_model(model, precision)
 
 
 def default_tol(precision: str) -> float:

@@ -9,7 +9,6 @@ rounding is not part of any error measured against the same cast input).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +19,7 @@ import reference
 from lipbound.blocks import InvertibleBlock
 
 from ..errors import InputError
+from .cast import cast_model
 from .emulate import RoundEachOp, is_missing_kernel
 from .names import Precision, parse_precision
 
@@ -67,11 +67,6 @@ class Run:
     n_inf: int = 0
     trace: list[np.ndarray] = field(default_factory=list)
     exact: reference.RTensor | None = None
-
-
-def cast_model(model: InvertibleBlock, dtype: torch.dtype) -> InvertibleBlock:
-    """A copy of ``model`` with every parameter and buffer cast to ``dtype``, in eval mode."""
-    return copy.deepcopy(model).to(dtype).eval()
 
 
 def _torch_run(model: InvertibleBlock, x: Tensor, inverse: bool, trace: bool
