@@ -14,6 +14,7 @@ from cli_helpers import cli_error
 from lipbound.blocks import figure1_chain
 from lipbound.cli import main
 from lipbound.precision.sweep import SweepRecord, figure1_sweep
+from lipbound.precision.sweep_plot import plot_sweep
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +177,45 @@ def test_sweep_g_without_float16_runs_where_float16_would_round_it_to_zero(tmp_p
     rec = figure1_sweep(2, chains=("affine",), precisions=("float32", "exact"), g=1e-9)
     exact = [r for r in rec if r.precision == "exact"]
     np.testing.assert_allclose([r.sigma_min for r in exact], [1e-9, 1e-18], rtol=1e-13)
+
+
+def test_plot_keeps_float_and_exact_rows_on_their_own_axes(records, tmp_path):
+    drawn = plot_sweep(records, tmp_path / "f.png", subtitle="t = 0.123456789")
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+    floats = [r for r in records if r.precision != "exact"]
+    shown = np.array([v for r in floats for v in (r.recon_error, r.bound)])
+    shown = shown[np.isfinite(shown) & (shown > 0)]
+    lo, hi = drawn.ylim_decades["recon_error"]
+    assert lo <= np.log10(shown.min()) and np.log10(shown.max()) <= hi
+    exact = np.log10([r.recon_error for r in records if r.precision == "exact"])
+    assert exact.max() < -70 and lo > exact.max()  # not on the float axis
+    assert drawn.ylim_decades["exact"][0] <= exact.min() <= exact.max() <= drawn.ylim_decades[
+        "exact"][1]
+    # every Inf and zero of the float errors is a marker, of its own kind
+    assert len(set(drawn.markers.values())) == 3
+    for category, test in (("inf", np.isinf), ("zero", lambda v: v == 0)):
+        want = {("recon_error", r.chain, r.precision, r.depth) for r in floats
+                if test(r.recon_error)}
+        got = {m for m in drawn.marked[category] if m[0] == "recon_error"}
+        assert want and got == want, category
+    assert not drawn.marked["nan"]
+    assert any("Inf" in t for t in drawn.legend) and any("NaN" in t for t in drawn.legend)
+    assert any("exactly 0" in t for t in drawn.legend)
+    assert any(t.startswith("bound") for t in drawn.legend)
+
+
+def test_plot_tells_inf_nan_and_zero_apart(tmp_path):
+    """A made-up sweep with one value of each kind in every panel."""
+    special = [1e-3, math.nan, math.inf, 0.0]
+    recs = [SweepRecord(chain, d + 1, p, special[d], special[d], special[d], special[d],
+                        special[d])
+            for chain in ("additive", "affine") for p in ("float32", "exact") for d in range(4)]
+    drawn = plot_sweep(recs, tmp_path / "s.png")
+    for category, depth in (("nan", 2), ("inf", 3), ("zero", 4)):
+        for panel in ("recon_error", "exact", "sigma_min", "sigma_max", "cond"):
+            for chain in ("additive", "affine"):
+                p = "exact" if panel == "exact" else "float32"
+                assert (panel, chain, p, depth) in drawn.marked[category], (category, panel)
+        assert all(m[3] == depth for m in drawn.marked[category])
+    lo, hi = drawn.ylim_decades["recon_error"]
+    assert lo < -3 < hi

@@ -69,9 +69,11 @@ def run(args: argparse.Namespace) -> int:
     if stem.parent != Path("."):
         stem.parent.mkdir(parents=True, exist_ok=True)
     png, csv_path = stem.with_suffix(".png"), stem.with_suffix(".csv")
-    plot_sweep(records, png)
+    subtitle = (f"t = {args.t!r}, g = {args.g!r}, x = ({args.x[0]!r}, {args.x[1]!r})"
+                + (", alternating partition" if args.alternate else ""))
+    plot_sweep(records, png, subtitle=subtitle)
     if args.pdf:
-        plot_sweep(records, stem.with_suffix(".pdf"))
+        plot_sweep(records, stem.with_suffix(".pdf"), subtitle=subtitle)
     write_csv(records, csv_path)
     if args.json:
         write_json(records, args.json)
