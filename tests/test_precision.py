@@ -330,3 +330,12 @@ def test_cast_model_is_the_one_cast_and_leaves_the_model_alone():
     with pytest.raises(ValueError, match="precision must be one of float16, bfloat16, float32 "
                                          "or float64, got 'mp:11'"):
         cast_model(model, "mp:11")
+
+
+def test_verdict_comparisons_ignore_nan():
+    from lipbound.precision.decompose import _at_least, _largest_known
+
+    assert not _at_least(float("nan"), 100.0) and not _at_least(None, 100.0)
+    assert _at_least(float("inf"), 100.0) and _at_least(100.0, 100.0)
+    assert _largest_known(np.array([np.nan, 3.0, 1e3])) == 1e3
+    assert _largest_known(np.array([np.nan])) is None and _largest_known(None) is None

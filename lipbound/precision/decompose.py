@@ -334,7 +334,7 @@ def _block_trace(r: _Runs) -> tuple[list[BlockTrace], list[np.ndarray]]:
     return rows, [t.to_numpy() for t in inv_exact]
 
 
-def _same_significand(r: _Runs, reference_name: str) -> dict[str, Any]:
+def _same_significand(r: _Runs) -> dict[str, Any]:
     """The round trip at ``mp:<bits>`` with ``p``'s significand and no exponent range: its
     ``||delta||`` and total, against the exact values."""
     mp_name = r.p.same_mantissa_reference()
@@ -537,7 +537,7 @@ def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
     stage("same significand")
     n_params = sum(t.numel() for t in model.parameters())
     run_sm = same_mantissa or (same_mantissa is None and n_params <= 20_000)
-    sm = _same_significand(r, reference_name) if run_sm else None
+    sm = _same_significand(r) if run_sm else None
 
     stage("second float precision")
     comparison, reasons = _second_precision(model, r, terms, reference_name)
