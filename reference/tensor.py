@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lipbound.blocks.numerics import row_norms
 from lipbound.errors import InputError
 
 from .backends import Backend, Scalar
@@ -202,10 +203,10 @@ class RTensor:
 
 
 def midpoint_norm(v: Tensorish) -> float:
-    """The Euclidean norm of the midpoints (of the value, for a dual tensor), in float64: the
-    size of an iteration's step, for its stopping rule."""
-    arr = v.to_numpy()
-    return float(np.sqrt(np.sum(arr * arr)))
+    """The Euclidean norm of the midpoints (of the value, for a dual tensor), in float64 (scaled:
+    no overflow or underflow of the squares): the size of an iteration's step, for its stopping
+    rule."""
+    return float(row_norms(v.to_numpy().reshape(1, -1))[0])
 
 
 def scalar(value: float, backend: Backend) -> RTensor:
