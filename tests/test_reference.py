@@ -340,3 +340,23 @@ def test_rtensor_repr_is_short_and_shows_midpoints_and_the_largest_radius():
     with tiny.backend.active():
         t = reference.RTensor.from_floats([2.0**-1000], (1,), tiny.backend) * 2.0**-1000
     assert repr(t).endswith("mp:64, mid=[8.70981e-603], max_radius=0)")
+
+
+def test_reference_fixed_point_reports_the_same_convergence_type_as_torch():
+    from lipbound.blocks import ConvergenceInfo
+
+    model, x = MODELS["residual-mlp"]
+    block = model.flat_blocks()[0]
+    with torch.no_grad():
+        block.inverse(block(x))  # records the torch block's ConvergenceInfo
+    for iterations in ("converged", "as_float"):
+        ref = reference.compile(block, "arb:96", iterations=iterations)
+        ref.inverse(ref.forward(x))
+        info = ref.leaves()[0].last_convergence
+        assert isinstance(info, ConvergenceInfo) and isinstance(block.last_convergence,
+                                                                ConvergenceInfo)
+        assert info.converged
+        if iterations == "converged":
+            assert info.tol == 2.0 ** -96 and info.residual <= 2.0 ** -96 * 10
+        else:  # exactly the torch block's own iteration count
+            assert info.iterations == block.last_convergence.iterations and info.tol == 0.0
