@@ -261,8 +261,11 @@ def _worst_message(results: list[SingularValues], expected: int) -> str:
     if len(results) < expected:
         return "an enclosure was not finite or the approximate SVD not orthogonal enough"
     r = min(results, key=lambda r: r.sigma_min)
-    return (f"sigma_min {mpmath.nstr(r.sigma_min, 6)} with error bound "
+    text = (f"sigma_min {mpmath.nstr(r.sigma_min, 6)} with error bound "
             f"{mpmath.nstr(r.errors[-1], 6)}")
+    if not r.errors[-1] < r.sigma_min:
+        text += ": not separated from 0, the Jacobian may be singular"
+    return text
 
 
 def singular_values(ref: ReferenceModel, x: Any, rtol: float = 1e-30,
