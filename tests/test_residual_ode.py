@@ -490,3 +490,18 @@ def test_residual_module_reexports_its_layers():
         assert getattr(residual, name) is getattr(spectral, name)
     assert blocks.SpectralNormLinear is spectral.SpectralNormLinear
     assert blocks.InvertibleResidual is residual.InvertibleResidual
+
+
+def test_forced_refresh_converges_a_cast_layer_to_its_new_precision():
+    layer = SpectralNormLinear(6, 5, coeff=0.5).float()
+    with torch.no_grad():
+        layer.weight.mul_(4.0)  # a norm well above coeff: the normalisation is active
+    layer.refresh_vectors()
+    layer = layer.double()
+    exact = torch.linalg.svdvals(layer.weight.detach())[0]
+    cast_error = abs(float(layer.sigma().detach()) - float(exact)) / float(exact)
+    layer.refresh_vectors()  # current: nothing to do
+    assert abs(float(layer.sigma().detach()) - float(exact)) / float(exact) == cast_error
+    layer.refresh_vectors(force=True)
+    assert abs(float(layer.sigma().detach()) - float(exact)) <= 1e-13 * float(exact)
+    assert cast_error <= 1e-5  # float32 accuracy before

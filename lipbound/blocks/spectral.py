@@ -66,18 +66,19 @@ class SpectralNormLayer(nn.Module):
       eigendecomposition of its Gram matrix), so ``sigma`` is the operator 2-norm up to rounding.
 
     **Which weight the vectors belong to.** The layer keeps the weight its vectors were computed
-    for (the non-persistent buffer ``weight_seen``, cast, copied and moved with the module, so
-    ``.double()``, ``.to(float16)`` or a deep copy keep the stored vectors: the same network at
-    another precision has the same stored parameters; loading a state dict with ``weight``,
-    ``u`` and ``v`` marks them as belonging together). When the weight differs from it (an
-    optimizer step, :func:`~lipbound.blocks.randomize_parameters`, a state dict without ``u``
-    and ``v``) and no training-mode step has updated them, the vectors are stale: the next
-    forward call recomputes and stores them, exactly or by power iteration run until ``sigma``
-    changes by at most ``4 eps`` relative (at most 1000 iterations; convolutions with clustered
-    spectra may stop at the cap, some ``1e-6`` below ``sigma``). A new layer whose input shape
-    is known starts with current vectors. :meth:`sigma` and :meth:`effective_weight` never change
-    the layer: on stale vectors they compute what the next forward call will store, without
-    storing it. ``sigma`` is differentiable in the weight (``d sigma / dW = u v^T``).
+    for (the non-persistent buffer ``weight_seen``, cast, copied and moved with the module).
+    ``.double()``, ``.to(float16)`` or a deep copy keep the stored vectors (the same network at
+    another precision has the same stored parameters; a float32-built layer cast to float64 keeps
+    vectors of float32 accuracy until ``refresh_vectors(force=True)``), and loading a state dict
+    with ``weight``, ``u`` and ``v`` marks them as belonging together. When the weight differs
+    from it (an optimizer step, :func:`~lipbound.blocks.randomize_parameters`, a state dict
+    without ``u`` and ``v``) and no training-mode step has updated them, the vectors are stale:
+    the next forward call recomputes and stores them, exactly or by power iteration run until
+    ``sigma`` changes by at most ``4 eps`` relative (at most 1000 iterations; convolutions with
+    clustered spectra may stop at the cap, some ``1e-6`` below ``sigma``). A new layer whose
+    input shape is known starts with current vectors. :meth:`sigma` and :meth:`effective_weight`
+    never change the layer: on stale vectors they compute what the next forward call will store,
+    without storing it. ``sigma`` is differentiable in the weight (``d sigma / dW = u v^T``).
     """
 
     _input_ndim: int
@@ -194,11 +195,12 @@ class SpectralNormLayer(nn.Module):
                 "layer once before asking for sigma"
             )
 
-    def refresh_vectors(self) -> None:
+    def refresh_vectors(self, force: bool = False) -> None:
         """Recompute and store stale vectors now, as the next forward call would (no-op when
-        they are current)."""
+        they are current, unless ``force``: e.g. after ``.double()``, to converge the vectors of
+        a float32-built layer to float64 accuracy)."""
         self._require_shape()
-        if not self.vectors_current():
+        if force or not self.vectors_current():
             self._store(*self._refreshed())
         elif self._key != self._weight_key():
             self._key = self._weight_key()  # same values, new storage: remember it
@@ -327,13 +329,15 @@ def frozen_spectral_norm(module: nn.Module) -> Iterator[None]:
             m._frozen = state
 
 
-def refresh_spectral_norm(module: nn.Module) -> nn.Module:
+def refresh_spectral_norm(module: nn.Module, force: bool = False) -> nn.Module:
     """Bring the stored power-iteration vectors of every spectrally normalised layer in
     ``module`` up to date with its weight (what each layer's next forward call would do; layers
-    whose input shape is still unknown are skipped). Returns ``module``."""
+    whose input shape is still unknown are skipped); ``force`` recomputes current ones too, in
+    the layers' present dtype (see :meth:`SpectralNormLayer.refresh_vectors`). Returns
+    ``module``."""
     for m in module.modules():
         if isinstance(m, SpectralNormLayer) and m.v is not None:
-            m.refresh_vectors()
+            m.refresh_vectors(force)
     return module
 
 
