@@ -22,6 +22,7 @@ from .reshape import Permutation, Squeeze
 from .residual import InvertibleResidual, residual_conv, residual_mlp
 from .scale import IdentityScale, ScaleFunction, make_scale
 from .sequential import InvertibleSequential
+from .spectral import refresh_spectral_norm
 from .subnets import conv_subnet, mlp
 
 __all__ = [
@@ -182,7 +183,9 @@ def figure1_chain(depth: int, coupling: str = "affine", t: float = 0.123456789,
 @torch.no_grad()
 def randomize_parameters(model: nn.Module, std: float = 0.1,
                          generator: torch.Generator | None = None) -> nn.Module:
-    """Add ``N(0, std^2)`` noise to every floating parameter and mark ActNorm layers initialised.
+    """Add ``N(0, std^2)`` noise to every floating parameter, mark ActNorm layers initialised and
+    recompute the power-iteration vectors of spectrally normalised layers for the new weights
+    (:func:`~lipbound.blocks.spectral.refresh_spectral_norm`), so the model is consistent.
 
     Gives non-trivial parameters (no identity initialisation) for tests and ``lipbound check``.
     """
@@ -193,4 +196,4 @@ def randomize_parameters(model: nn.Module, std: float = 0.1,
     for m in model.modules():
         if isinstance(m, ActNorm):
             m.initialized.fill_(True)
-    return model
+    return refresh_spectral_norm(model)

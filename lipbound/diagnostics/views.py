@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..blocks import InvertibleBlock
+from ..blocks.numerics import per_sample_norm  # the one scaled norm, float64
 from ..errors import InputTypeError
 from ..precision import cast_model, torch_dtype
 
@@ -74,11 +75,6 @@ def at_precision(model: InvertibleBlock, precision: str) -> InvertibleBlock:
 def default_tol(precision: str) -> float:
     """``sqrt(eps)`` of the precision: an error above it has lost half the digits."""
     return math.sqrt(torch.finfo(torch_dtype(precision)).eps)
-
-
-def per_sample_norm(v: Tensor) -> Tensor:
-    """``||v_b||_2`` per sample, computed in float64, shape ``(B,)``."""
-    return torch.linalg.vector_norm(v.to(torch.float64).reshape(v.shape[0], -1), dim=1)
 
 
 def mark_non_finite(errors: Tensor, rec: Tensor) -> Tensor:

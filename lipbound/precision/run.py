@@ -17,6 +17,7 @@ from torch import Tensor
 
 import reference
 from lipbound.blocks import InvertibleBlock
+from lipbound.blocks.numerics import row_norms  # the one scaled norm (numpy)
 
 from ..errors import InputError
 from .cast import cast_model
@@ -30,20 +31,6 @@ __all__ = ["Run", "cast_model", "count_nonfinite", "exact_difference", "row_norm
 def count_nonfinite(values: np.ndarray) -> tuple[int, int]:
     """``(number of NaN, number of Inf)``."""
     return int(np.isnan(values).sum()), int(np.isinf(values).sum())
-
-
-def row_norms(v: np.ndarray) -> np.ndarray:
-    """Per-sample Euclidean norms over the flattened sample, scaled by the largest entry so that
-    neither squares of large entries (``1e200``) overflow nor squares of tiny ones (``1e-200``)
-    underflow. A sample with NaN gives NaN; with Inf and no NaN, Inf."""
-    flat = np.abs(v.reshape(v.shape[0], -1))
-    if flat.shape[1] == 0:
-        return np.zeros(flat.shape[0])
-    with np.errstate(invalid="ignore"):
-        scale = flat.max(axis=1)  # NaN where a NaN is present
-        safe = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-        out = safe * np.sqrt(np.sum((flat / safe[:, None]) ** 2, axis=1))
-    return out
 
 
 @dataclass

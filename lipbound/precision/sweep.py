@@ -38,7 +38,7 @@ from tqdm import tqdm
 import reference
 from lipbound.blocks import figure1_chain
 from lipbound.blocks.builders import check_figure1_constants
-from reference.linalg import to_mpf
+from reference.linalg import certified_singular_values
 from reference.tensor import DualTensor, RTensor
 
 from ..errors import InputError
@@ -46,7 +46,7 @@ from .names import parse_precision
 from .run import cast_model, exact_difference, row_norms
 
 __all__ = ["ARGUMENT_NAMES", "CHAINS", "PRECISIONS", "SweepRecord", "check_sweep_arguments",
-           "figure1_sweep", "singular_values_2x2"]
+           "figure1_sweep"]
 
 #: The precisions of the default sweep; ``exact`` is the reference with decimal constants.
 PRECISIONS = ("float16", "bfloat16", "float32", "float64", "exact")
@@ -77,21 +77,6 @@ class SweepRecord:
         return {k: d[k] for k in self.JSON_KEYS}
 
 
-def singular_values_2x2(rows: list[list], backend: reference.Backend) -> tuple[object, object]:
-    r"""``(sigma_max, sigma_min)`` of a 2x2 matrix in the backend's arithmetic:
-    ``sigma_max = sqrt((f + sqrt(f^2 - 4 det^2)) / 2)`` with ``f = ||J||_F^2``, and
-    ``sigma_min = |det| / sigma_max`` (no cancellation)."""
-    (a, b), (c, d) = rows
-    with backend.active():
-        f = a * a + b * b + c * c + d * d
-        det = a * d - b * c
-        det2 = det * det
-        disc = backend.nonnegative(f * f - 4 * det2)  # f^2 >= 4 det^2: clip rounding
-        smax = backend.sqrt((f + backend.sqrt(disc)) / 2)
-        smin = backend.sqrt(det2) / smax
-    return smax, smin
-
-
 def _all_jacobians(ref: reference.ReferenceModel, x: np.ndarray) -> list[list[list]]:
     """The exact Jacobian after every leaf block (depth 1, 2, ...), by one dual pass."""
     v: DualTensor | RTensor = DualTensor.seed(ref.convert(x))
@@ -103,29 +88,14 @@ def _all_jacobians(ref: reference.ReferenceModel, x: np.ndarray) -> list[list[li
     return out
 
 
-def _relative_radius(backend: reference.Backend, v: object) -> mpmath.mpf:
-    """``rad(v) / |mid(v)|`` in mpmath (no float64 underflow for ``0.1^400``); 0 for mpmath
-    points, ``inf`` for a ball that is not finite or is centred at 0."""
-    if backend.kind != "arb":
-        return mpmath.mpf(0)
-    if not v.is_finite():
-        return mpmath.inf
-    mid = abs(to_mpf(v))
-    return to_mpf(v.rad()) / mid if mid != 0 else mpmath.inf
-
-
 def _exact_singular_values(ref: reference.ReferenceModel, x: np.ndarray, rtol: float,
                            max_prec: int = 1 << 15) -> list[tuple[mpmath.mpf, mpmath.mpf]]:
     """Certified ``(sigma_max, sigma_min)`` after every block, each to ``rtol`` relative, as
-    exact mpmath numbers (no float64 underflow); the precision doubles until every depth
-    meets it."""
-    for current in ref.doubling(max_prec):
-        bk = current.backend
-        pairs = [singular_values_2x2(j, bk) for j in _all_jacobians(current, x)]
-        if all(_relative_radius(bk, s) <= rtol for pair in pairs for s in pair):
-            return [(to_mpf(a), to_mpf(b)) for a, b in pairs]
-    raise reference.CertificationError(
-        f"Figure 1 singular values not certified to {rtol:g} at {bk.prec} bits")
+    exact mpmath numbers (no float64 underflow), by
+    :func:`reference.linalg.certified_singular_values` (the precision doubles until every depth
+    meets it)."""
+    svs = certified_singular_values(ref, lambda r: _all_jacobians(r, x), rtol, max_prec)
+    return [(sv.sigma_max, sv.sigma_min) for sv in svs]
 
 
 def _batched_inverse_float(blocks: list, z: torch.Tensor) -> torch.Tensor:
