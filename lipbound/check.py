@@ -13,7 +13,6 @@ Then the same for the whole model. Non-finite errors are reported as ``inf``/``n
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from .autodiff import batch_jacobian
 from .blocks import InvertibleBlock, glow_like, randomize_parameters
 from .io import load_model
 from .jsonio import dump_json, jsonable
-from .precision import torch_dtype
+from .precision import cast_model, torch_dtype
 
 __all__ = ["CheckRow", "add_arguments", "check_model", "format_rows", "rows_to_json", "run"]
 
@@ -62,7 +61,7 @@ def _converged(block: InvertibleBlock) -> bool:
 def _round_trip(block: InvertibleBlock, x: Tensor, precision: str) -> tuple[float, bool]:
     """The relative round-trip error at ``precision`` and whether iterative inverses converged."""
     dtype = torch_dtype(precision)
-    b = block if dtype == x.dtype else copy.deepcopy(block).to(dtype)
+    b = block if dtype == x.dtype else cast_model(block, dtype)
     xp = x.to(dtype)
     with torch.no_grad():
         err = _max_rel_error(xp, b.inverse(b(xp)))
@@ -94,7 +93,7 @@ def check_model(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] =
     """
     for p in precisions:
         torch_dtype(p)
-    model = copy.deepcopy(model).to(torch.float64).eval()
+    model = cast_model(model, torch.float64)
     x = x.to(torch.float64)
     blocks = model.flat_blocks()
     with torch.no_grad():

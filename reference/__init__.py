@@ -15,7 +15,7 @@ with a certified radius) and mpmath (``"mp:<bits>"``, pure Python, the independe
 
 from .backends import ArbBackend, Backend, MpBackend, make_backend
 from .certify import CertificationError, Certified, certified_forward, certified_inverse
-from .linalg import SingularValues, singular_values
+from .linalg import SingularValues, certified_singular_values, singular_values
 from .model import ReferenceModel, as_backend, compile
 from .registry import Compiler, UnknownLayerError, register, registered_types
 from .tensor import DualTensor, Elementwise, RTensor
@@ -37,6 +37,7 @@ __all__ = [
     "as_backend",
     "certified_forward",
     "certified_inverse",
+    "certified_singular_values",
     "compile",
     "figure1_reference",
     "make_backend",

@@ -86,6 +86,19 @@ class Backend(ABC):
         """The value with its error radius dropped."""
 
     @abstractmethod
+    def short(self, v: Scalar, digits: int = 6) -> str:
+        """The midpoint to ``digits`` significant digits, at any magnitude (``7.07981e-1506``)."""
+
+    @abstractmethod
+    def radius_text(self, v: Scalar) -> str:
+        """The radius to 3 digits at any magnitude (``"0"`` for mpmath, ``"inf"`` when not
+        finite)."""
+
+    @abstractmethod
+    def radius_key(self, v: Scalar) -> Any:
+        """The radius as a number that compares exactly (to find the largest)."""
+
+    @abstractmethod
     def sign(self, v: Scalar) -> int | None:
         """``1`` if certainly ``> 0``, ``-1`` if certainly ``< 0`` or exactly 0, ``None`` if the
         value's ball contains 0 and other numbers (undecided)."""
@@ -205,6 +218,17 @@ class ArbBackend(Backend):
     def midpoint(self, v: Scalar) -> Scalar:
         return v.mid()
 
+    def short(self, v: Scalar, digits: int = 6) -> str:
+        if v.is_nan():
+            return "nan"
+        return v.mid().str(digits, radius=False) if v.is_finite() else "inf"
+
+    def radius_text(self, v: Scalar) -> str:
+        return v.rad().str(3, radius=False) if v.is_finite() else "inf"
+
+    def radius_key(self, v: Scalar) -> Any:
+        return v.rad() if v.is_finite() else flint.arb.pos_inf()
+
     def sign(self, v: Scalar) -> int | None:
         if v > 0:
             return 1
@@ -295,6 +319,15 @@ class MpBackend(Backend):
 
     def midpoint(self, v: Scalar) -> Scalar:
         return v
+
+    def short(self, v: Scalar, digits: int = 6) -> str:
+        return mpmath.nstr(v, digits)
+
+    def radius_text(self, v: Scalar) -> str:
+        return "0"
+
+    def radius_key(self, v: Scalar) -> Any:
+        return 0
 
     def sign(self, v: Scalar) -> int | None:
         return 1 if v > 0 else -1

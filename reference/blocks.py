@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lipbound.blocks.base import ConvergenceInfo
 from lipbound.blocks.coupling import AdditiveCoupling, AffineCoupling
 from lipbound.blocks.linear import ActNorm, DiagonalScaling, Invertible1x1Conv
 from lipbound.blocks.ode import NeuralODE
@@ -49,24 +50,12 @@ from .ode import FlowSolver
 from .registry import Compiler, register
 from .tensor import RTensor, Tensorish, midpoint_norm
 
-__all__ = ["MAX_FIXED_POINT_ITERATIONS", "ConvergenceRecord", "RefBlock", "RefSequential",
-           "squeeze_index"]
+__all__ = ["MAX_FIXED_POINT_ITERATIONS", "RefBlock", "RefSequential", "squeeze_index"]
 
 #: Iteration cap of the converged reference fixed point.
 MAX_FIXED_POINT_ITERATIONS = 100_000
 
 Map = Callable[[Tensorish], Tensorish]
-
-
-class ConvergenceRecord:
-    """How an iterative reference inverse ended: iterations and the last step's size."""
-
-    def __init__(self, converged: bool, iterations: int, last_step: float) -> None:
-        self.converged, self.iterations, self.last_step = converged, iterations, last_step
-
-    def __repr__(self) -> str:
-        return (f"ConvergenceRecord(converged={self.converged}, iterations={self.iterations}, "
-                f"last_step={self.last_step:.3g})")
 
 
 class RefBlock:
@@ -76,7 +65,7 @@ class RefBlock:
                  iterative: bool = False) -> None:
         self.name, self._forward, self._inverse = name, forward, inverse
         self.iterative = iterative
-        self.last_convergence: ConvergenceRecord | None = None
+        self.last_convergence: ConvergenceInfo | None = None
 
     def __repr__(self) -> str:
         return f"RefBlock({self.name})"
@@ -342,7 +331,7 @@ def _residual(block: InvertibleResidual, c: Compiler) -> RefBlock:
             if step <= tol * (1 + midpoint_norm(x)):
                 break
         converged = c.iterations == "as_float" or step <= tol * (1 + midpoint_norm(x))
-        ref.last_convergence = ConvergenceRecord(converged, k, step)
+        ref.last_convergence = ConvergenceInfo(converged, k, step, tol)
         if c.iterations == "as_float":
             return x  # k iterations exactly: the midpoints are the iterates
         rate = step / previous if 0 < step < previous else 0.5

@@ -11,7 +11,7 @@ Each builder reads the torch layer's stored parameters and returns a callable on
 * ``Constant`` (coupling constants), ``nn.Sequential``, ``nn.Identity``;
 * ``SpectralNormLinear``/``SpectralNormConv2d``: the effective weight
   ``W / max(1, sigma / c)`` with ``sigma = u^T A(W) v`` from the stored vectors ``u, v``,
-  computed exactly;
+  computed exactly (the layer's own power iteration never runs; stale vectors are refused);
 * ``ODEFunc``: ``f(t, x) = net([x, t])``.
 """
 
@@ -21,11 +21,15 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
-import torch
 from torch import nn
 
 from lipbound.blocks.ode import ODEFunc
-from lipbound.blocks.residual import LipSwish, SpectralNormConv2d, SpectralNormLinear
+from lipbound.blocks.spectral import (
+    LipSwish,
+    SpectralNormConv2d,
+    SpectralNormLayer,
+    SpectralNormLinear,
+)
 from lipbound.blocks.subnets import Constant
 from lipbound.errors import InputError
 
@@ -168,12 +172,26 @@ def _lipswish(module: LipSwish, c: Compiler) -> Map:
     return lambda x: x * (x * beta).apply(fn.SIGMOID) / denom
 
 
-def _spectral(module: SpectralNormLinear | SpectralNormConv2d, c: Compiler,
+def _spectral(module: SpectralNormLayer, c: Compiler,
               make: Callable[[RTensor, RTensor | None], Map]) -> Map:
-    """``W_eff = W / max(1, sigma / coeff)``, ``sigma = sum(u * A(W) v)`` (the layer's stored
-    power-iteration vectors; see :class:`lipbound.blocks.residual.SpectralNormLinear`)."""
-    with torch.no_grad():  # bring u, v up to date, as the layer's own forward does first
-        module.sigma()
+    """``W_eff = W / max(1, sigma / coeff)``, ``sigma = sum(u * A(W) v)`` from the layer's stored
+    weight and power-iteration vectors ``u``, ``v`` (see
+    :class:`lipbound.blocks.spectral.SpectralNormLayer`): the map its eval-mode forward applies.
+
+    Nothing of the layer runs: the stored vectors are used as they are. When they do not belong
+    to the current weight (the layer's state query ``vectors_current()``), the layer would
+    recompute them at its next call, so its map is not yet fixed: refused, with the remedy."""
+    name = type(module).__name__
+    if module.v is None:
+        raise InputError(f"{name}: the input shape is unknown, so the layer has no power-iteration "
+                         "vectors yet; pass input_shape or run the model once before compiling "
+                         "the reference")
+    if not module.vectors_current():
+        raise InputError(
+            f"{name}: its stored power-iteration vectors u, v were computed for another weight "
+            "(the weight changed since), so the layer recomputes them at its next call and its "
+            "map is not fixed yet; call lipbound.blocks.refresh_spectral_norm(model) (or run the "
+            "model once in eval mode) before compiling the reference")
     weight = c.param(module.weight)
     u, v = c.param(module.u), c.param(module.v)
     av = make(weight, None)(v)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from lipbound.errors import InputError, InputTypeError
@@ -123,12 +122,6 @@ class ReferenceModel:
             raise InputError(f"jacobian needs a single sample (batch size 1), got shape {x.shape}")
         with self.backend.active():
             return self.root.forward(DualTensor.seed(x)).jacobian_rows()
-
-    def jacobian_radius(self, rows: list[list[Scalar]]) -> float:
-        """``||rad(J)||_F``, the Frobenius norm of the entries' radii: a bound on
-        ``||J - mid J||_2`` (0 for mpmath)."""
-        rad = np.array([[self.backend.radius(v) for v in row] for row in rows])
-        return float(np.sqrt(np.sum(rad * rad)))
 
 
 def compile(model: nn.Module, backend: Backend | str = "arb:256",  # noqa: A001

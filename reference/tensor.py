@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lipbound.blocks.numerics import row_norms
 from lipbound.errors import InputError
 
 from .backends import Backend, Scalar
@@ -96,8 +97,36 @@ class RTensor:
         widen = self.backend.widen
         return RTensor([widen(v, error) for v in self.data], self.shape, self.backend)
 
+    #: How many midpoints :meth:`__repr__` shows.
+    REPR_VALUES = 6
+
     def __repr__(self) -> str:
-        return f"RTensor(shape={self.shape}, backend={self.backend.name})"
+        """``RTensor(shape=(2, 3), arb:128, mid=[0.1, -1.5, ... 6 values], max_radius=3.2e-39)``:
+        the first few midpoints to 6 digits (any magnitude) and the largest radius."""
+        bk, n = self.backend, self.REPR_VALUES
+        shown = ", ".join(bk.short(v) for v in self.data[:n])
+        more = f", ... {self.numel} values" if self.numel > n else ""
+        radius = (bk.radius_text(max(self.data, key=bk.radius_key)) if self.data else "0")
+        return (f"RTensor(shape={self.shape}, {bk.name}, mid=[{shown}{more}], "
+                f"max_radius={radius})")
+
+    # indexing
+    def __getitem__(self, key: Any) -> RTensor:
+        """numpy indexing (integers, slices, ``...``, ``None``, integer or boolean arrays), always
+        returning an RTensor (0-dim for a single entry); out-of-range indices raise
+        ``IndexError``."""
+        return self.take(np.asarray(self.index_grid()[key]))
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-dim RTensor")
+        return self.shape[0]
+
+    def item(self) -> Scalar:
+        """The backend scalar of a one-entry tensor."""
+        if self.numel != 1:
+            raise InputError(f"item() needs a tensor with one entry, got shape {self.shape}")
+        return self.data[0]
 
     # layout
     @property
@@ -202,10 +231,10 @@ class RTensor:
 
 
 def midpoint_norm(v: Tensorish) -> float:
-    """The Euclidean norm of the midpoints (of the value, for a dual tensor), in float64: the
-    size of an iteration's step, for its stopping rule."""
-    arr = v.to_numpy()
-    return float(np.sqrt(np.sum(arr * arr)))
+    """The Euclidean norm of the midpoints (of the value, for a dual tensor), in float64 (scaled:
+    no overflow or underflow of the squares): the size of an iteration's step, for its stopping
+    rule."""
+    return float(row_norms(v.to_numpy().reshape(1, -1))[0])
 
 
 def scalar(value: float, backend: Backend) -> RTensor:

@@ -170,10 +170,13 @@ def test_figure1_affine_singular_values():
 
 @pytest.mark.parametrize("depth", [5, 10, 14])
 def test_figure1_float64_error_follows_the_condition_number(depth):
-    """The deep affine toy loses accuracy in float64 as ``eps * cond = eps * 10^depth``."""
+    """The deep affine toy loses accuracy in float64 as ``eps * cond = eps * 10^depth``: the
+    round-trip error is that size (measured: 0.008 to 0.04 of it for depths 2 to 16), neither
+    above it nor an exact round trip (0 would mean the rounding was not exercised)."""
     model = figure1_chain(depth, "affine")
     err = relative_round_trip_error(model, torch.ones(1, 2))
-    assert err <= 10 * torch.finfo(torch.float64).eps * 10.0**depth
+    unit = torch.finfo(torch.float64).eps * 10.0**depth
+    assert 1e-3 * unit <= err <= 10 * unit
 
 
 def test_figure1_float16_affine_chain_loses_the_input():

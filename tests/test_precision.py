@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_helpers import cli_error
 
 import reference
 from lipbound.blocks import (
@@ -199,3 +200,142 @@ def test_verify_command_rejects_bad_input(tmp_path, capsys):
 def test_json_safe():
     assert json_safe({"a": [float("inf"), float("-inf"), float("nan"), np.float32(2)]}) == {
         "a": ["inf", "-inf", "nan", 2.0]}
+
+
+def test_amplification_leaves_out_exact_forward_and_nan_samples():
+    from lipbound.precision.decompose import _amplification
+
+    amp = _amplification(np.array([1.0, 0.0, np.nan, 5.0]), np.array([1e-3, 0.0, 1.0, 1e-2]))
+    assert amp.worst == pytest.approx(1e3) and amp.samples == 2 and amp.exact_forward == 1
+    none = _amplification(np.zeros(2), np.zeros(2))
+    assert none.worst is None and none.samples == 0 and none.exact_forward == 2
+
+
+def test_an_exact_forward_sample_does_not_hide_instability(tmp_path):
+    """t = 0: the chain scales x_2 by 0.1 per block. x = (1, 0) maps to (1, 0) exactly in
+    float32 (delta = 0, a ratio 0 / 0), x = (1, 1) is amplified by 1/sigma_min = 10^12. Before,
+    the NaN ratio of the exact sample made the batch's verdict "rounding"."""
+    model = figure1_chain(12, "affine", t=0.0)
+    alone = decompose(model, torch.tensor([[1.0, 1.0]]), "float32", trace=False)
+    mixed = decompose(model, torch.tensor([[1.0, 1.0], [1.0, 0.0]]), "float32", trace=False)
+    assert alone.verdict == mixed.verdict == "instability", mixed.reasons
+    assert mixed.per_sample["delta"][1] == 0.0 and mixed.per_sample["delta"][0] > 0
+    assert mixed.exact_forward_samples == 1 and mixed.amplification_samples == 1
+    assert mixed.amplification == alone.amplification
+    assert mixed.amplification == pytest.approx(mixed.recon_exact / mixed.delta)
+    assert mixed.amplification > 1e11  # 1/sigma_min = 10^12, up to float32's g
+    assert "1 of 2 samples; 1 with delta = 0 left out" in format_decomposition(mixed)
+    data = json.loads(json.dumps(json_safe(mixed.to_dict())))
+    assert data["exact_forward_samples"] == 1 and data["amplification"] > 1e11
+
+
+def test_an_exact_float_run_is_rounding_without_amplification():
+    """g = 0.5, t = 0: every float operation is exact, so delta = 0 for every sample: there is
+    no amplification to measure (None, not NaN) and the verdict is rounding (of size 0)."""
+    model = figure1_chain(12, "affine", t=0.0, g=0.5)
+    d = decompose(model, torch.tensor([[1.0, 1.0], [2.0, -3.0]]), "float32", trace=False)
+    assert d.delta == 0.0 and d.total == 0.0
+    assert d.amplification is None and d.exact_forward_samples == 2
+    assert d.lip_inverse == 2.0 ** 12
+    assert d.verdict == "rounding", d.reasons
+
+
+def test_decompose_rejects_non_finite_inputs():
+    x = torch.tensor([[1.0, 1.0], [float("nan"), 0.0], [1.0, float("inf")]])
+    with pytest.raises(ValueError, match=r"x must be finite: rows \[1, 2\]"):
+        decompose(figure1_chain(2, "affine"), x)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--reference", "mp:abc",
+     "--reference must be one of mp:<bits> or arb:<bits> (bits >= 2), got 'mp:abc'"),
+    ("--reference", "float64",
+     "--reference must be one of mp:<bits> or arb:<bits> (bits >= 2), got 'float64'"),
+    ("--precision", "mp:24",
+     "--precision must be one of float16, bfloat16, float32 or float64, got 'mp:24'"),
+])
+def test_verify_command_names_the_option_and_the_accepted_precisions(tmp_path, capsys, option,
+                                                                     value, message):
+    save_model(figure1_chain(2, "affine"), tmp_path / "m.pt")
+    np.save(tmp_path / "x.npy", np.ones((1, 2)))
+    err = cli_error(["verify", str(tmp_path / "m.pt"), str(tmp_path / "x.npy"), option, value],
+                     capsys)
+    assert f"lipbound verify: error: {message}" in err
+    assert "reference_name" not in err
+    # the help names the same accepted precisions as the message
+    with pytest.raises(SystemExit):
+        main(["verify", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    accepted = message.split(" must be ")[1].split(", got")[0]
+    assert accepted in help_text
+
+
+def test_verify_command_rejects_non_finite_and_empty_inputs(tmp_path, capsys):
+    save_model(figure1_chain(2, "affine"), tmp_path / "m.pt")
+    x = np.ones((3, 2))
+    x[2, 0] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    err = cli_error(["verify", str(tmp_path / "m.pt"), str(tmp_path / "x.npy")], capsys)
+    assert f"the inputs {tmp_path / 'x.npy'} must be finite: rows [2] hold NaN or Inf" in err
+    torch.save(torch.ones(1, 0), tmp_path / "e.pt")
+    err = cli_error(["verify", str(tmp_path / "m.pt"), str(tmp_path / "e.pt")], capsys)
+    assert "must hold at least one sample of at least one value, got shape (1, 0)" in err
+
+
+def test_verify_reference_mp_works(tmp_path, capsys):
+    save_model(figure1_chain(3, "affine"), tmp_path / "m.pt")
+    np.save(tmp_path / "x.npy", np.ones((1, 2)))
+    assert main(["verify", str(tmp_path / "m.pt"), str(tmp_path / "x.npy"), "--reference",
+                 "mp:200", "--no-progress"]) == 0
+    assert "against mp:200" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["verify", "sweep"])
+def test_every_option_states_its_default(command):
+    """Every option's help says its default (positional arguments say they are required)."""
+    import argparse
+    import importlib
+
+    from lipbound.cli import COMMANDS
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(COMMANDS[command][0]).add_arguments(parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        wanted = "required" if not action.option_strings else "default"
+        assert action.help and wanted in action.help, (action.dest, action.help)
+
+
+def test_cast_model_is_the_one_cast_and_leaves_the_model_alone():
+    """``cast_model`` (by name or dtype) and the diagnostics' ``at_precision`` give the same
+    copy: every floating tensor rounded to the dtype, eval mode; the model keeps its float64
+    values and its training mode."""
+    from lipbound.diagnostics.views import at_precision
+
+    model = randomize_parameters(residual_flow((3,), 2, 6, actnorm=True),
+                                 generator=torch.Generator().manual_seed(3)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    by_name, by_dtype = cast_model(model, "float16"), cast_model(model, torch.float16)
+    diag = at_precision(model, "float16")
+    for copy_ in (by_name, by_dtype, diag):
+        assert not copy_.training
+        for k, v in copy_.state_dict().items():
+            if before[k].is_floating_point():
+                assert v.dtype == torch.float16
+                assert torch.equal(v, before[k].to(torch.float16)), k
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.dtype == before[k].dtype, k
+    with pytest.raises(ValueError, match="precision must be one of float16, bfloat16, float32 "
+                                         "or float64, got 'mp:11'"):
+        cast_model(model, "mp:11")
+
+
+def test_verdict_comparisons_ignore_nan():
+    from lipbound.precision.decompose import _at_least, _largest_known
+
+    assert not _at_least(float("nan"), 100.0) and not _at_least(None, 100.0)
+    assert _at_least(float("inf"), 100.0) and _at_least(100.0, 100.0)
+    assert _largest_known(np.array([np.nan, 3.0, 1e3])) == 1e3
+    assert _largest_known(np.array([np.nan])) is None and _largest_known(None) is None

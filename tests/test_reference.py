@@ -289,4 +289,74 @@ def test_uninitialised_actnorm_in_training_mode_is_refused():
     block = ActNorm(2)
     with pytest.raises(ValueError, match="uninitialised"):
         reference.compile(block, "arb:64")
-    assert mlp(2, 2) is not None
+    x = torch.tensor([[1.0, -2.0], [3.0, 0.5], [-1.0, 4.0]])
+    block(x)  # the first forward initialises it from the data: now it has a fixed map
+    y = reference.compile(block, "arb:64").forward(x).to_numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(y, block(x).numpy(), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(y.mean(axis=0), 0.0, atol=1e-14)  # data-dependent init: zero mean
+
+
+def _figure1_output(backend: str) -> reference.RTensor:
+    ref = reference.compile(figure1_chain(3, "affine").double(), backend)
+    return ref.forward(torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64))
+
+
+def test_rtensor_indexing_and_slicing_follow_numpy():
+    y = _figure1_output("arb:128")
+    mids, radii = y.to_numpy(), y.radii()
+    for key in (1, -1, (2, 0), slice(0, 2), (slice(None), 1), (Ellipsis, 0), [2, 0],
+                np.array([True, False, True]), (slice(None, None, -1), slice(1, None))):
+        part = y[key]
+        assert isinstance(part, reference.RTensor)
+        assert part.shape == mids[key].shape
+        np.testing.assert_array_equal(part.to_numpy(), mids[key])
+        np.testing.assert_array_equal(part.radii(), radii[key])
+    assert y[2, 1].item() is y.data[5]  # the same ball, not a rounded copy
+    assert len(y) == 3 and [r.shape for r in y] == [(2,)] * 3  # iteration by rows
+    with pytest.raises(IndexError):
+        y[3]
+    with pytest.raises(TypeError):
+        len(y[0, 0])
+    with pytest.raises(ValueError, match="one entry"):
+        y[0].item()
+
+
+def test_rtensor_repr_is_short_and_shows_midpoints_and_the_largest_radius():
+    y = _figure1_output("arb:128")
+    text = repr(y)
+    assert text.startswith("RTensor(shape=(3, 2), arb:128, mid=["), text
+    shown_mids = [float(v) for v in text.split("mid=[")[1].split("]")[0].split(", ")]
+    np.testing.assert_allclose(shown_mids, y.to_numpy().ravel(), rtol=1e-5)  # 6 digits, all
+    assert "values" not in text and len(text) < 200  # 6 entries: all shown, short
+    largest = max(float(r) for r in y.radii().ravel())
+    shown = float(text.split("max_radius=")[1].rstrip(")"))
+    assert largest > 0 and abs(shown - largest) <= 1e-2 * largest  # 3 digits of the largest
+    big = reference.RTensor.from_floats([0.25] * 100, (10, 10), y.backend)
+    assert "... 100 values" in repr(big) and len(repr(big)) < 200
+    assert repr(big).endswith("max_radius=0)")  # floats convert exactly
+    # no float64 underflow in the text: 2^-2000 = 10^(-2000 log10 2) = 8.70981e-603
+    tiny = reference.compile(figure1_chain(1, "affine").double(), "mp:64")
+    with tiny.backend.active():
+        t = reference.RTensor.from_floats([2.0**-1000], (1,), tiny.backend) * 2.0**-1000
+    assert repr(t).endswith("mp:64, mid=[8.70981e-603], max_radius=0)")
+
+
+def test_reference_fixed_point_reports_the_same_convergence_type_as_torch():
+    from lipbound.blocks import ConvergenceInfo
+
+    model, x = MODELS["residual-mlp"]
+    block = model.flat_blocks()[0]
+    with torch.no_grad():
+        block.inverse(block(x))  # records the torch block's ConvergenceInfo
+    for iterations in ("converged", "as_float"):
+        ref = reference.compile(block, "arb:96", iterations=iterations)
+        ref.inverse(ref.forward(x))
+        info = ref.leaves()[0].last_convergence
+        assert isinstance(info, ConvergenceInfo) and isinstance(block.last_convergence,
+                                                                ConvergenceInfo)
+        assert info.converged
+        if iterations == "converged":
+            assert info.tol == 2.0 ** -96 and info.residual <= 2.0 ** -96 * 10
+        else:  # exactly the torch block's own iteration count
+            assert info.iterations == block.last_convergence.iterations and info.tol == 0.0

@@ -440,3 +440,68 @@ def test_ode_bad_arguments():
         block.inverse(torch.randn(3, dtype=F64))
     with pytest.raises(ValueError, match="activation"):
         ODEFunc(3, activation="not_an_activation")
+
+
+# ---------------------------------------------------------------- which weight u, v belong to
+
+
+def _vectors(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    return layer.u.clone(), layer.v.clone()
+
+
+def test_stored_vectors_follow_the_weight_they_were_computed_for():
+    import copy
+
+    layer = SpectralNormLinear(4, 3, coeff=0.7)
+    assert layer.vectors_current()  # a new layer with a known input shape starts current
+    for other in (copy.deepcopy(layer), copy.deepcopy(layer).double(),
+                  copy.deepcopy(layer).to(torch.float16)):
+        assert other.vectors_current()  # the same network, other storage or precision
+    _redraw(layer, scale=2.0)
+    assert not layer.vectors_current()
+    u, v = _vectors(layer)
+    stale_sigma = layer.sigma()  # what the next call will use, computed without storing
+    assert torch.equal(layer.u, u) and torch.equal(layer.v, v) and not layer.vectors_current()
+    torch.testing.assert_close(stale_sigma, torch.linalg.svdvals(layer.weight.detach())[0],
+                               rtol=1e-10, atol=0)
+    layer.eval()(torch.randn(2, 4, dtype=F64))  # the forward call stores them
+    assert layer.vectors_current() and not torch.equal(layer.u, u)
+    assert torch.equal(layer.sigma(), stale_sigma)
+
+
+def test_loading_a_state_dict_with_u_and_v_keeps_them():
+    source = _redraw(SpectralNormLinear(4, 3, coeff=0.7), scale=2.0)
+    source.refresh_vectors()
+    target = SpectralNormLinear(4, 3, coeff=0.7).double()
+    target.load_state_dict(source.state_dict())
+    assert target.vectors_current()
+    assert torch.equal(target.u, source.u) and torch.equal(target.sigma(), source.sigma())
+    weights_only = SpectralNormLinear(4, 3, coeff=0.7).double()
+    weights_only.load_state_dict({"weight": source.weight, "bias": source.bias}, strict=False)
+    assert not weights_only.vectors_current()  # its u, v belong to its old weight
+
+
+def test_residual_module_reexports_its_layers():
+    from lipbound import blocks
+    from lipbound.blocks import residual, spectral
+
+    for name in ("SpectralNormLinear", "SpectralNormConv2d", "LipSwish", "frozen_spectral_norm",
+                 "lipschitz_activation", "LIPSCHITZ_ACTIVATIONS"):
+        assert getattr(residual, name) is getattr(spectral, name)
+    assert blocks.SpectralNormLinear is spectral.SpectralNormLinear
+    assert blocks.InvertibleResidual is residual.InvertibleResidual
+
+
+def test_forced_refresh_converges_a_cast_layer_to_its_new_precision():
+    layer = SpectralNormLinear(6, 5, coeff=0.5).float()
+    with torch.no_grad():
+        layer.weight.mul_(4.0)  # a norm well above coeff: the normalisation is active
+    layer.refresh_vectors()
+    layer = layer.double()
+    exact = torch.linalg.svdvals(layer.weight.detach())[0]
+    cast_error = abs(float(layer.sigma().detach()) - float(exact)) / float(exact)
+    layer.refresh_vectors()  # current: nothing to do
+    assert abs(float(layer.sigma().detach()) - float(exact)) / float(exact) == cast_error
+    layer.refresh_vectors(force=True)
+    assert abs(float(layer.sigma().detach()) - float(exact)) <= 1e-13 * float(exact)
+    assert cast_error <= 1e-5  # float32 accuracy before

@@ -22,6 +22,7 @@ from .residual import (
 )
 from .scale import ExpScale, IdentityScale, ScaleFunction, SigmoidScale, SoftClampScale, make_scale
 from .sequential import InvertibleSequential
+from .spectral import refresh_spectral_norm
 from .subnets import Constant, conv_subnet, mlp
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "make_scale",
     "mlp",
     "randomize_parameters",
+    "refresh_spectral_norm",
     "residual_conv",
     "residual_flow",
     "residual_mlp",

@@ -38,14 +38,18 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ConvergenceInfo:
-    """Outcome of an iterative inverse.
+    """Outcome of an iterative inverse: of a torch block (:attr:`InvertibleBlock.last_convergence`)
+    or of its reference (``reference.RefBlock.last_convergence``), one type for both.
 
     Attributes:
         converged: whether every sample met the tolerance within the iteration cap.
         iterations: iterations run.
         residual: the largest per-sample residual ``||F(x_k) - y||_2`` (or the last step size,
-            as the block documents) when the iteration stopped; ``nan`` when it went non-finite.
-        tol: the tolerance that was asked for.
+            as the block documents: the reference fixed point records its last step
+            ``||x_k - x_{k-1}||_2`` of the midpoints) when the iteration stopped; ``nan`` when it
+            went non-finite.
+        tol: the tolerance that was asked for (relative, see the block; the reference's
+            converged fixed point uses ``2^-prec``, its ``as_float`` mode 0: a fixed count).
     """
 
     converged: bool

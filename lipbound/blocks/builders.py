@@ -6,13 +6,14 @@ in the default dtype; call ``.to(dtype)`` for another precision.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
 from .base import InvertibleBlock
 from .coupling import AdditiveCoupling, AffineCoupling
 from .linear import ActNorm, Invertible1x1Conv
@@ -21,9 +22,11 @@ from .reshape import Permutation, Squeeze
 from .residual import InvertibleResidual, residual_conv, residual_mlp
 from .scale import IdentityScale, ScaleFunction, make_scale
 from .sequential import InvertibleSequential
+from .spectral import refresh_spectral_norm
 from .subnets import conv_subnet, mlp
 
 __all__ = [
+    "check_figure1_constants",
     "coupling_block",
     "coupling_mlp",
     "figure1_chain",
@@ -138,6 +141,22 @@ def residual_flow(in_shape: Sequence[int] = (2,), n_blocks: int = 8, hidden: int
     return InvertibleSequential(*blocks)
 
 
+def check_figure1_constants(t: float, g: float, t_name: str = "t", g_name: str = "g"
+                            ) -> tuple[float, float]:
+    """``(t, g)`` as floats: :class:`InputError` naming ``t_name`` / ``g_name`` (an argument or
+    a command-line option) unless ``t`` is a finite number and ``g`` a finite nonzero one (the
+    affine chain with ``g = 0`` is singular, its inverse divides by 0)."""
+    for value, name in ((t, t_name), (g, g_name)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputTypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise InputError(f"{name} must be finite, got {value!r}")
+    if g == 0:
+        raise InputError(f"{g_name} must be nonzero (g = 0 makes the affine chain singular: its "
+                         f"inverse divides by g), got {g!r}")
+    return float(t), float(g)
+
+
 def figure1_chain(depth: int, coupling: str = "affine", t: float = 0.123456789,
                   g: float = 0.1, alternate: bool = False) -> InvertibleSequential:
     """The paper's Figure 1 toy (end of section 2): ``depth`` couplings on ``R^2``.
@@ -145,11 +164,13 @@ def figure1_chain(depth: int, coupling: str = "affine", t: float = 0.123456789,
     Every block has ``I_1 = {1}``, ``I_2 = {2}`` (0-based ``[0]`` and ``[1]``; ``alternate``
     swaps them every other block), the constant translation ``t(x_1) = t`` and, for affine
     chains, the constant scale ``g(s(x_1)) = g``. For the affine chain the singular values of the
-    Jacobian are ``1`` and ``g^depth``.
+    Jacobian are ``1`` and ``g^depth``. ``t`` must be finite and ``g`` finite and nonzero (see
+    :func:`check_figure1_constants`).
     """
     if depth < 1:
         raise InputError(f"depth must be >= 1, got {depth}")
     _check_choice(coupling, COUPLINGS, "coupling")
+    t, g = check_figure1_constants(t, g)
     first = ChannelPartition([0], [1], 2)
     blocks: list[InvertibleBlock] = []
     for i in range(depth):
@@ -162,7 +183,9 @@ def figure1_chain(depth: int, coupling: str = "affine", t: float = 0.123456789,
 @torch.no_grad()
 def randomize_parameters(model: nn.Module, std: float = 0.1,
                          generator: torch.Generator | None = None) -> nn.Module:
-    """Add ``N(0, std^2)`` noise to every floating parameter and mark ActNorm layers initialised.
+    """Add ``N(0, std^2)`` noise to every floating parameter, mark ActNorm layers initialised and
+    recompute the power-iteration vectors of spectrally normalised layers for the new weights
+    (:func:`~lipbound.blocks.spectral.refresh_spectral_norm`), so the model is consistent.
 
     Gives non-trivial parameters (no identity initialisation) for tests and ``lipbound check``.
     """
@@ -173,4 +196,4 @@ def randomize_parameters(model: nn.Module, std: float = 0.1,
     for m in model.modules():
         if isinstance(m, ActNorm):
             m.initialized.fill_(True)
-    return model
+    return refresh_spectral_norm(model)

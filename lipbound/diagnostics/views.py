@@ -4,15 +4,15 @@ a precision, the float tolerance used to call a reconstruction failed, and per-s
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 from torch import Tensor
 
 from ..blocks import InvertibleBlock
+from ..blocks.numerics import per_sample_norm  # the one scaled norm, float64
 from ..errors import InputTypeError
-from ..precision import torch_dtype
+from ..precision import cast_model, torch_dtype
 
 __all__ = ["Inverted", "at_precision", "default_tol", "leaf_blocks", "mark_non_finite",
            "per_sample_norm"]
@@ -69,18 +69,12 @@ def at_precision(model: InvertibleBlock, precision: str) -> InvertibleBlock:
 
     ``precision`` is a float precision name of :mod:`lipbound.precision` (``"float32"``, ...).
     """
-    dtype = torch_dtype(precision)
-    return copy.deepcopy(model).to(dtype).eval()
+    return cast_model(model, precision)
 
 
 def default_tol(precision: str) -> float:
     """``sqrt(eps)`` of the precision: an error above it has lost half the digits."""
     return math.sqrt(torch.finfo(torch_dtype(precision)).eps)
-
-
-def per_sample_norm(v: Tensor) -> Tensor:
-    """``||v_b||_2`` per sample, computed in float64, shape ``(B,)``."""
-    return torch.linalg.vector_norm(v.to(torch.float64).reshape(v.shape[0], -1), dim=1)
 
 
 def mark_non_finite(errors: Tensor, rec: Tensor) -> Tensor:

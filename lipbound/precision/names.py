@@ -21,13 +21,15 @@ rounds every addition, in an order the kernel chooses).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import InputError
 
-__all__ = ["MANTISSA_BITS", "TORCH_DTYPES", "Precision", "parse_precision", "torch_dtype"]
+__all__ = ["KINDS", "MANTISSA_BITS", "TORCH_DTYPES", "Precision", "describe_precisions",
+           "parse_precision", "torch_dtype"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -38,13 +40,6 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 
 #: Significand bits (with the implicit bit) of each float name.
 MANTISSA_BITS: dict[str, int] = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype of a float precision name; ``ValueError`` for anything else."""
-    if name not in TORCH_DTYPES:
-        raise InputError(f"precision must be one of {sorted(TORCH_DTYPES)}, got {name!r}")
-    return TORCH_DTYPES[name]
 
 
 @dataclass(frozen=True)
@@ -82,15 +77,46 @@ class Precision:
         return f"mp:{self.bits}"
 
 
-def parse_precision(name: str) -> Precision:
-    """Parse ``float16|bfloat16|float32|float64|mp:<bits>|arb:<bits>``; ``ValueError`` else."""
+#: The kinds of precision names: torch floats, the mpmath reference, the arb reference.
+KINDS = ("torch", "mp", "arb")
+
+_KIND_NAMES = {"torch": list(TORCH_DTYPES), "mp": ["mp:<bits>"], "arb": ["arb:<bits>"]}
+
+
+def describe_precisions(kinds: Sequence[str] = KINDS, also: Sequence[str] = ()) -> str:
+    """The accepted names of ``kinds`` (and the extra names ``also``) as one phrase, for help
+    texts and error messages alike: ``"one of float16, bfloat16, float32, float64, mp:<bits>
+    or arb:<bits> (bits >= 2)"``, ``"arb:<bits> (bits >= 2)"``."""
+    names = [n for k in kinds for n in _KIND_NAMES[k]] + list(also)
+    phrase = names[0] if len(names) == 1 else "one of " + ", ".join(names[:-1]) + " or " + names[-1]
+    return phrase + (" (bits >= 2)" if any(k != "torch" for k in kinds) else "")
+
+
+def parse_precision(name: str, kinds: Sequence[str] = KINDS, argument: str = "precision",
+                    also: Sequence[str] = ()) -> Precision:
+    """Parse a precision name of one of ``kinds`` (default all: ``float16|bfloat16|float32|
+    float64|mp:<bits>|arb:<bits>``).
+
+    Raises :class:`InputError` naming ``argument`` (an API argument or a command-line option)
+    and the accepted names (with the extra names ``also`` that the caller handles itself, such
+    as the sweep's ``exact``) for anything else.
+    """
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise InputError(f"kinds must be a non-empty subset of {list(KINDS)}, got {list(kinds)}")
+    parsed = None
     if isinstance(name, str) and name in TORCH_DTYPES:
-        return Precision(name, "torch", MANTISSA_BITS[name])
-    if isinstance(name, str) and name.count(":") == 1:
+        parsed = Precision(name, "torch", MANTISSA_BITS[name])
+    elif isinstance(name, str) and name.count(":") == 1:
         kind, bits = name.split(":")
         if kind in ("mp", "arb") and bits.isdigit() and int(bits) >= 2:
-            return Precision(name, kind, int(bits))
-    raise InputError(
-        f"precision must be one of float16, bfloat16, float32, float64, mp:<bits>, arb:<bits> "
-        f"(bits >= 2), got {name!r}"
-    )
+            parsed = Precision(name, kind, int(bits))
+    if parsed is None or parsed.kind not in kinds:
+        raise InputError(f"{argument} must be {describe_precisions(kinds, also)}, got {name!r}")
+    return parsed
+
+
+def torch_dtype(name: str, argument: str = "precision") -> torch.dtype:
+    """The torch dtype of a float precision name; :class:`InputError` naming ``argument`` for
+    anything else."""
+    return TORCH_DTYPES[parse_precision(name, ("torch",), argument).name]

@@ -9,7 +9,6 @@ rounding is not part of any error measured against the same cast input).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,8 +17,10 @@ from torch import Tensor
 
 import reference
 from lipbound.blocks import InvertibleBlock
+from lipbound.blocks.numerics import row_norms  # the one scaled norm (numpy)
 
 from ..errors import InputError
+from .cast import cast_model
 from .emulate import RoundEachOp, is_missing_kernel
 from .names import Precision, parse_precision
 
@@ -30,20 +31,6 @@ __all__ = ["Run", "cast_model", "count_nonfinite", "exact_difference", "row_norm
 def count_nonfinite(values: np.ndarray) -> tuple[int, int]:
     """``(number of NaN, number of Inf)``."""
     return int(np.isnan(values).sum()), int(np.isinf(values).sum())
-
-
-def row_norms(v: np.ndarray) -> np.ndarray:
-    """Per-sample Euclidean norms over the flattened sample, scaled by the largest entry so that
-    neither squares of large entries (``1e200``) overflow nor squares of tiny ones (``1e-200``)
-    underflow. A sample with NaN gives NaN; with Inf and no NaN, Inf."""
-    flat = np.abs(v.reshape(v.shape[0], -1))
-    if flat.shape[1] == 0:
-        return np.zeros(flat.shape[0])
-    with np.errstate(invalid="ignore"):
-        scale = flat.max(axis=1)  # NaN where a NaN is present
-        safe = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-        out = safe * np.sqrt(np.sum((flat / safe[:, None]) ** 2, axis=1))
-    return out
 
 
 @dataclass
@@ -67,11 +54,6 @@ class Run:
     n_inf: int = 0
     trace: list[np.ndarray] = field(default_factory=list)
     exact: reference.RTensor | None = None
-
-
-def cast_model(model: InvertibleBlock, dtype: torch.dtype) -> InvertibleBlock:
-    """A copy of ``model`` with every parameter and buffer cast to ``dtype``, in eval mode."""
-    return copy.deepcopy(model).to(dtype).eval()
 
 
 def _torch_run(model: InvertibleBlock, x: Tensor, inverse: bool, trace: bool

@@ -25,6 +25,8 @@ depth-``L`` chain's own inverse).
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -35,14 +37,16 @@ from tqdm import tqdm
 
 import reference
 from lipbound.blocks import figure1_chain
-from reference.linalg import to_mpf
+from lipbound.blocks.builders import check_figure1_constants
+from reference.linalg import certified_singular_values
 from reference.tensor import DualTensor, RTensor
 
 from ..errors import InputError
 from .names import parse_precision
 from .run import cast_model, exact_difference, row_norms
 
-__all__ = ["PRECISIONS", "SweepRecord", "figure1_sweep", "singular_values_2x2"]
+__all__ = ["ARGUMENT_NAMES", "CHAINS", "PRECISIONS", "SweepRecord", "check_sweep_arguments",
+           "figure1_sweep"]
 
 #: The precisions of the default sweep; ``exact`` is the reference with decimal constants.
 PRECISIONS = ("float16", "bfloat16", "float32", "float64", "exact")
@@ -73,21 +77,6 @@ class SweepRecord:
         return {k: d[k] for k in self.JSON_KEYS}
 
 
-def singular_values_2x2(rows: list[list], backend: reference.Backend) -> tuple[object, object]:
-    r"""``(sigma_max, sigma_min)`` of a 2x2 matrix in the backend's arithmetic:
-    ``sigma_max = sqrt((f + sqrt(f^2 - 4 det^2)) / 2)`` with ``f = ||J||_F^2``, and
-    ``sigma_min = |det| / sigma_max`` (no cancellation)."""
-    (a, b), (c, d) = rows
-    with backend.active():
-        f = a * a + b * b + c * c + d * d
-        det = a * d - b * c
-        det2 = det * det
-        disc = backend.nonnegative(f * f - 4 * det2)  # f^2 >= 4 det^2: clip rounding
-        smax = backend.sqrt((f + backend.sqrt(disc)) / 2)
-        smin = backend.sqrt(det2) / smax
-    return smax, smin
-
-
 def _all_jacobians(ref: reference.ReferenceModel, x: np.ndarray) -> list[list[list]]:
     """The exact Jacobian after every leaf block (depth 1, 2, ...), by one dual pass."""
     v: DualTensor | RTensor = DualTensor.seed(ref.convert(x))
@@ -99,29 +88,14 @@ def _all_jacobians(ref: reference.ReferenceModel, x: np.ndarray) -> list[list[li
     return out
 
 
-def _relative_radius(backend: reference.Backend, v: object) -> mpmath.mpf:
-    """``rad(v) / |mid(v)|`` in mpmath (no float64 underflow for ``0.1^400``); 0 for mpmath
-    points, ``inf`` for a ball that is not finite or is centred at 0."""
-    if backend.kind != "arb":
-        return mpmath.mpf(0)
-    if not v.is_finite():
-        return mpmath.inf
-    mid = abs(to_mpf(v))
-    return to_mpf(v.rad()) / mid if mid != 0 else mpmath.inf
-
-
 def _exact_singular_values(ref: reference.ReferenceModel, x: np.ndarray, rtol: float,
                            max_prec: int = 1 << 15) -> list[tuple[mpmath.mpf, mpmath.mpf]]:
     """Certified ``(sigma_max, sigma_min)`` after every block, each to ``rtol`` relative, as
-    exact mpmath numbers (no float64 underflow); the precision doubles until every depth
-    meets it."""
-    for current in ref.doubling(max_prec):
-        bk = current.backend
-        pairs = [singular_values_2x2(j, bk) for j in _all_jacobians(current, x)]
-        if all(_relative_radius(bk, s) <= rtol for pair in pairs for s in pair):
-            return [(to_mpf(a), to_mpf(b)) for a, b in pairs]
-    raise reference.CertificationError(
-        f"Figure 1 singular values not certified to {rtol:g} at {bk.prec} bits")
+    exact mpmath numbers (no float64 underflow), by
+    :func:`reference.linalg.certified_singular_values` (the precision doubles until every depth
+    meets it)."""
+    svs = certified_singular_values(ref, lambda r: _all_jacobians(r, x), rtol, max_prec)
+    return [(sv.sigma_max, sv.sigma_min) for sv in svs]
 
 
 def _batched_inverse_float(blocks: list, z: torch.Tensor) -> torch.Tensor:
@@ -267,10 +241,7 @@ def _exact_rows(chain: str, depth: int, t: float, g: float, alternate: bool, x: 
     target = 2.0 ** -ref.backend.prec * max(1.0, float(np.linalg.norm(x)))
     bands: dict[int, list[int]] = {}
     for L, (smax, smin) in enumerate(svs, start=1):
-        cond = _over(smax, smin)
-        if not mpmath.isfinite(cond):
-            raise InputError(f"g must be nonzero: the exact {chain} chain with g = {g!r} is "
-                             "singular")
+        cond = _over(smax, smin)  # finite: g != 0 (check_figure1_constants)
         bits = ref.backend.prec + int(mpmath.ceil(mpmath.log(max(cond, 1), 2))) + 32
         bands.setdefault(-(-bits // PRECISION_BAND) * PRECISION_BAND, []).append(L)
     bound = np.empty(depth)
@@ -281,24 +252,60 @@ def _exact_rows(chain: str, depth: int, t: float, g: float, alternate: bool, x: 
             for L, (smax, smin) in enumerate(svs, start=1)]
 
 
+#: How :func:`check_sweep_arguments` names each argument of :func:`figure1_sweep` in its
+#: messages; ``lipbound sweep`` passes its option names instead.
+ARGUMENT_NAMES = {"depths": "depths", "chains": "chains", "precisions": "precisions", "t": "t",
+                  "g": "g", "x": "x", "reference_name": "reference_name"}
+
+#: The chains of the sweep.
+CHAINS = ("additive", "affine")
+
+#: The precision kinds the sweep runs (torch floats) besides ``exact``, and its oracle's kind
+#: (certified by ball arithmetic: the ``mp`` backend has no radii).
+FLOAT_KINDS, REFERENCE_KINDS = ("torch",), ("arb",)
+
+
+def check_sweep_arguments(depths: int, chains: Sequence[str], precisions: Sequence[str],
+                          t: float, g: float, x: Sequence[float], reference_name: str,
+                          names: dict[str, str] = ARGUMENT_NAMES) -> None:
+    """:class:`InputError` (or :class:`InputTypeError`) naming the argument, as ``names`` spells
+    it, for anything :func:`figure1_sweep` cannot run: a depth below 1, an unknown chain, a
+    precision that is not a float name or ``exact``, a reference that is not ``arb:<bits>``,
+    ``t`` or ``x`` not finite, ``g`` zero or not finite, or ``g`` that a swept float precision
+    rounds to 0 or Inf (that precision's affine chain would be singular or infinite)."""
+    if isinstance(depths, bool) or not isinstance(depths, numbers.Integral) or depths < 1:
+        raise InputError(f"{names['depths']} must be an integer >= 1, got {depths!r}")
+    if not chains or any(c not in CHAINS for c in chains):
+        raise InputError(f"{names['chains']} must be one or more of {', '.join(CHAINS)}, "
+                         f"got {list(chains)}")
+    if not precisions:
+        raise InputError(f"{names['precisions']} must name at least one precision")
+    floats = [parse_precision(p, FLOAT_KINDS, names["precisions"], also=("exact",))
+              for p in precisions if p != "exact"]
+    parse_precision(reference_name, REFERENCE_KINDS, names["reference_name"])
+    check_figure1_constants(t, g, names["t"], names["g"])
+    xa = np.asarray(x, dtype=np.float64)
+    if xa.shape != (2,) or not np.isfinite(xa).all():
+        raise InputError(f"{names['x']} must be two finite numbers, got {list(x)}")
+    if "affine" in chains:
+        for p in floats:
+            g_p = torch.tensor(g, dtype=torch.float64).to(p.dtype).item()
+            if g_p == 0 or not math.isfinite(g_p):
+                raise InputError(
+                    f"{names['g']} = {g!r} rounds to {g_p!r} in {p.name}: the {p.name} affine "
+                    f"chain would not be invertible; choose another {names['g']} or leave "
+                    f"{p.name} out of {names['precisions']}")
+
+
 def figure1_sweep(depths: int = 100, chains: Sequence[str] = ("additive", "affine"),
                   precisions: Sequence[str] = PRECISIONS, t: float = 0.123456789,
                   g: float = 0.1, alternate: bool = False, x: Sequence[float] = (1.0, 1.0),
                   reference_name: str = "arb:256", rtol: float = 1e-30,
                   progress: bool = False) -> list[SweepRecord]:
     """Records for depths ``1..depths`` of every chain at every precision (see the module
-    docstring). ``exact`` uses the decimal constants ``repr(t)`` and ``repr(g)``."""
-    if int(depths) < 1:
-        raise InputError(f"depths must be >= 1, got {depths}")
-    for c in chains:
-        if c not in ("additive", "affine"):
-            raise InputError(f"chains must be 'additive' or 'affine', got {c!r}")
-    for p in precisions:
-        if p != "exact" and not parse_precision(p).is_float:
-            raise InputError(f"precisions must be float names or 'exact', got {p!r}")
-    if parse_precision(reference_name).kind != "arb":
-        raise InputError(f"reference_name must be 'arb:<bits>' (the sweep's exact values are "
-                         f"certified by ball arithmetic), got {reference_name!r}")
+    docstring). ``exact`` uses the decimal constants ``repr(t)`` and ``repr(g)``. The arguments
+    are checked by :func:`check_sweep_arguments`."""
+    check_sweep_arguments(depths, chains, precisions, t, g, x, reference_name)
     xa = np.asarray(x, dtype=np.float64).reshape(1, 2)
     jobs = [(c, p) for c in chains for p in precisions]
     records: list[SweepRecord] = []

@@ -11,28 +11,41 @@ import argparse
 from lipbound.io import load_inputs, load_model
 
 from ..jsonio import dump_json
-from .decompose import decompose, format_decomposition
+from .decompose import check_inputs, decompose, format_decomposition
+from .names import describe_precisions, parse_precision
 
 __all__ = ["add_arguments", "run"]
 
+#: The kinds of names ``--precision`` and ``--reference`` take.
+PRECISION_KINDS, REFERENCE_KINDS = ("torch",), ("mp", "arb")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="saved model (lipbound.io.save_model)")
-    parser.add_argument("inputs", help="inputs, .pt or .npy/.npz, batch first")
+    parser.add_argument("model", help="saved model (lipbound.io.save_model); required")
+    parser.add_argument("inputs", help="inputs, .pt or .npy/.npz, batch first; required")
     parser.add_argument("--precision", default="float32",
-                        choices=["float16", "bfloat16", "float32", "float64"])
+                        help=f"the float precision to test, "
+                             f"{describe_precisions(PRECISION_KINDS)} (default float32)")
     parser.add_argument("--reference", default="arb:256",
-                        help="the oracle, arb:<bits> or mp:<bits> (default arb:256)")
+                        help=f"the oracle, {describe_precisions(REFERENCE_KINDS)} "
+                             f"(default arb:256)")
     parser.add_argument("--parameter-rounding", action="store_true",
-                        help="also measure float64 master weights against the cast ones")
-    parser.add_argument("--no-trace", action="store_true", help="skip the per-block trace")
-    parser.add_argument("--json", metavar="FILE", help="write the decomposition as JSON")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+                        help="also measure float64 master weights against the cast ones "
+                             "(default: no)")
+    parser.add_argument("--no-trace", action="store_true",
+                        help="skip the per-block trace (default: trace every block)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="write the decomposition as JSON to FILE (default: no JSON)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (default: show progress on stderr)")
 
 
 def run(args: argparse.Namespace) -> int:
+    parse_precision(args.precision, PRECISION_KINDS, "--precision")
+    parse_precision(args.reference, REFERENCE_KINDS, "--reference")
     model = load_model(args.model)
     x = load_inputs(args.inputs)
+    check_inputs(x, f"the inputs {args.inputs}")
     d = decompose(model, x, args.precision, args.reference,
                   parameter_rounding=args.parameter_rounding, trace=not args.no_trace,
                   progress=not args.no_progress)
