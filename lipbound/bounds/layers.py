@@ -32,7 +32,6 @@ one.
 
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 from collections.abc import Callable
@@ -43,7 +42,8 @@ import torch.nn.functional as F
 from flint import arb
 from torch import Tensor, nn
 
-from ..blocks.residual import LipSwish, SpectralNormConv2d, SpectralNormLinear
+from ..blocks.residual import LipSwish
+from ..blocks.spectral import SpectralNormConv2d, SpectralNormLayer, SpectralNormLinear
 from ..blocks.subnets import Constant
 from ..errors import InputError
 from .evaluate import ball_lower, ball_upper, working_precision
@@ -141,38 +141,35 @@ def _linear_weight(layer: nn.Module, shape: Shape) -> Tensor:
     return w
 
 
-#: Power-iteration vectors a stale spectral-norm layer's forward would refresh to, by layer:
+#: Power-iteration vectors a stale spectral-norm layer's next forward call will store, by layer:
 #: ``(state key, u, v)`` (:func:`_power_vectors`).
 _REFRESHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _power_vectors(layer: SpectralNormLinear | SpectralNormConv2d) -> tuple[Tensor, Tensor]:
-    """The ``u``, ``v`` the layer's forward uses: the stored ones when they are current for the
-    stored weight (the oracle reads the same), else those a refresh gives (the forward refreshes
-    a stale layer first: weights changed, or a freshly loaded model), computed on a copy so that
-    the model's buffers are never touched."""
+def _power_vectors(layer: SpectralNormLayer) -> tuple[Tensor, Tensor]:
+    """The ``u``, ``v`` of the map the layer's next forward call applies: the stored ones when
+    they belong to the current weight (``vectors_current()``; the oracle reads the same), else
+    the ones that call will recompute (weights changed since), computed without storing them."""
     if layer.u is None or layer.v is None:
         raise InputError(f"{type(layer).__name__}: the input shape is unknown (no stored power-"
                          "iteration vectors); pass input_shape or call the layer once")
-    if layer._key is not None and layer._key == layer._weight_key():
+    if layer.vectors_current():
         return layer.u.detach(), layer.v.detach()
     state = (layer._weight_key(), id(layer.u), layer.u._version, id(layer.v), layer.v._version)
     cached = _REFRESHED.get(layer)
     if cached is None or cached[0] != state:
-        fresh = copy.deepcopy(layer)
-        with torch.no_grad():
-            fresh.sigma()
-        cached = _REFRESHED[layer] = (state, fresh.u.detach(), fresh.v.detach())
+        u, v = layer._refreshed()
+        cached = _REFRESHED[layer] = (state, u.detach(), v.detach())
     return cached[1], cached[2]
 
 
 def _spectral_factor(layer: nn.Module, op: Operator, fan_in: int) -> tuple[float, float]:
     r"""``[f_lo, f_hi]`` holding the exact ``f = 1 / max(1, sigma / c)`` of a spectral-norm layer,
-    whose effective weight is ``f W`` (:class:`~lipbound.blocks.residual.SpectralNormLinear`):
+    whose effective weight is ``f W`` (:class:`~lipbound.blocks.spectral.SpectralNormLayer`):
     ``sigma = <u, A(W) v>`` with the layer's power-iteration vectors (:func:`_power_vectors`),
     enclosed in interval arithmetic; ``(1, 1)`` for plain layers. The float ``effective_weight()``
     is not used: the bound holds for the exact normalised map."""
-    if not isinstance(layer, (SpectralNormLinear, SpectralNormConv2d)):
+    if not isinstance(layer, SpectralNormLayer):
         return 1.0, 1.0
     u, v = _power_vectors(layer)
     u = u.to(torch.float64)
