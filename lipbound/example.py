@@ -105,7 +105,10 @@ def write_example(name: str, out: str | Path = ".", seed: int = 0) -> tuple[Path
         raise InputError(f"example must be one of {sorted(EXAMPLES)}, got {name!r}")
     example = EXAMPLES[name]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--out {str(out)!r} cannot be used as a folder ({err})") from err
     gen = torch.Generator().manual_seed(seed)
     model = example.model(gen).to(torch.float64).eval()
     x = example.inputs(gen).to(torch.float64)

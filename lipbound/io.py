@@ -69,22 +69,48 @@ def _existing(path: str | Path, what: str) -> Path:
 
 
 def _is_torch_file(path: Path) -> bool:
-    """Whether ``path`` has the format of ``torch.save``: a zip archive, or the legacy format,
-    which starts with a pickle protocol 2+ opcode."""
+    """Whether ``path`` has the format of ``torch.save``: a zip archive holding ``data.pkl``, or
+    the legacy format, which starts with a pickle protocol 2+ opcode."""
     if zipfile.is_zipfile(path):
-        return True
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith("/data.pkl") for name in archive.namelist())
+        except zipfile.BadZipFile:
+            return False
     with open(path, "rb") as f:
         return f.read(1) == pickle.PROTO
+
+
+def _not_format(path: Path, what: str, fmt: str, expected: str) -> InputError:
+    """The error for a file not in the format ``fmt``, telling a damaged zip archive (a cut-off
+    download or copy) from a file of another kind."""
+    with open(path, "rb") as f:
+        # a zip archive's start, but no valid archive
+        damaged = f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+    kind = "a damaged (truncated?) zip archive" if damaged else f"not a {fmt} file"
+    return InputError(f"{what} file {str(path)!r} is {kind}; expected {expected}")
+
+
+def _is_numpy_file(path: Path) -> bool:
+    """Whether ``path`` has the format its suffix says: ``.npy`` (``numpy.save``, magic string
+    ``\\x93NUMPY``) or ``.npz`` (``numpy.savez``, a zip archive)."""
+    if path.suffix == ".npz":
+        return zipfile.is_zipfile(path)
+    with open(path, "rb") as f:
+        return f.read(6) == b"\x93NUMPY"
 
 
 def _torch_load(path: Path, what: str, expected: str, full_unpickle: bool) -> object:
     """``torch.load`` of ``path`` onto the CPU, ``weights_only=True`` first; with
     ``full_unpickle`` a file that needs more (a pickled module) is then unpickled in full."""
     if not _is_torch_file(path):
-        raise InputError(f"{what} file {str(path)!r} is not a file written by torch.save; "
-                         f"expected {expected}")
+        raise _not_format(path, what, "torch.save", expected)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # objects outside the weights-only allow list
+        if not full_unpickle:
+            raise InputError(f"{what} file {str(path)!r} holds Python objects other than "
+                             f"tensors, which are not loaded; expected {expected}") from err
     except _UNREADABLE as err:
         if not full_unpickle:
             raise InputError(f"{what} file {str(path)!r} cannot be read as {expected}: "
@@ -114,23 +140,32 @@ def load_saved(path: str | Path) -> object:
     Tensors and state dicts load with ``weights_only=True``; a whole module needs a full unpickle,
     which can run code from the file: load only files you trust.
     """
-    return _torch_load(_existing(path, "model"), "model", _MODEL_EXPECTED, full_unpickle=True)
+    obj = _torch_load(_existing(path, "model"), "model", _MODEL_EXPECTED, full_unpickle=True)
+    if isinstance(obj, dict):
+        raise InputTypeError(f"model file {str(path)!r} holds a state dict, not a model: a state "
+                             "dict holds no architecture; build the model, call "
+                             "model.load_state_dict(state), then save the whole model with "
+                             "torch.save(model, path)")
+    if isinstance(obj, Tensor):
+        raise InputTypeError(f"model file {str(path)!r} holds a tensor, not a model; expected a "
+                             "model saved whole with torch.save(model, path)")
+    return obj
 
 
 def load_model(path: str | Path) -> InvertibleBlock:
     """Read a model written by :func:`save_model` (``torch.save`` of a whole module)."""
     model = load_saved(path)
     if not isinstance(model, InvertibleBlock):
-        hint = (" (a state dict holds no architecture: build the model, call "
-                "model.load_state_dict(state), then save_model(model, path))"
-                if isinstance(model, dict) else "")
         raise InputTypeError(f"model file {str(path)!r} holds a {type(model).__name__}, expected "
-                             f"a lipbound InvertibleBlock saved with torch.save(model, path){hint}")
+                             "a lipbound InvertibleBlock saved with lipbound.io.save_model")
     return model
 
 
 def _read_array(path: Path) -> np.ndarray:
     """The array of an ``.npy`` file, or the first array of an ``.npz`` file (no pickles)."""
+    if not _is_numpy_file(path):
+        raise _not_format(path, "inputs", f"numpy {path.suffix}",
+                          "an array saved with numpy.save (.npy) or numpy.savez (.npz)")
     try:
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.lib.npyio.NpzFile):

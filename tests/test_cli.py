@@ -192,3 +192,13 @@ def test_example_writes_a_model_and_inputs_that_fit(name, tmp_path, capsys):
     # not volume-preserving (so not the identity or a permutation): parameters are non-trivial
     with torch.no_grad():
         assert float(model.forward_and_log_det(x)[1].abs().min()) > 1e-3
+
+
+def test_example_out_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(["example", "toy2d", "--out", str(tmp_path / "file")]) == 2
+    assert f"--out {str(tmp_path / 'file')!r} cannot be used as a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse: an unknown NAME lists the choices
+        main(["example", "nosuch"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'nosuch'" in capsys.readouterr().err

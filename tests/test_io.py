@@ -3,6 +3,7 @@ that names the file (exit status 2, no traceback), through each command that rea
 
 from __future__ import annotations
 
+import io
 import pathlib
 import sys
 
@@ -21,6 +22,12 @@ def _text(path):
 
 def _empty(path):
     path.write_bytes(b"")
+
+
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def _zero_rows_npy(path):
@@ -64,18 +71,31 @@ class _TouchOnUnpickle:
 
 # name -> (write the bad file, suffix, a fragment of the message)
 BAD_MODELS = {
-    "text": (_text, ".pt", "is not a file written by torch.save; expected a model written by "
+    "text": (_text, ".pt", "is not a torch.save file; expected a model written by "
                            "lipbound.io.save_model"),
     "empty": (_empty, ".pt", "is empty (0 bytes)"),
     "npz_as_model": (lambda p: np.savez(p.open("wb"), x=np.ones(2)), ".pt",
-                     "cannot be read as a model"),
-    "state_dict": (lambda p: torch.save(figure1_chain(2).state_dict(), p), ".pt", None),
+                     "is not a torch.save file"),
+    "truncated": (lambda p: p.write_bytes(_torch_bytes(figure1_chain(2))[:300]), ".pt",
+                  "is a damaged (truncated?) zip archive; expected a model"),
+    "state_dict": (lambda p: torch.save(figure1_chain(2).state_dict(), p), ".pt",
+                   "holds a state dict, not a model: a state dict holds no architecture"),
+    "tensor": (lambda p: torch.save(torch.ones(2, 2), p), ".pt",
+               "holds a tensor, not a model"),
+    "linear": (lambda p: torch.save(torch.nn.Linear(2, 2), p), ".pt", None),
 }
 
 BAD_INPUTS = {
-    "text_npy": (_text, ".npy", "cannot be read as a numpy array of numbers"),
-    "text_npz": (_text, ".npz", "cannot be read as a numpy array of numbers"),
-    "text_pt": (_text, ".pt", "is not a file written by torch.save; expected a tensor"),
+    "text_npy": (_text, ".npy", "is not a numpy .npy file; expected an array saved with "
+                                "numpy.save (.npy) or numpy.savez (.npz)"),
+    "text_npz": (_text, ".npz", "is not a numpy .npz file"),
+    "truncated_npy": (lambda p: np.save(p.open("wb"), np.ones((4, 4)))
+                      or p.write_bytes(p.read_bytes()[:100]), ".npy",
+                      "cannot be read as a numpy array of numbers"),
+    "text_pt": (_text, ".pt", "is not a torch.save file; expected a tensor"),
+    "truncated_npz": (lambda p: np.savez(p.open("wb"), x=np.ones((4, 4)))
+                      or p.write_bytes(p.read_bytes()[:100]), ".npz",
+                      "is a damaged (truncated?) zip archive; expected an array"),
     "empty_npy": (_empty, ".npy", "is empty (0 bytes)"),
     "empty_npz": (_empty, ".npz", "is empty (0 bytes)"),
     "empty_pt": (_empty, ".pt", "is empty (0 bytes)"),
@@ -86,6 +106,8 @@ BAD_INPUTS = {
     "object_npy": (_object_npy, ".npy", "Object arrays cannot be loaded"),
     "strings_npy": (_strings_npy, ".npy", "holds an array of <U1, expected numbers"),
     "dict_pt": (_dict_pt, ".pt", "must hold a tensor, got dict"),
+    "module_pt": (lambda p: torch.save(torch.nn.Linear(2, 2), p), ".pt",
+                  "holds Python objects other than tensors, which are not loaded"),
     "csv": (lambda p: p.write_text("1,2\n"), ".csv", "inputs must be a .pt, .npy or .npz file"),
 }
 
@@ -119,13 +141,12 @@ def test_bad_model_file_is_a_clear_error(command, case, tmp_path, good, capsys):
     write, suffix, fragment = BAD_MODELS[case]
     path = tmp_path / f"bad{suffix}"
     write(path)
-    if fragment is None:  # a state dict: lipbound commands need the architecture
-        fragment = ("no adapter for collections.OrderedDict" if command == "diagnose"
-                    else "a state dict holds no architecture")
-        if command == "diagnose":  # the adapter's message does not name the file
+    if fragment is None:  # a torch module that is not a lipbound block
+        if command == "diagnose":  # a model of no supported library: the adapter says which
             assert main(_model_argv(command, str(path), good[1])) == 2
-            assert fragment in capsys.readouterr().err
+            assert "no adapter for torch.nn.modules.linear.Linear" in capsys.readouterr().err
             return
+        fragment = "holds a Linear, expected a lipbound InvertibleBlock"
     _assert_clear_error(_model_argv(command, str(path), good[1]), path, fragment, capsys)
 
 
@@ -174,9 +195,9 @@ def test_tensors_and_state_dicts_load_weights_only(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", recording_load)
     state = figure1_chain(2).state_dict()
     torch.save(state, tmp_path / "state.pt")
-    loaded = load_saved(tmp_path / "state.pt")
-    assert calls == [True]
-    assert loaded.keys() == state.keys()
+    with pytest.raises(TypeError, match="a state dict holds no architecture"):
+        load_saved(tmp_path / "state.pt")
+    assert calls == [True]  # read weights-only, never fully unpickled
     calls.clear()
     x = torch.randn(3, 2)
     torch.save(x, tmp_path / "x.pt")
@@ -194,7 +215,8 @@ def test_tensors_and_state_dicts_load_weights_only(tmp_path, monkeypatch):
 def test_inputs_are_never_fully_unpickled(tmp_path, capsys):
     marker = tmp_path / "unpickled"
     torch.save(_TouchOnUnpickle(marker), tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="cannot be read as a tensor saved with torch.save"):
+    with pytest.raises(ValueError, match="holds Python objects other than tensors, which are not "
+                                         "loaded; expected a tensor saved with torch.save"):
         load_inputs(tmp_path / "x.pt")
     assert not marker.exists()
 
