@@ -168,18 +168,18 @@ def add_arguments(p) -> None:
                         "masks), else required)")
     p.add_argument("--coupling", choices=["additive", "affine"], default="affine",
                    help="coupling of the built model (default: affine)")
-    p.add_argument("--levels", type=int, default=2,
+    p.add_argument("--levels", type=int, default=2, metavar="L",
                    help="squeeze levels of the built model (default: 2)")
-    p.add_argument("--steps", type=int, default=2,
+    p.add_argument("--steps", type=int, default=2, metavar="K",
                    help="steps (ActNorm, 1x1 conv, coupling) per level of the built model "
                         "(default: 2)")
-    p.add_argument("--hidden", type=int, default=32,
+    p.add_argument("--hidden", type=int, default=32, metavar="N",
                    help="channels of the built model's coupling sub-networks (default: 32)")
-    p.add_argument("--batch", type=int, default=4,
+    p.add_argument("--batch", type=int, default=4, metavar="B",
                    help="number of random N(0, I) inputs (default: 4)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of the inputs and of the built model's parameters (default: 0)")
-    p.add_argument("--precision", nargs="+", default=["float32", "float64"],
+    p.add_argument("--precision", nargs="+", default=["float32", "float64"], metavar="P",
                    help="float precisions of the round trips (default: float32 float64)")
     p.add_argument("--max-jacobian-dim", type=int, default=4096, metavar="D",
                    help="skip the log-det check above this per-sample dimension (default: 4096)")

@@ -236,3 +236,11 @@ def test_inputs_in_any_byte_order_and_memory_layout(tmp_path):
     for name in ("big.npy", "fortran.npy"):
         torch.testing.assert_close(load_inputs(tmp_path / name), torch.from_numpy(x), rtol=0,
                                    atol=0)
+
+
+def test_legacy_torch_save_format_loads(tmp_path):
+    model, x = figure1_chain(3), torch.randn(3, 2)
+    torch.save(model, tmp_path / "m.pt", _use_new_zipfile_serialization=False)
+    torch.save(x, tmp_path / "x.pt", _use_new_zipfile_serialization=False)
+    torch.testing.assert_close(load_inputs(tmp_path / "x.pt"), x, rtol=0, atol=0)
+    torch.testing.assert_close(load_saved(tmp_path / "m.pt")(x), model(x), rtol=0, atol=0)
