@@ -9,6 +9,10 @@ Implements "Understanding and Mitigating Exploding Inverses in Invertible Neural
   decomposition against the arbitrary-precision oracle (the top-level package ``reference``).
 * :mod:`lipbound.diagnostics`: Jacobian spectra, reconstruction statistics, invertibility attack.
 * :mod:`lipbound.adapters`: FrEIA, nflows, zuko, normflows and memcnn models as lipbound blocks.
+
+The ``lipbound`` command (:mod:`lipbound.cli`, also ``python -m lipbound``) runs them on saved
+models (:mod:`lipbound.io`); ``lipbound example NAME`` (:mod:`lipbound.example`) writes a model and
+inputs to start from.
 """
 
 __version__ = "0.1.0"

@@ -22,9 +22,11 @@ from torch import Tensor
 
 from .autodiff import batch_jacobian
 from .blocks import InvertibleBlock, glow_like, randomize_parameters
+from .errors import InputError
 from .io import load_model
 from .jsonio import dump_json, jsonable
 from .precision import cast_model, torch_dtype
+from .shape import infer_shape
 
 __all__ = ["CheckRow", "add_arguments", "check_model", "format_rows", "rows_to_json", "run"]
 
@@ -145,40 +147,77 @@ def rows_to_json(rows: list[CheckRow]) -> list[dict]:
     return [jsonable(r) for r in rows]
 
 
+#: The per-sample input shape of the model that ``lipbound check`` builds without ``--model``.
+DEFAULT_SHAPE = (3, 8, 8)
+
+
 def add_arguments(p) -> None:
-    """Arguments of ``lipbound check``."""
+    """Arguments of ``lipbound check``; every help states its default."""
     p.description = ("Build a Glow-like model with random, non-trivial parameters (or load MODEL) "
                      "and print, per block, the round-trip error at each precision and the log-det "
                      "error against the autograd Jacobian (float64).")
-    p.add_argument("--model", help="a model saved with lipbound.io.save_model (torch.save)")
-    p.add_argument("--shape", type=int, nargs="+", default=[3, 8, 8],
-                   help="per-sample input shape (default: 3 8 8)")
-    p.add_argument("--coupling", choices=["additive", "affine"], default="affine")
-    p.add_argument("--levels", type=int, default=2)
-    p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", nargs="+", default=["float32", "float64"],
+    p.add_argument("--model", metavar="FILE",
+                   help="check this model, saved with lipbound.io.save_model (torch.save of the "
+                        "whole module; load only files you trust) instead of building one "
+                        "(default: build a Glow-like model)")
+    p.add_argument("--shape", type=int, nargs="+", default=None, metavar="N",
+                   help="per-sample input shape, e.g. 2 or 3 32 32 (default: "
+                        f"{' '.join(map(str, DEFAULT_SHAPE))} for the built model; with --model, "
+                        "read from the model where it determines it (vector models, checkerboard "
+                        "masks), else required)")
+    p.add_argument("--coupling", choices=["additive", "affine"], default="affine",
+                   help="coupling of the built model (default: affine)")
+    p.add_argument("--levels", type=int, default=2, metavar="L",
+                   help="squeeze levels of the built model (default: 2)")
+    p.add_argument("--steps", type=int, default=2, metavar="K",
+                   help="steps (ActNorm, 1x1 conv, coupling) per level of the built model "
+                        "(default: 2)")
+    p.add_argument("--hidden", type=int, default=32, metavar="N",
+                   help="channels of the built model's coupling sub-networks (default: 32)")
+    p.add_argument("--batch", type=int, default=4, metavar="B",
+                   help="number of random N(0, I) inputs (default: 4)")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the inputs and of the built model's parameters (default: 0)")
+    p.add_argument("--precision", nargs="+", default=["float32", "float64"], metavar="P",
                    help="float precisions of the round trips (default: float32 float64)")
-    p.add_argument("--max-jacobian-dim", type=int, default=4096,
-                   help="skip the log-det check above this per-sample dimension")
-    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--max-jacobian-dim", type=int, default=4096, metavar="D",
+                   help="skip the log-det check above this per-sample dimension (default: 4096)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON (default: no JSON)")
+
+
+def _model_shape(model: InvertibleBlock, shape: list[int] | None) -> tuple[int, ...]:
+    """The per-sample input shape for a loaded model: ``--shape``, else read from the model;
+    a shape the model cannot run on is an error that names ``--shape``."""
+    if not shape:
+        return infer_shape(model)
+    try:
+        with torch.no_grad():
+            cast_model(model, torch.float64)(torch.zeros((1, *shape), dtype=torch.float64))
+    except (InputError, RuntimeError) as err:
+        raise InputError(f"--shape {' '.join(map(str, shape))}: the model cannot run on inputs "
+                         f"of this per-sample shape ({err})") from err
+    return tuple(shape)
 
 
 def run(args) -> int:
     """Run ``lipbound check``."""
+    if args.batch < 1:
+        raise InputError(f"--batch must be >= 1, got {args.batch}")
+    if args.shape is not None and any(n < 1 for n in args.shape):
+        raise InputError(f"--shape must be positive integers, got {' '.join(map(str, args.shape))}")
     torch.manual_seed(args.seed)
     if args.model:
         model = load_model(args.model)
+        shape = _model_shape(model, args.shape)
         desc = args.model
     else:
-        model = glow_like(tuple(args.shape), levels=args.levels, steps=args.steps,
+        shape = tuple(args.shape or DEFAULT_SHAPE)
+        model = glow_like(shape, levels=args.levels, steps=args.steps,
                           hidden=args.hidden, coupling=args.coupling, seed=args.seed)
         randomize_parameters(model, std=0.05, generator=torch.Generator().manual_seed(args.seed))
         desc = (f"Glow-like {args.coupling}, {args.levels} levels x {args.steps} steps, "
-                f"hidden {args.hidden}, input {tuple(args.shape)}")
-    x = torch.randn((args.batch, *args.shape), dtype=torch.float64)
+                f"hidden {args.hidden}, input {shape}")
+    x = torch.randn((args.batch, *shape), dtype=torch.float64)
     rows = check_model(model, x, tuple(args.precision), args.max_jacobian_dim,
                        progress=sys.stderr.isatty())
     print(f"lipbound check: {desc}; batch {args.batch}, seed {args.seed}")

@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from . import __version__
 from .errors import LipboundError
 
 __all__ = ["COMMANDS", "main"]
@@ -28,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "rounding-versus-instability decomposition of a model against the oracle"),
     "sweep": ("lipbound.precision.sweep_cli",
               "the paper's Figure 1 depth sweep: PNG, CSV, table (and --json)"),
+    "example": ("lipbound.example",
+                "write a small model and matching inputs (NAME.pt, NAME.npz) to try the others on"),
 }
 
 #: What the command reports as a one-line error (exit 2); anything else is a bug in lipbound and
@@ -47,6 +50,7 @@ def _top_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("command", nargs="?", choices=sorted(COMMANDS), metavar="COMMAND",
                         help="one of: " + ", ".join(COMMANDS))
+    parser.add_argument("--version", action="version", version=f"lipbound {__version__}")
     return parser
 
 

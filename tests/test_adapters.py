@@ -173,12 +173,64 @@ def test_adapt_passes_lipbound_blocks_and_refuses_unknown_types():
         adapt(nn.Linear(2, 2))
 
 
-def test_zuko_plain_transform_is_refused_with_a_reason():
+def _zuko_affine(shift, scale):
+    """A multivariate zuko affine transform (module level, so UnconditionalTransform takes it)."""
+    import zuko
+
+    return zuko.transforms.DependentTransform(zuko.transforms.AffineTransform(shift, scale), 1)
+
+
+def test_zuko_plain_transform_is_refused_and_the_advised_wrapper_works():
     zuko = pytest.importorskip("zuko")
     flow, _ = _zuko()
     with pytest.raises(TypeError, match="UnconditionalTransform"):
         adapt(flow().transform)
-    assert zuko is not None
+    # the advice of the message: the same map wrapped in UnconditionalTransform is adapted
+    shift, scale = torch.tensor([0.5, -1.0]), torch.tensor([2.0, 0.25])
+    model = adapt(zuko.lazy.UnconditionalTransform(_zuko_affine, shift, scale, buffer=True))
+    x = torch.randn(3, 2)
+    with torch.no_grad():
+        z, ld = model.forward_and_log_det(x)
+        torch.testing.assert_close(z, shift + scale * x, rtol=0, atol=0)
+        torch.testing.assert_close(ld, torch.full((3,), float(torch.log(scale).sum())),
+                                   rtol=1e-15, atol=0)
+        torch.testing.assert_close(model.inverse(z), x, rtol=0, atol=1e-15)
+
+
+def _freia_all_in_one():
+    ff = pytest.importorskip("FrEIA.framework")
+    fm = pytest.importorskip("FrEIA.modules")
+    inn = ff.SequenceINN(D)
+    for _ in range(3):
+        inn.append(fm.AllInOneBlock, subnet_constructor=_mlp)
+    return inn.to(torch.float64)  # its permutations are created in float32
+
+
+def test_freia_save_advice_works(tmp_path):
+    """The README's advice: coupling blocks with clamp_activation="TANH" save whole; an
+    AllInOneBlock does not, and its state dict rebuilds the same map for diagnose in Python."""
+    import pickle
+
+    from lipbound.io import save_model
+
+    glow, _ = _freia_sequence()  # GLOWCouplingBlock with clamp_activation="TANH"
+    torch.save(glow, tmp_path / "glow.pt")
+    inn = _freia_all_in_one()
+    with pytest.raises((AttributeError, pickle.PicklingError), match="lambda"):
+        torch.save(inn, tmp_path / "aio.pt")
+    with pytest.raises(ValueError, match="AllInOneBlock never pickles: save its state_dict"):
+        save_model(adapt(inn), tmp_path / "aio.pt")
+    torch.save(inn.state_dict(), tmp_path / "aio_state.pt")
+    torch.manual_seed(123)  # a different random init, overwritten by the state dict
+    rebuilt = _freia_all_in_one()
+    rebuilt.load_state_dict(torch.load(tmp_path / "aio_state.pt", weights_only=True))
+    x = torch.randn(6, D)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x)[0], inn(x)[0], rtol=0, atol=0)
+    d = diagnose(adapt(rebuilt), x, precisions=("float64",), spectrum_samples=2,
+                 attack=None)
+    assert len(d.block_kinds) == 3
+    assert d.reconstruction[0].summary()["max"] < 1e-12
 
 
 def test_memcnn_wrapper_is_unwrapped_to_the_same_function():

@@ -93,3 +93,112 @@ def test_check_marks_unconverged_iterative_inverses(tmp_path, capsys):
     assert rows[2].not_converged == ["float32", "float64"]  # the model contains the slow block
     table = format_rows(rows)
     assert "*" in table and "did not converge" in table
+
+
+def test_version_and_python_dash_m(capsys):
+    import subprocess
+    import sys
+
+    import lipbound
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lipbound {lipbound.__version__}"
+    run = subprocess.run([sys.executable, "-m", "lipbound", "--version"], capture_output=True,
+                         text=True, check=False)
+    assert run.returncode == 0 and run.stdout.strip() == f"lipbound {lipbound.__version__}"
+
+
+def test_every_check_option_has_help_with_its_default():
+    import argparse
+
+    from lipbound.check import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(options) == 11
+    for action in options:
+        assert action.help and "(default: " in action.help, action.option_strings
+        if action.default is not None:  # the stated default is the real one
+            shown = action.default if not isinstance(action.default, list) else " ".join(
+                map(str, action.default))
+            assert f"(default: {shown}" in action.help, action.option_strings
+
+
+def test_check_reads_the_input_shape_of_a_saved_model(tmp_path, capsys):
+    from lipbound.blocks import glow_like
+
+    vec = tmp_path / "vec.pt"
+    save_model(figure1_chain(3, "affine"), vec)
+    out = tmp_path / "rows.json"
+    assert main(["check", "--model", str(vec), "--batch", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["dim"] for r in rows] == [2] * 4
+    assert rows[-1]["round_trip"]["float64"] < 1e-12
+    capsys.readouterr()
+    assert main(["check", "--model", str(vec), "--shape", "3"]) == 2
+    assert ("--shape 3: the model cannot run on inputs of this per-sample shape (input must have "
+            "2 features/channels") in capsys.readouterr().err
+    img = tmp_path / "img.pt"
+    save_model(glow_like((3, 4, 4), levels=1, steps=1, hidden=4), img)
+    assert main(["check", "--model", str(img)]) == 2
+    assert "pass --shape, e.g. --shape 3 32 32" in capsys.readouterr().err
+    assert main(["check", "--model", str(img), "--shape", "3", "4", "4", "--batch", "2",
+                 "--json", str(out)]) == 0
+    assert [r["dim"] for r in json.loads(out.read_text())] == [48] * 5
+
+
+def test_a_bug_shows_its_traceback_and_bad_input_exits_2(monkeypatch, capsys):
+    import lipbound.check
+    from lipbound.errors import InputError
+
+    def buggy(args):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(lipbound.check, "run", buggy)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["check"])
+
+    def bad_input(args):
+        raise InputError("--levels must be >= 1, got 0")
+
+    monkeypatch.setattr(lipbound.check, "run", bad_input)
+    assert main(["check"]) == 2
+    assert capsys.readouterr().err == "lipbound check: error: --levels must be >= 1, got 0\n"
+
+
+@pytest.mark.parametrize("name", ["figure1", "toy2d", "residual", "glow"])
+def test_example_writes_a_model_and_inputs_that_fit(name, tmp_path, capsys):
+    from lipbound.shape import infer_shape
+
+    assert main(["example", name, "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'out' / name}.pt" in text and "try:" in text
+    model = load_model(tmp_path / "out" / f"{name}.pt")
+    x = load_inputs(tmp_path / "out" / f"{name}.npz")
+    assert x.dtype == torch.float64 and x.shape[0] >= 1
+    if name == "glow":  # image models do not store their spatial size
+        assert tuple(x.shape[1:]) == (3, 8, 8)
+    else:
+        assert infer_shape(model) == tuple(x.shape[1:])
+    with torch.no_grad():
+        z = model(x)
+        x_rec = model.inverse(z)
+    assert bool(torch.isfinite(z).all())
+    if name != "figure1":  # the Figure 1 chain amplifies rounding by 1e15 on purpose
+        assert float((x_rec - x).abs().max()) < 1e-10
+    # not volume-preserving (so not the identity or a permutation): parameters are non-trivial
+    with torch.no_grad():
+        assert float(model.forward_and_log_det(x)[1].abs().min()) > 1e-3
+
+
+def test_example_out_must_be_a_folder(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(["example", "toy2d", "--out", str(tmp_path / "file")]) == 2
+    assert f"--out {str(tmp_path / 'file')!r} cannot be used as a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse: an unknown NAME lists the choices
+        main(["example", "nosuch"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'nosuch'" in capsys.readouterr().err

@@ -6,10 +6,13 @@ as in lipbound. A ``SequenceINN`` becomes an :class:`~.base.AdaptedSequence` of 
 ``GraphINN`` with one input and one output node is one block (its graph need not be a chain).
 Conditional models (modules with conditions) are refused.
 
-For ``lipbound diagnose`` the model must survive ``torch.save`` of the whole module: FrEIA's
-coupling blocks store their default ``clamp_activation="ATAN"`` as a lambda, which cannot be
-pickled; build them with ``clamp_activation="TANH"`` (or a module-level function), or adapt the
-model in Python and call :func:`lipbound.diagnostics.diagnose`.
+For ``lipbound diagnose`` the model must survive ``torch.save`` of the whole module, and lambdas
+cannot be pickled. FrEIA's coupling blocks (``GLOWCouplingBlock``, ``RNVPCouplingBlock``, ...)
+store their default ``clamp_activation="ATAN"`` as a lambda: build them with
+``clamp_activation="TANH"`` (or a module-level function). ``AllInOneBlock`` stores its global
+affine activation as a lambda for every ``global_affine_type`` and never pickles: save its
+``state_dict()``, rebuild the model with the same code and ``load_state_dict``, adapt it in Python
+and call :func:`lipbound.diagnostics.diagnose`.
 """
 
 from __future__ import annotations
