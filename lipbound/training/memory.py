@@ -139,6 +139,7 @@ class _Step:
         self.block, self.index, self.inverse = block, index, inverse
         # the inverse is not the forward's exact inverse: a fixed point, or an ODE solved backwards
         self.keeps_input = block.is_iterative or isinstance(block, NeuralODE)
+        self.params = list(block.parameters())
         self.name = f"block {index} ({type(block).__name__})"
 
     def run(self, v: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
@@ -251,7 +252,7 @@ class MemorySaving(InvertibleBlock):
     """
 
     def __init__(self, model: InvertibleBlock, policy: str = "fallback", tol: float | None = None,
-                 check_every: int = 1, preserve_rng: bool | None = None) -> None:
+                 check_every: int = 10, preserve_rng: bool | None = None) -> None:
         super().__init__()
         if not isinstance(model, InvertibleBlock):
             raise InputTypeError(
@@ -358,7 +359,7 @@ class MemorySaving(InvertibleBlock):
                                                   with_ld)
             if check_blocks or s.keeps_input:
                 errors.append((s.index, relative_error(recomputed.detach(), out)))
-            block_params = [p for p in s.block.parameters() if id(p) in position]
+            block_params = [p for p in s.params if id(p) in position]
             outputs, grad_outputs = [recomputed], [grad]
             if with_ld and ld.requires_grad:
                 outputs.append(ld)
@@ -454,7 +455,7 @@ def _autograd_backward(steps: list[_Step], ctx, x: Tensor, grad_z: Tensor,
 
 
 def memory_saving(model: InvertibleBlock, policy: str = "fallback", tol: float | None = None,
-                  check_every: int = 1, preserve_rng: bool | None = None) -> MemorySaving:
+                  check_every: int = 10, preserve_rng: bool | None = None) -> MemorySaving:
     """Wrap ``model`` for memory-saving gradients with a self-check (see the module docstring).
 
     Args:
@@ -464,7 +465,8 @@ def memory_saving(model: InvertibleBlock, policy: str = "fallback", tol: float |
         tol: largest accepted relative reconstruction error; default ``sqrt(eps)`` of the
             input's dtype (about 3.5e-4 in float32, 1.5e-8 in float64).
         check_every: measure every block's recomputation residual on every ``check_every``-th
-            backward (1: always, 0: never); the network input is checked on every backward.
+            backward (default 10; 1: always, 0: never); the network input, and the output of
+            every block that keeps its input, are checked on every backward.
         preserve_rng: save and restore the RNG state per block; ``None``: when the model has
             dropout layers and is in training mode.
 
