@@ -31,10 +31,14 @@ of one block, whatever the depth.
 **The self-check.** Memory-saving backprop is only right where the inverse is accurate. Every
 backward measures the relative reconstruction error of the network input,
 ``max_i ||x_i - xhat_i|| / ||x_i||`` (free: the walk ends there), and of the output of every block
-that keeps its input. Every ``check_every``-th backward it also measures, for every block, the
-relative residual ``||F_k(xhat_{k-1}) - xhat_k|| / ||xhat_k||`` of the recomputation (free too:
-``F_k`` is recomputed anyway). All of them reach the host in one transfer. Above ``tol``, or NaN
-or Inf, the ``policy`` decides:
+that keeps its input (free: the kept input recomputes it). On every ``check_every``-th pass it
+also measures the reconstructed input of every block, although the pass keeps no activations:
+the forward stores a sketch of each block's input, ``m = 2`` random projections
+``<x_{k,i}, w_j>`` with ``w_j ~ N(0, I)`` and the norm ``||x_{k,i}||`` per sample
+(``3 B`` numbers per block, not the activations), and the backward estimates
+``||xhat_k - x_k|| ~ sqrt(mean_j <xhat_k - x_k, w_j>^2)`` (exact in expectation; a large error
+escapes only if it is nearly orthogonal to both directions). All of them reach the host in one
+transfer. Above ``tol``, or NaN or Inf, the ``policy`` decides:
 
 ``"fallback"`` (default)
     discard the memory-saving gradients and redo the step with ordinary autograd from the stored
@@ -102,9 +106,10 @@ class ReconstructionCheck:
         direction: ``"forward"`` or ``"inverse"``, the pass that was differentiated.
         input_error: relative reconstruction error of the network input (``nan`` when the
             reconstruction held NaN, ``inf`` when it held Inf).
-        block_errors: leaf-block index (forward order) -> relative error measured at that block:
-            the recomputation residual on checked steps, and for blocks that keep their input the
-            reconstruction error of their output.
+        block_errors: leaf-block index (forward order) -> relative error of the input that block
+            reconstructed (through its inverse in a forward pass, its forward in an inverse pass):
+            estimated from the sketch on checked passes; exact where the next block keeps its
+            input.
         tol: the tolerance applied.
         passed: whether every error was finite and at most ``tol``.
         fell_back: whether the gradient was recomputed with ordinary autograd (policy fallback).
@@ -126,6 +131,37 @@ def relative_error(approx: Tensor, exact: Tensor) -> Tensor:
     diff = torch.linalg.vector_norm((approx - exact).flatten(1), dim=1, dtype=dtype)
     ref = torch.linalg.vector_norm(exact.flatten(1), dim=1, dtype=dtype)
     return (diff / torch.where(ref > 0, ref, torch.ones_like(ref))).max()
+
+
+#: Random projections per sample in a block-input sketch.
+SKETCH_DIRECTIONS = 2
+
+
+def _sketch_matrix(cache: dict, like: Tensor) -> Tensor:
+    """``(D, m)`` Gaussian directions for inputs shaped like ``like`` (drawn once, fixed seed)."""
+    dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
+    key = (tuple(like.shape[1:]), dtype, like.device)
+    if key not in cache:
+        gen = torch.Generator().manual_seed(len(cache))
+        w = torch.randn(like[0].numel(), SKETCH_DIRECTIONS, generator=gen, dtype=torch.float64)
+        cache[key] = w.to(dtype=dtype, device=like.device)
+    return cache[key]
+
+
+def _sketch(cache: dict, v: Tensor) -> Tensor:
+    """``(B, m + 1)``: the projections of each sample on the directions, then its norm."""
+    w = _sketch_matrix(cache, v)
+    flat = v.flatten(1).to(w.dtype)
+    return torch.cat([flat @ w, torch.linalg.vector_norm(flat, dim=1, keepdim=True)], dim=1)
+
+
+def _sketch_error(cache: dict, v: Tensor, sketch: Tensor) -> Tensor:
+    """Estimated ``max_i ||v_i - x_i|| / ||x_i||`` from the sketch of ``x`` (0-dim, on device)."""
+    w = _sketch_matrix(cache, v)
+    diff = v.flatten(1).to(w.dtype) @ w - sketch[:, :-1]
+    norm = sketch[:, -1]
+    est = diff.pow(2).mean(dim=1).sqrt()
+    return (est / torch.where(norm > 0, norm, torch.ones_like(norm))).max()
 
 
 def _default_tol(dtype: torch.dtype) -> float:
@@ -214,7 +250,8 @@ class _MemorySavingPass(torch.autograd.Function):
                 *params: Tensor):
         steps = wrapper._steps(inverse)
         preserve = wrapper._preserves_rng()
-        rng, kept = [], []
+        sketching = wrapper._check_due()
+        rng, kept, sketches = [], [], []
         total = zeros_log_det(x) if with_log_det else None
         z = x
         for s in steps:
@@ -222,21 +259,25 @@ class _MemorySavingPass(torch.autograd.Function):
                 rng.append(rng_state(z.device))
             if s.keeps_input:
                 kept.append(z)
+            elif sketching:
+                sketches.append(_sketch(wrapper._sketch_dirs, z))
             z, ld = s.run(z, with_log_det)
             if total is not None:
                 total = total + ld
         ctx.wrapper, ctx.inverse, ctx.with_log_det = wrapper, inverse, with_log_det
-        ctx.params, ctx.rng = params, rng
-        ctx.save_for_backward(x, z, *kept)
+        ctx.params, ctx.rng, ctx.n_kept = params, rng, len(kept)
+        ctx.save_for_backward(x, z, *kept, *sketches)
         return (z, total) if with_log_det else z
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_z: Tensor, grad_ld: Tensor | None = None):
-        x, z, *kept = ctx.saved_tensors
+        x, z, *rest = ctx.saved_tensors
+        kept, sketches = rest[:ctx.n_kept], rest[ctx.n_kept:]
         # the forward advanced the spectral norms' power iterations: recompute the same maps
         with fork_rng(x.device, bool(ctx.rng)), frozen_spectral_norm(ctx.wrapper.model):
-            grad_x, grad_params = ctx.wrapper._backward(ctx, x, z, kept, grad_z, grad_ld)
+            grad_x, grad_params = ctx.wrapper._backward(ctx, x, z, kept, sketches, grad_z,
+                                                        grad_ld)
         return (None, None, None, grad_x, *grad_params)
 
 
@@ -279,7 +320,8 @@ class MemorySaving(InvertibleBlock):
                                 model.modules())
         self.fallbacks = 0
         self.failures = 0
-        self.backward_calls = 0
+        self.passes = 0
+        self._sketch_dirs: dict = {}
         self.last_check: ReconstructionCheck | None = None
 
     def extra_repr(self) -> str:
@@ -307,6 +349,11 @@ class MemorySaving(InvertibleBlock):
 
     def _steps(self, inverse: bool) -> list[_Step]:
         return self._inverse_steps if inverse else self._forward_steps
+
+    def _check_due(self) -> bool:
+        """Count a memory-saving pass; whether this one checks every block."""
+        self.passes += 1
+        return self.check_every > 0 and self.passes % self.check_every == 0
 
     def _preserves_rng(self) -> bool:
         if self.preserve_rng is not None:
@@ -342,11 +389,11 @@ class MemorySaving(InvertibleBlock):
 
     # -- the backward -------------------------------------------------------------------------
 
-    def _backward(self, ctx, x: Tensor, z: Tensor, kept: list[Tensor], grad_z: Tensor,
-                  grad_ld: Tensor | None) -> tuple[Tensor | None, list[Tensor | None]]:
+    def _backward(self, ctx, x: Tensor, z: Tensor, kept: list[Tensor], sketches: list[Tensor],
+                  grad_z: Tensor, grad_ld: Tensor | None
+                  ) -> tuple[Tensor | None, list[Tensor | None]]:
         steps, params, with_ld = self._steps(ctx.inverse), ctx.params, ctx.with_log_det
-        self.backward_calls += 1
-        check_blocks = self.check_every > 0 and self.backward_calls % self.check_every == 0
+        kept, sketches = list(kept), list(sketches)
         position = {id(p): i for i, p in enumerate(params)}
         grads: list[Tensor | None] = [None] * len(params)
         errors: list[tuple[int, Tensor]] = []
@@ -357,8 +404,12 @@ class MemorySaving(InvertibleBlock):
                 set_rng_state(ctx.rng[k], x.device)
             v, leaves, recomputed, ld = s.rebuild(out, kept.pop() if s.keeps_input else None,
                                                   with_ld)
-            if check_blocks or s.keeps_input:
-                errors.append((s.index, relative_error(recomputed.detach(), out)))
+            if s.keeps_input and k + 1 < len(steps):
+                # the kept input recomputes the true output: the reconstruction that reached it
+                # (by the block above) is measured exactly
+                errors.append((steps[k + 1].index, relative_error(out, recomputed.detach())))
+            elif sketches and not s.keeps_input:
+                errors.append((s.index, _sketch_error(self._sketch_dirs, v, sketches.pop())))
             block_params = [p for p in s.params if id(p) in position]
             outputs, grad_outputs = [recomputed], [grad]
             if with_ld and ld.requires_grad:
@@ -383,7 +434,7 @@ class MemorySaving(InvertibleBlock):
             self.fallbacks += 1
             self.last_check = ReconstructionCheck(**{**check.__dict__, "fell_back": True})
             return _autograd_backward(steps, ctx, x, grad_z, grad_ld)
-        message = self._diagnose(steps, ctx, x, z, kept_inputs=ctx.saved_tensors[2:], tol=check.tol)
+        message = self._diagnose(steps, ctx, x, z, ctx.saved_tensors[2:2 + ctx.n_kept], check.tol)
         if self.policy == "raise":
             raise MemorySavingError(message)
         warnings.warn(message, MemorySavingWarning, stacklevel=2)
@@ -464,9 +515,9 @@ def memory_saving(model: InvertibleBlock, policy: str = "fallback", tol: float |
         policy: ``"fallback"`` (default), ``"raise"`` or ``"warn"``: what a failed check does.
         tol: largest accepted relative reconstruction error; default ``sqrt(eps)`` of the
             input's dtype (about 3.5e-4 in float32, 1.5e-8 in float64).
-        check_every: measure every block's recomputation residual on every ``check_every``-th
-            backward (default 10; 1: always, 0: never); the network input, and the output of
-            every block that keeps its input, are checked on every backward.
+        check_every: sketch and check every block's reconstructed input on every
+            ``check_every``-th pass (default 10; 1: always, 0: never); the network input, and the
+            output of every block that keeps its input, are checked on every backward.
         preserve_rng: save and restore the RNG state per block; ``None``: when the model has
             dropout layers and is in training mode.
 
