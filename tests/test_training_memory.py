@@ -192,6 +192,24 @@ def test_gradients_arrive_through_autograd_hooks_and_optimizers():
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
 
+def test_distributed_data_parallel_receives_the_gradients(tmp_path):
+    import torch.distributed as dist
+
+    model = _noisy(coupling_mlp(4, 4, 8, "affine"))
+    x = _images((4,), 8)
+    twin = copy.deepcopy(model)
+    ref = _grads(twin, list(twin.parameters()), x, "map")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                            world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(memory_saving(model))
+        (ddp(x) * _weights(x, 3)).sum().backward()
+    finally:
+        dist.destroy_process_group()
+    for a, p in zip(ref[1:], model.parameters()):
+        assert float((a - p.grad).norm()) <= RTOL * float(a.norm())
+
+
 def test_actnorm_initialises_in_the_forward_before_memory_saving():
     def fresh():
         torch.manual_seed(5)

@@ -8,7 +8,8 @@ recomputes ``F_k`` with autograd from that input, and passes the gradient on. Th
 (for :func:`~lipbound.training.losses.nf_loss`) and the inverse direction (for the inverse term of
 :func:`~lipbound.training.regularizers.fd_regularizer`) work the same way, the inverse walking the
 blocks first to last and reconstructing through the forward maps. Peak activation memory is that
-of one block, whatever the depth.
+of one coupling, or of a run of at most :data:`MAX_RUN` blocks without sub-networks (ActNorm,
+1x1 convolution, ...) rebuilt with one autograd call, whatever the depth.
 
 * Couplings (eqs. 3 and 4) evaluate their sub-networks once per backward: the conditioning part
   is the same on both sides of the block, so one evaluation both inverts the block and rebuilds its
@@ -19,7 +20,8 @@ of one block, whatever the depth.
   checkpoint (the reconstruction that reached it is checked against it).
 * Parameters enter the pass as inputs of one :class:`torch.autograd.Function`, so their
   gradients arrive through autograd's normal path (``AccumulateGrad``): optimizers, gradient
-  clipping, hooks and ``DistributedDataParallel`` work unchanged. Double backward is not supported.
+  clipping, hooks and ``DistributedDataParallel`` work unchanged (DDP sees only ``forward``:
+  call the wrapper through it). Double backward is not supported.
 * ActNorm's data-dependent initialisation runs in a plain no-grad forward before the first
   memory-saving pass (so the backward never re-initialises), and the RNG state before every block
   is saved and restored when recomputing it (as :func:`torch.utils.checkpoint.checkpoint` does),
@@ -42,7 +44,8 @@ transfer. Above ``tol``, or NaN or Inf, the ``policy`` decides:
 
 ``"fallback"`` (default)
     discard the memory-saving gradients and redo the step with ordinary autograd from the stored
-    network input, so the gradient is the true one; :attr:`MemorySaving.fallbacks` counts it.
+    network input (that step then needs ordinary autograd's memory), so the gradient is the true
+    one; :attr:`MemorySaving.fallbacks` counts it.
 ``"raise"``
     :class:`MemorySavingError` naming the first failing block (in the order the backward visits
     them) and its error; the true activations are recomputed to find it.
