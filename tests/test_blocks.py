@@ -33,6 +33,7 @@ from lipbound.blocks import (
     randomize_parameters,
     residual_flow,
 )
+from lipbound.errors import InputTypeError
 
 
 def _rand(model, std=0.2, seed=0):
@@ -319,3 +320,8 @@ def test_bad_options_are_refused():
         InvertibleSequential(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="t must be"):
         AdditiveCoupling(halves(2), "0.1")
+
+
+def test_permutation_size_must_be_an_integer():
+    with pytest.raises(InputTypeError, match="size must be an integer"):
+        Permutation(torch.arange(4))

@@ -420,3 +420,31 @@ def test_bad_arguments(kwargs, error, message):
 def test_bad_model():
     with pytest.raises(InputTypeError, match="model must be an InvertibleBlock"):
         memory_saving(nn.Linear(2, 2))
+
+
+def test_autocast_pass_recomputes_under_the_same_autocast_region():
+    """bfloat16 autocast on the CPU: the backward recomputes in the forward's mixed precision
+    (without it, a conv gets bfloat16 inputs and float32 weights and fails); the gradients agree
+    with autograd's under the same autocast to bfloat16 accuracy, and the check passes at the
+    bfloat16 default tolerance."""
+    torch.manual_seed(0)
+    model = glow_like((3, 8, 8), levels=1, steps=3, hidden=16, coupling="affine")
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    model(x)
+
+    def grads(net):
+        for p in net.parameters():
+            p.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z, log_det = net.forward_and_log_det(x)
+            loss = (z.float() ** 2).sum() - log_det.float().sum()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    exact = grads(model)
+    net = memory_saving(model, check_every=1)
+    saved = grads(net)
+    assert net.fallbacks == 0
+    assert net.last_check.passed and net.last_check.tol == pytest.approx(torch.finfo(torch.bfloat16).eps ** 0.5)
+    assert torch.isfinite(saved).all()
+    assert float((saved - exact).norm() / exact.norm()) < 0.05

@@ -5,12 +5,13 @@ Both are orthogonal maps: ``Lip(F) = Lip(F^-1) = 1`` and ``log|det J| = 0``.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, InputTypeError
 from .base import InvertibleBlock, check_dim1, check_input, zeros_log_det
 
 __all__ = ["Permutation", "Squeeze"]
@@ -28,6 +29,9 @@ class Permutation(InvertibleBlock):
 
     def __init__(self, size: int, kind: str | Sequence[int] = "reverse", seed: int = 0) -> None:
         super().__init__()
+        if not isinstance(size, numbers.Integral) or isinstance(size, bool):
+            raise InputTypeError(f"size must be an integer (the size of dimension 1), got "
+                                 f"{type(size).__name__}")
         if size < 1:
             raise InputError(f"size must be >= 1, got {size}")
         if isinstance(kind, str):
