@@ -371,8 +371,8 @@ def test_diagnose_shows_progress_for_every_stage_and_states_the_attack(tmp_path,
     assert main(argv) == 0
     captured = capsys.readouterr()
     for stage in ("reconstruction x->z->x float32", "reconstruction z->x->z float64",
-                  "Jacobian spectrum", "invertibility attack (float32)", "reconstruction",
-                  "grid Jacobians"):
+                  "Jacobian spectrum", "invertibility attack (float32)",
+                  "grid round trips (float32)", "grid Jacobians"):
         assert stage in captured.err, stage
     assert "invertibility attack (float32, 3 samples, 4 steps of size 0.001, L-inf radius " \
            "1.953e-03)" in captured.out

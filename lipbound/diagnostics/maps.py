@@ -66,8 +66,8 @@ def grid_maps(model: InvertibleBlock, n: int = 320, lim: float = 8.0, precision:
     xs = torch.linspace(-lim, lim, int(n), dtype=torch.float64)
     gy, gx = torch.meshgrid(xs, xs, indexing="ij")
     points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
-    error = reconstruction_stats(model, points, precision, batch_size=chunk,
-                                 progress=progress).errors
+    error = reconstruction_stats(model, points, precision, batch_size=chunk, progress=progress,
+                                 desc=f"grid round trips ({precision})").errors
     model64 = at_precision(model, "float64")
     starts = range(0, points.shape[0], chunk)
     if progress:

@@ -212,7 +212,8 @@ class ReconstructionStats:
 
 def reconstruction_stats(model: InvertibleBlock, x: Tensor, precision: str = "float32",
                          direction: str = "x->z->x", tol: float | None = None,
-                         batch_size: int = 1024, progress: bool = False) -> ReconstructionStats:
+                         batch_size: int = 1024, progress: bool = False,
+                         desc: str | None = None) -> ReconstructionStats:
     """Round-trip errors of ``model`` on the dataset ``x`` at ``precision``.
 
     Args:
@@ -223,6 +224,7 @@ def reconstruction_stats(model: InvertibleBlock, x: Tensor, precision: str = "fl
         tol: relative tolerance of the failure test; ``None`` means ``sqrt(eps)`` of ``precision``.
         batch_size: samples per batch.
         progress: show a tqdm bar over batches.
+        desc: the bar's label (default ``"reconstruction <direction> <precision>"``).
     """
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
@@ -243,7 +245,8 @@ def reconstruction_stats(model: InvertibleBlock, x: Tensor, precision: str = "fl
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc=f"reconstruction {direction} {precision}", unit="batch")
+        starts = tqdm(starts, desc=desc or f"reconstruction {direction} {precision}",
+                      unit="batch")
     errors, failures = [], []
     for s in starts:
         xb = xp[s:s + batch_size]
