@@ -259,13 +259,22 @@ def test_diagnose_cli_oracle_decomposition_agrees_with_the_float_diagnostics(tmp
 
 def test_diagnose_cli_bad_numbers_are_clear_errors(tmp_path, capsys):
     save_model(figure1_chain(2), tmp_path / "f.pt")
-    for options, message in [(["--tol", "-1"], "tol must be > 0"),
+    for options, message in [(["--tol", "-1"], "--tol must be a finite number > 0, got -1.0"),
+                             (["--attack-step", "nan"],
+                              "--attack-step must be a finite number > 0, got nan"),
+                             (["--radius", "inf"], "--radius must be a finite number > 0, got inf"),
+                             (["--lim", "0"], "--lim must be a finite number > 0, got 0.0"),
+                             (["--attack-steps", "-1"], "--attack-steps must be >= 0, got -1"),
+                             (["--grid", "1"], "--grid must be >= 2, got 1"),
+                             (["--bits", "0"], "--bits must be >= 1, got 0"),
+                             (["--max-full-dim", "0"], "--max-full-dim must be >= 1, got 0"),
                              (["--spectrum-samples", "-1"], "spectrum_samples must be >= 0"),
                              (["--attack-samples", "-2"], "attack.samples must be >= 0"),
                              (["--reference", "arb:64", "--reference-samples", "0"],
                               "oracle.samples must be >= 1"),
                              (["--reference", "float32", "--attack-samples", "0"],
-                              "oracle.reference must be 'arb:<bits>' or 'mp:<bits>'")]:
+                              "oracle.reference must be 'arb:<bits>' or 'mp:<bits>'"),
+                             (["--threads", "0"], "--threads must be >= 1, got 0")]:
         argv = ["diagnose", str(tmp_path / "f.pt"), "checkerboard:4", *options]
         assert main(argv) == 2, options
         assert message in capsys.readouterr().err, options
@@ -379,5 +388,10 @@ def test_diagnose_shows_progress_for_every_stage_and_states_the_attack(tmp_path,
     rep = _strict_json(out)["attack"]
     assert (rep["samples"], rep["iterations"], rep["step"], rep["radius"]) == (3, 4, 0.001,
                                                                                0.5 / 256)
-    assert main([*argv, "--no-progress"]) == 0
+    torch.set_num_threads(2)
+    try:  # --threads (default 1) holds for the run only
+        assert main([*argv, "--no-progress"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
     assert capsys.readouterr().err == ""
