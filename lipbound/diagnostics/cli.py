@@ -3,10 +3,11 @@ Jacobian spectrum, the invertibility attack, and maps or histograms as PNG.
 
 MODEL is a file written with ``torch.save(model, path)``: a lipbound block, or a model of FrEIA,
 nflows, zuko, normflows or memcnn (seen through :func:`lipbound.adapters.adapt`). DATA is a
-``.pt``/``.npy``/``.npz`` array, ``checkerboard[:N]`` (the paper's 2D data, default 2000 points)
-or ``digits`` (scikit-learn's 8x8 digits, 17 grey levels: the attack box is their dequantization
-cell unless ``--radius`` is given). ``--reference arb:256`` adds the oracle's decomposition of
-section 2 for models whose blocks all have a reference implementation (not adapted models).
+``.pt``/``.npy``/``.npz`` array, ``checkerboard`` or ``checkerboard:N`` (the paper's 2D data, N
+points, default 2000) or ``digits`` (scikit-learn's 8x8 digits, 17 grey levels: the attack box is
+their dequantization cell unless ``--radius`` is given). ``--reference arb:256`` adds the oracle's
+decomposition of section 2 for models whose blocks all have a reference implementation (not
+adapted models).
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ def load_data(spec: str, seed: int = 0) -> Tensor:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``lipbound diagnose``; every help states the default."""
-    p.description = __doc__.split("\n\n")[0].replace("\n", " ")
+    p.description = __doc__.split("\n\n")[0].replace("\n", " ").replace("``", "")
     p.add_argument("model", metavar="MODEL",
                    help="torch.save'd lipbound, FrEIA, nflows, zuko, normflows or memcnn model")
     p.add_argument("data", metavar="DATA",
-                   help="a .pt/.npy/.npz file, checkerboard[:N] (default N: 2000) or digits")
+                   help="a .pt/.npy/.npz file, checkerboard or checkerboard:N (the paper's 2D "
+                        "data, N points, default 2000), or digits")
     p.add_argument("--precision", nargs="+", default=["float32", "float64"],
                    help="float precisions of the round trips; the attack runs at the first "
                         "(default: float32 float64)")
