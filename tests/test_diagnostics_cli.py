@@ -349,9 +349,9 @@ def test_diagnose_names_the_batch_shape_the_model_refuses(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["diagnose", str(tmp_path / "m3.pt"), str(tmp_path / "x.npy"), "--no-progress",
                  "--attack-samples", "0", "--spectrum-samples", "1", "--json", str(out)]) == 0
-    assert "sample shape (3,), 4 samples" in capsys.readouterr().out
+    assert "data shape (4, 3): 4 samples of shape (3,)" in capsys.readouterr().out
     rep = _strict_json(out)
-    assert rep["sample_shape"] == [3] and rep["n_samples"] == 4
+    assert rep["data_shape"] == [4, 3] and rep["sample_shape"] == [3] and rep["n_samples"] == 4
 
 
 def test_diagnose_help_states_every_default():
@@ -395,3 +395,15 @@ def test_diagnose_shows_progress_for_every_stage_and_states_the_attack(tmp_path,
     finally:
         torch.set_num_threads(1)
     assert capsys.readouterr().err == ""
+
+
+def test_diagnose_names_the_batch_shape_a_foreign_model_refuses(capsys):
+    from lipbound.adapters import adapt
+    from lipbound.diagnostics import diagnose
+
+    zuko = pytest.importorskip("zuko")
+    flow = adapt(zuko.flows.NSF(features=2, context=0, transforms=2, hidden_features=(8,)))
+    with pytest.raises(ValueError, match=r"x of shape \(4, 3\) does not fit the model: "
+                                         r"RuntimeError") as err:
+        diagnose(flow, torch.ones(4, 3), spectrum_samples=0, attack=None)
+    assert "(1, 3)" not in str(err.value)

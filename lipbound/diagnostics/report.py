@@ -111,17 +111,24 @@ def nonfinite_data_message(x: Tensor, name: str = "x",
 
 def _output_shape(model: InvertibleBlock, x: Tensor) -> tuple[int, ...]:
     """The per-sample shape of ``F(x)``, from the float64 model on the first sample; when the
-    model refuses the data, an :class:`InputError` that names the data's batch shape."""
+    model refuses the data, an :class:`InputError` that names the data's batch shape.
+
+    Refusals are lipbound's :class:`~lipbound.errors.LipboundError`, and for models of other
+    libraries also torch's ``RuntimeError`` (their shape mismatches); a ``RuntimeError`` in a
+    lipbound block is a bug and propagates."""
     run = at_precision(model, "float64")
+    refusals: tuple[type[Exception], ...] = (LipboundError,)
+    if any(isinstance(b, ForeignBlock) for b in run.flat_blocks()):
+        refusals += (RuntimeError,)
     try:
         with torch.no_grad():
             return tuple(run(x[:1].to(torch.float64)).shape[1:])
-    except (LipboundError, RuntimeError):
+    except refusals:
         pass
     try:  # again on the whole batch, so that the model's own message names its shape
         with torch.no_grad():
             run(x.to(torch.float64))
-    except (LipboundError, RuntimeError) as err:
+    except refusals as err:
         reason = str(err) if isinstance(err, LipboundError) else f"{type(err).__name__}: {err}"
         raise InputError(f"x of shape {tuple(x.shape)} does not fit the model: {reason}"
                          ) from None
@@ -238,9 +245,10 @@ def diagnose(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] = ("
 
 def diagnosis_to_json(d: Diagnosis) -> dict:
     """The report as a JSON-ready dictionary (non-finite numbers as ``"inf"``/``"nan"``)."""
-    out: dict = {"model": d.model, "blocks": d.block_kinds, "sample_shape": list(d.sample_shape),
-                 "n_samples": d.n_samples, "non_finite_rows": d.non_finite_rows,
-                 "reconstruction": []}
+    out: dict = {"model": d.model, "blocks": d.block_kinds,
+                 "data_shape": [d.n_samples, *d.sample_shape],
+                 "sample_shape": list(d.sample_shape), "n_samples": d.n_samples,
+                 "non_finite_rows": d.non_finite_rows, "reconstruction": []}
     for s in d.reconstruction:
         counts = s.failure_counts()
         out["reconstruction"].append({
@@ -299,8 +307,8 @@ def _kind(s: ReconstructionStats, key: str) -> str:
 
 def format_diagnosis(d: Diagnosis) -> str:
     """The report as plain text."""
-    lines = [f"model: {d.model}, {len(d.block_kinds)} leaf blocks, sample shape "
-             f"{d.sample_shape}, {d.n_samples} samples"]
+    lines = [f"model: {d.model}, {len(d.block_kinds)} leaf blocks; data shape "
+             f"{(d.n_samples, *d.sample_shape)}: {d.n_samples} samples of shape {d.sample_shape}"]
     if d.non_finite_rows:
         rows = ", ".join(map(str, d.non_finite_rows[:5])) + (
             ", ..." if len(d.non_finite_rows) > 5 else "")
