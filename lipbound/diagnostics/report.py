@@ -318,8 +318,8 @@ def format_diagnosis(d: Diagnosis) -> str:
     lines += ["", "reconstruction (L2 error per sample; mean/median/max over finite errors; NaN "
               "and Inf counted apart)",
               "first failures: where samples first fail, in execution order, the first one first",
-              "  (x->z->x runs forward blocks 0..L-1, then inverse L-1..0; z->x->z runs inverse "
-              "L-1..0, then forward 0..L-1)"]
+              "  (x->z->x: forward 0..L-1, then inverse L-1..0; z->x->z: inverse L-1..0, then "
+              "forward 0..L-1)"]
     head = f"  {'direction':<9} {'precision':<9} {'mean':>10} {'median':>10} {'max':>10} " \
            f"{'% Inf':>7} {'% NaN':>7}  first failures (block:stage (kind) x samples)"
     lines.append(head)
