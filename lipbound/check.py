@@ -1,6 +1,7 @@
 r"""``lipbound check``: per-block round-trip and log-determinant errors of a model.
 
-For each leaf block ``F_i`` with input ``x_i`` (the float64 forward trace of the model on ``x``):
+For each leaf block ``F_i`` with input ``x_i`` (the float64 forward trace of the model on ``x``,
+:meth:`~lipbound.blocks.InvertibleBlock.trace_forward`):
 
 * round trip at precision ``p``: ``max_b ||x_i - F_i^-1(F_i(x_i))||_2 / ||x_i||_2``, the block run
   with its parameters and input ``x_i`` cast to ``p`` (so the rounding of the input itself is not
@@ -99,9 +100,7 @@ def check_model(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] =
     x = x.to(torch.float64)
     blocks = model.flat_blocks()
     with torch.no_grad():
-        trace = [x]
-        for b in blocks[:-1]:
-            trace.append(b(trace[-1]))
+        trace = model.trace_forward(x)  # block i's input is trace[i]
     items: list[tuple[int | str, InvertibleBlock, Tensor]] = list(zip(range(len(blocks)), blocks,
                                                                       trace))
     if include_model and len(blocks) > 1:

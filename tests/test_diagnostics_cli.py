@@ -176,13 +176,23 @@ def test_diagnose_cli_on_images_writes_histograms_and_nonfinite_json(tmp_path, c
     x[0, 0, 0, 0] = math.inf  # a broken input: its error must be reported as non-finite
     torch.save(x, tmp_path / "x.pt")
     out, png = tmp_path / "g.json", tmp_path / "hist.png"
-    assert main(["diagnose", str(tmp_path / "g.pt"), str(tmp_path / "x.pt"), "--precision",
-                 "float32", "--direction", "x->z->x", "--attack-samples", "0",
-                 "--spectrum-samples", "0", "--json", str(out), "--plot", str(png)]) == 0
+    argv = ["diagnose", str(tmp_path / "g.pt"), str(tmp_path / "x.pt"), "--precision", "float32",
+            "--direction", "x->z->x", "--attack-samples", "0", "--spectrum-samples", "0",
+            "--json", str(out), "--plot", str(png), "--no-progress"]
+    assert main(argv) == 2 and not out.exists()  # refused unless asked for
+    assert "holds NaN or Inf in 1 of 6 samples (Inf in row 0); to diagnose them anyway, pass " \
+           "--allow-nonfinite" in capsys.readouterr().err
+    assert main([*argv, "--allow-nonfinite"]) == 0
+    assert "the data hold NaN or Inf in 1 sample (row 0)" in capsys.readouterr().out
     rep = _strict_json(out)
+    assert rep["non_finite_rows"] == [0]
     (r,) = rep["reconstruction"]
     assert r["errors"][0] in ("nan", "inf") and r["n_inf"] + r["n_nan"] == 1
     assert r["n_finite"] == 5 and r["max"] < 1e-4
+    # the broken input is blamed on the data, not on block 0
+    assert r["first_failure"] == "input" and r["first_failure_counts"] == {"input": 1}
+    assert r["failure_per_sample"][0] == {"block": None, "kind": None, "stage": "input"}
+    assert r["lowest_failing_block"] is None
     assert "spectrum" not in rep and "attack" not in rep
     assert png.read_bytes()[:8] == PNG_MAGIC
 
@@ -249,13 +259,22 @@ def test_diagnose_cli_oracle_decomposition_agrees_with_the_float_diagnostics(tmp
 
 def test_diagnose_cli_bad_numbers_are_clear_errors(tmp_path, capsys):
     save_model(figure1_chain(2), tmp_path / "f.pt")
-    for options, message in [(["--tol", "-1"], "tol must be > 0"),
+    for options, message in [(["--tol", "-1"], "--tol must be a finite number > 0, got -1.0"),
+                             (["--attack-step", "nan"],
+                              "--attack-step must be a finite number > 0, got nan"),
+                             (["--radius", "inf"], "--radius must be a finite number > 0, got inf"),
+                             (["--lim", "0"], "--lim must be a finite number > 0, got 0.0"),
+                             (["--attack-steps", "-1"], "--attack-steps must be >= 0, got -1"),
+                             (["--grid", "1"], "--grid must be >= 2, got 1"),
+                             (["--bits", "0"], "--bits must be >= 1, got 0"),
+                             (["--max-full-dim", "0"], "--max-full-dim must be >= 1, got 0"),
                              (["--spectrum-samples", "-1"], "spectrum_samples must be >= 0"),
                              (["--attack-samples", "-2"], "attack.samples must be >= 0"),
                              (["--reference", "arb:64", "--reference-samples", "0"],
                               "oracle.samples must be >= 1"),
                              (["--reference", "float32", "--attack-samples", "0"],
-                              "oracle.reference must be 'arb:<bits>' or 'mp:<bits>'")]:
+                              "oracle.reference must be 'arb:<bits>' or 'mp:<bits>'"),
+                             (["--threads", "0"], "--threads must be >= 1, got 0")]:
         argv = ["diagnose", str(tmp_path / "f.pt"), "checkerboard:4", *options]
         assert main(argv) == 2, options
         assert message in capsys.readouterr().err, options
@@ -278,3 +297,113 @@ def test_diagnose_cli_attacks_digits_inside_their_17_level_cells(tmp_path, capsy
     moved = (torch.tensor(rep["worst_input"]) - centres).abs().max()
     assert 0 < float(moved) <= 0.5 / 17 * (1 + 1e-6)
     assert "at the start points" in capsys.readouterr().out
+
+
+def test_map_colours_keep_zero_tiny_nan_and_inf_apart(tmp_path):
+    from lipbound.diagnostics.maps import INF_COLOR, NAN_COLOR, ZERO_COLOR, map_colors
+
+    values = torch.tensor([[0.0, 1e-300, 1e-20], [1.0, math.nan, math.inf]])
+    rgba, norm = map_colors(values)
+    colours = [tuple(rgba[i, j]) for i in range(2) for j in range(3)]
+    assert colours[0] == ZERO_COLOR and colours[4] == NAN_COLOR and colours[5] == INF_COLOR
+    assert len(set(colours)) == 6  # zero, the tiniest error, ..., NaN and Inf: all different
+    assert (norm.vmin, norm.vmax) == (1e-300, 1.0)
+    import matplotlib
+    import numpy as np
+
+    scale = {tuple(c) for c in matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))}
+    assert not {ZERO_COLOR, NAN_COLOR, INF_COLOR} & scale  # none of them is on the scale
+    rgba, norm = map_colors(torch.zeros(2, 2))  # nothing on the log scale: no colour bar
+    assert norm is None and all(tuple(c) == ZERO_COLOR for c in rgba.reshape(-1, 4))
+    with pytest.raises(ValueError, match="values must be >= 0"):
+        map_colors(torch.tensor([[-1.0, 1.0]]))
+
+
+def test_grid_map_of_an_exact_model_draws_its_zero_errors_white(tmp_path):
+    from lipbound.diagnostics.maps import ZERO_COLOR, map_colors
+
+    # y2 = x1 x2, x2 = y2 / x1: in float32 exact at some grid points, an ulp off at others
+    model = InvertibleSequential(AffineCoupling(ChannelPartition([0], [1], 2), 0.0, nn.Identity(),
+                                                IdentityScale()))
+    maps = grid_maps(model, n=8, lim=1.0, precision="float32")
+    zero = maps.error == 0
+    assert bool(zero.any()) and bool((~zero).any())  # both kinds of pixel occur
+    rgba, _ = map_colors(maps.error)
+    assert all(tuple(c) == ZERO_COLOR for c in rgba[zero.numpy()])
+    assert not any(tuple(c) == ZERO_COLOR for c in rgba[(~zero).numpy()])
+    assert plot_grid_maps(maps, tmp_path / "m.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_diagnose_names_the_batch_shape_the_model_refuses(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.ones((4, 3)))
+    save_model(coupling_mlp(2, n_blocks=2, hidden=4), tmp_path / "m2.pt")
+    save_model(glow_like((3, 4, 4), levels=1, steps=1, hidden=4), tmp_path / "g.pt")
+    for name in ("m2.pt", "g.pt"):
+        assert main(["diagnose", str(tmp_path / name), str(tmp_path / "x.npy"),
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "x of shape (4, 3) does not fit the model" in err and "(1, 3)" not in err, err
+    save_model(coupling_mlp(3, n_blocks=2, hidden=4), tmp_path / "m3.pt")
+    out = tmp_path / "r.json"
+    assert main(["diagnose", str(tmp_path / "m3.pt"), str(tmp_path / "x.npy"), "--no-progress",
+                 "--attack-samples", "0", "--spectrum-samples", "1", "--json", str(out)]) == 0
+    assert "data shape (4, 3): 4 samples of shape (3,)" in capsys.readouterr().out
+    rep = _strict_json(out)
+    assert rep["data_shape"] == [4, 3] and rep["sample_shape"] == [3] and rep["n_samples"] == 4
+
+
+def test_diagnose_help_states_every_default():
+    import argparse
+
+    from lipbound.diagnostics.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(options) >= 20
+    for action in options:
+        assert "default" in (action.help or ""), action.option_strings
+    args = parser.parse_args(["m.pt", "checkerboard"])
+    assert args.attack_steps == 50 and not args.no_progress and not args.allow_nonfinite
+    assert parser.parse_args(["m.pt", "d", "--attack-iterations", "7"]).attack_steps == 7
+
+
+def test_diagnose_shows_progress_for_every_stage_and_states_the_attack(tmp_path, capsys):
+    model = coupling_mlp(2, n_blocks=2, hidden=8, coupling="affine")
+    save_model(model, tmp_path / "m.pt")
+    out = tmp_path / "r.json"
+    argv = ["diagnose", str(tmp_path / "m.pt"), "checkerboard:50", "--spectrum-samples", "2",
+            "--attack-samples", "3", "--attack-steps", "4", "--attack-step", "0.001",
+            "--plot", str(tmp_path / "m.png"), "--grid", "6", "--json", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    for stage in ("reconstruction x->z->x float32", "reconstruction z->x->z float64",
+                  "Jacobian spectrum", "invertibility attack (float32)",
+                  "grid round trips (float32)", "grid Jacobians"):
+        assert stage in captured.err, stage
+    assert "invertibility attack (float32, 3 samples, 4 steps of size 0.001, L-inf radius " \
+           "1.953e-03)" in captured.out
+    rep = _strict_json(out)["attack"]
+    assert (rep["samples"], rep["iterations"], rep["step"], rep["radius"]) == (3, 4, 0.001,
+                                                                               0.5 / 256)
+    torch.set_num_threads(2)
+    try:  # --threads (default 1) holds for the run only
+        assert main([*argv, "--no-progress"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert capsys.readouterr().err == ""
+
+
+def test_diagnose_names_the_batch_shape_a_foreign_model_refuses(capsys):
+    from lipbound.adapters import adapt
+    from lipbound.diagnostics import diagnose
+
+    zuko = pytest.importorskip("zuko")
+    flow = adapt(zuko.flows.NSF(features=2, context=0, transforms=2, hidden_features=(8,)))
+    with pytest.raises(ValueError, match=r"x of shape \(4, 3\) does not fit the model: "
+                                         r"RuntimeError") as err:
+        diagnose(flow, torch.ones(4, 3), spectrum_samples=0, attack=None)
+    assert "(1, 3)" not in str(err.value)

@@ -107,7 +107,8 @@ def test_per_block_trace_names_the_fragile_affine_block():
     failed = [i for i, f in enumerate(st.failures) if f is not None]
     assert len(failed) >= 32
     assert {(st.failures[i].block, st.failures[i].stage) for i in failed} == {(1, "inverse")}
-    assert st.first_failing_block == 1 and st.block_kinds[1] == "AffineCoupling"
+    assert st.lowest_failing_block == 1 and st.block_kinds[1] == "AffineCoupling"
+    assert st.first_failure == "1:inverse"
     # Independent check in float64: the affine block's scale g at each sample.
     with torch.no_grad():
         h0 = model[0](x)
@@ -115,7 +116,8 @@ def test_per_block_trace_names_the_fragile_affine_block():
     assert bool((g[failed] < 1e-3).all())
     assert all(st.failures[i] is not None for i in torch.nonzero(g < 1e-12).flatten().tolist())
     # on the data's own scale nothing fails
-    assert reconstruction_stats(model, x / 100, "float32").first_failing_block is None
+    calm = reconstruction_stats(model, x / 100, "float32")
+    assert calm.lowest_failing_block is None and calm.first_failure is None
 
 
 def test_attack_does_not_flag_the_affine_model_on_the_datas_scale():

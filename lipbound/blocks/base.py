@@ -149,6 +149,23 @@ class InvertibleBlock(nn.Module):
         """The leaf blocks in forward order: ``[self]`` here; containers expand themselves."""
         return [self]
 
+    def trace_forward(self, x: Tensor) -> list[Tensor]:
+        """``[h_0, h_1, ..., h_L]`` with ``h_0 = x`` and ``h_i = F_i(h_{i-1})`` over the leaf blocks
+        ``F_1, ..., F_L`` of :meth:`flat_blocks` (``[x, F(x)]`` for a leaf): the one per-block
+        trace every tool that asks where error enters and grows steps through."""
+        out = [x]
+        for b in self.flat_blocks():
+            out.append(b(out[-1]))
+        return out
+
+    def trace_inverse(self, y: Tensor) -> list[Tensor]:
+        """``[r_L, r_{L-1}, ..., r_0]`` with ``r_L = y`` and ``r_{i-1} = F_i^{-1}(r_i)``, last leaf
+        block first: ``r_{i-1}`` is the inverse's value for the input ``h_{i-1}`` of ``F_i``."""
+        out = [y]
+        for b in reversed(self.flat_blocks()):
+            out.append(b.inverse(out[-1]))
+        return out
+
     @property
     def is_iterative(self) -> bool:
         """Whether the inverse is computed iteratively (and records :attr:`last_convergence`)."""

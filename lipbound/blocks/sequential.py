@@ -1,9 +1,9 @@
 """Composition of invertible blocks, with per-block tracing.
 
 ``F = F_L o ... o F_1``: the forward runs the blocks in order and adds their log-determinants;
-the inverse runs the inverses in reverse order. :meth:`InvertibleSequential.trace_forward` and
-:meth:`InvertibleSequential.trace_inverse` return every intermediate value, for tools that ask
-where error enters and grows.
+the inverse runs the inverses in reverse order. Its leaf blocks (:meth:`flat_blocks`, nested
+sequentials expanded) are what :meth:`InvertibleBlock.trace_forward` and
+:meth:`InvertibleBlock.trace_inverse` step through, for tools that ask where error enters and grows.
 """
 
 from __future__ import annotations
@@ -62,20 +62,6 @@ class InvertibleSequential(InvertibleBlock):
             if total is not None:
                 total = total + ld
         return y, total
-
-    def trace_forward(self, x: Tensor) -> list[Tensor]:
-        """``[x, F_1(x), F_2(F_1(x)), ..., F(x)]`` over the leaf blocks."""
-        out = [x]
-        for b in self.flat_blocks():
-            out.append(b(out[-1]))
-        return out
-
-    def trace_inverse(self, y: Tensor) -> list[Tensor]:
-        """``[y, F_L^-1(y), ..., F^-1(y)]`` over the leaf blocks, last block first."""
-        out = [y]
-        for b in reversed(self.flat_blocks()):
-            out.append(b.inverse(out[-1]))
-        return out
 
     @property
     def is_iterative(self) -> bool:

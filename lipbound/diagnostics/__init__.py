@@ -10,6 +10,7 @@ from .reconstruction import (
     Failure,
     ReconstructionStats,
     error_summary,
+    execution_step,
     reconstruction_stats,
     round_trip_trace,
 )
@@ -31,7 +32,7 @@ from .spectrum import (
     singular_values,
     spectrum,
 )
-from .views import Inverted, leaf_blocks
+from .views import Inverted
 
 __all__ = [
     "DIRECTIONS",
@@ -51,12 +52,12 @@ __all__ = [
     "diagnose",
     "diagnosis_to_json",
     "error_summary",
+    "execution_step",
     "format_diagnosis",
     "grid_maps",
     "invertibility_attack",
     "jacobian",
     "jacobian_rowwise",
-    "leaf_blocks",
     "load_digits",
     "load_images",
     "plot_grid_maps",

@@ -3,16 +3,17 @@ Jacobian spectrum, the invertibility attack, and maps or histograms as PNG.
 
 MODEL is a file written with ``torch.save(model, path)``: a lipbound block, or a model of FrEIA,
 nflows, zuko, normflows or memcnn (seen through :func:`lipbound.adapters.adapt`). DATA is a
-``.pt``/``.npy``/``.npz`` array, ``checkerboard[:N]`` (the paper's 2D data, default 2000 points)
-or ``digits`` (scikit-learn's 8x8 digits, 17 grey levels: the attack box is their dequantization
-cell unless ``--radius`` is given). ``--reference arb:256`` adds the oracle's decomposition of
-section 2 for models whose blocks all have a reference implementation (not adapted models).
+``.pt``/``.npy``/``.npz`` array, ``checkerboard`` or ``checkerboard:N`` (the paper's 2D data, N
+points, default 2000) or ``digits`` (scikit-learn's 8x8 digits, 17 grey levels: the attack box is
+their dequantization cell unless ``--radius`` is given). ``--reference arb:256`` adds the oracle's
+decomposition of section 2 for models whose blocks all have a reference implementation (not
+adapted models).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import math
 
 import torch
 from torch import Tensor
@@ -25,7 +26,14 @@ from .data import checkerboard, load_digits
 from .histogram import plot_error_histograms
 from .maps import grid_maps, plot_grid_maps
 from .reconstruction import DIRECTIONS
-from .report import AttackSettings, OracleSettings, diagnose, diagnosis_to_json, format_diagnosis
+from .report import (
+    AttackSettings,
+    OracleSettings,
+    diagnose,
+    diagnosis_to_json,
+    format_diagnosis,
+    nonfinite_data_message,
+)
 
 #: Quantisation levels of the named datasets (the attack's dequantization cell).
 DATA_LEVELS = {"digits": 17}
@@ -47,61 +55,123 @@ def load_data(spec: str, seed: int = 0) -> Tensor:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``lipbound diagnose``."""
-    p.description = __doc__.split("\n\n")[0].replace("\n", " ")
+    """Arguments of ``lipbound diagnose``; every help states the default."""
+    p.description = __doc__.split("\n\n")[0].replace("\n", " ").replace("``", "")
     p.add_argument("model", metavar="MODEL",
                    help="torch.save'd lipbound, FrEIA, nflows, zuko, normflows or memcnn model")
     p.add_argument("data", metavar="DATA",
-                   help="a .pt/.npy/.npz file, checkerboard[:N] or digits")
+                   help="a .pt/.npy/.npz file, checkerboard or checkerboard:N (the paper's 2D "
+                        "data, N points, default 2000), or digits")
     p.add_argument("--precision", nargs="+", default=["float32", "float64"],
-                   help="float precisions of the round trips (default: float32 float64); the "
-                        "attack runs at the first")
-    p.add_argument("--direction", nargs="+", default=list(DIRECTIONS), choices=DIRECTIONS)
-    p.add_argument("--n", type=int, default=None, help="use the first N samples of DATA")
+                   help="float precisions of the round trips; the attack runs at the first "
+                        "(default: float32 float64)")
+    p.add_argument("--direction", nargs="+", default=list(DIRECTIONS), choices=DIRECTIONS,
+                   help="round-trip directions (default: both)")
+    p.add_argument("--n", type=int, default=None,
+                   help="use the first N samples of DATA (default: all)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="diagnose DATA that holds NaN or Inf (those samples fail at 'input') "
+                        "instead of refusing it (default: refuse, exit 2)")
     p.add_argument("--tol", type=float, default=None,
-                   help="relative failure tolerance of the per-block trace (default sqrt(eps))")
-    p.add_argument("--spectrum-samples", type=int, default=8)
-    p.add_argument("--spectrum-method", choices=["auto", "full", "matrix_free"], default="auto")
+                   help="relative failure tolerance of the per-block trace (default: sqrt(eps) "
+                        "of each precision)")
+    p.add_argument("--spectrum-samples", type=int, default=8,
+                   help="first samples whose Jacobian spectrum is computed, 0 for none "
+                        "(default: %(default)s)")
+    p.add_argument("--spectrum-method", choices=["auto", "full", "matrix_free"], default="auto",
+                   help="full SVD or matrix-free Lanczos (default: %(default)s: full up to "
+                        "--max-full-dim)")
     p.add_argument("--max-full-dim", type=int, default=2048,
-                   help="auto: full SVD up to this per-sample dimension, matrix-free above")
-    p.add_argument("--attack-samples", type=int, default=8, help="0 turns the attack off")
-    p.add_argument("--attack-iterations", type=int, default=200)
-    p.add_argument("--attack-step", type=float, default=5e-4)
+                   help="auto: full SVD up to this per-sample dimension, matrix-free above "
+                        "(default: %(default)s)")
+    p.add_argument("--attack-samples", type=int, default=8,
+                   help="first samples the invertibility attack starts from, 0 turns it off "
+                        "(default: %(default)s)")
+    p.add_argument("--attack-steps", "--attack-iterations", dest="attack_steps", type=int,
+                   default=AttackSettings.iterations,
+                   help="signed-gradient steps (iterations) of the attack (default: "
+                        "%(default)s; the paper ran 200)")
+    p.add_argument("--attack-step", type=float, default=AttackSettings.step,
+                   help="attack step size alpha (default: %(default)s, the paper's)")
     p.add_argument("--bits", type=int, default=None,
                    help="data bits: the attack box is the dequantization cell of each start "
-                        "point, half-width 0.5 / 2^bits (default 8; digits: 17 levels)")
-    p.add_argument("--radius", type=float, default=None, help="attack box half-width instead")
-    p.add_argument("--grid", type=int, default=320, help="grid points per axis of 2D maps")
-    p.add_argument("--lim", type=float, default=8.0, help="2D maps cover [-lim, lim]^2")
+                        "point, half-width 0.5 / 2^bits (default: 8; digits: 17 levels)")
+    p.add_argument("--radius", type=float, default=None,
+                   help="attack box half-width instead of the dequantization cell (default: the "
+                        "cell)")
+    p.add_argument("--grid", type=int, default=320,
+                   help="grid points per axis of 2D maps (default: %(default)s)")
+    p.add_argument("--lim", type=float, default=8.0,
+                   help="2D maps cover [-lim, lim]^2 (default: %(default)s)")
     p.add_argument("--reference", metavar="ORACLE", default=None,
                    help="add the oracle decomposition (section 2) at each precision against "
-                        "arb:<bits> or mp:<bits>, e.g. arb:256 (off by default: about 35 s per "
+                        "arb:<bits> or mp:<bits>, e.g. arb:256 (default: off; about 35 s per "
                         "precision at d = 64)")
     p.add_argument("--reference-samples", type=int, default=4,
-                   help="first samples of DATA the oracle decomposition runs on (default 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+                   help="first samples of DATA the oracle decomposition runs on "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of checkerboard/digits, latent samples and the attack's random "
+                        "directions (default: %(default)s)")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON (default: none)")
     p.add_argument("--plot", metavar="FILE",
-                   help="PNG (or PDF): maps over a grid for 2D models, else error histograms")
+                   help="PNG (or PDF): maps over a grid for 2D models, else error histograms "
+                        "(default: none)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (default: a tqdm bar per stage on stderr)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default: %(default)s: the diagnostics run many "
+                        "small operations, where threads cost more than they give, and on a busy "
+                        "2-core machine two threads ran the README examples 5x slower; raise it "
+                        "for large image models on an idle machine)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``lipbound diagnose``."""
+    """Run ``lipbound diagnose`` with ``--threads`` torch threads (restored afterwards)."""
+    if args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse option values the diagnostics cannot use, naming the option."""
+    positive = {"--attack-step": args.attack_step, "--lim": args.lim, "--radius": args.radius,
+                "--tol": args.tol}
+    for option, value in positive.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(f"{option} must be a finite number > 0, got {value}")
+    at_least = {"--attack-steps": (args.attack_steps, 0), "--grid": (args.grid, 2),
+                "--bits": (args.bits, 1), "--max-full-dim": (args.max_full_dim, 1)}
+    for option, (value, low) in at_least.items():
+        if value is not None and value < low:
+            raise InputError(f"{option} must be >= {low}, got {value}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check_options(args)
     model = adapt(load_saved(args.model))
     x = load_data(args.data, args.seed)
     if args.n is not None:
         if args.n < 1:
             raise InputError(f"--n must be >= 1, got {args.n}")
         x = x[:args.n]
-    progress = sys.stderr.isatty()
+    message = nonfinite_data_message(x, f"DATA {args.data!r}", "--allow-nonfinite")
+    if message and not args.allow_nonfinite:
+        raise InputError(message)
+    progress = not args.no_progress
     levels = DATA_LEVELS.get(args.data) if args.bits is None else None
-    attack = AttackSettings(args.attack_samples, args.attack_iterations, args.attack_step,
+    attack = AttackSettings(args.attack_samples, args.attack_steps, args.attack_step,
                             8 if args.bits is None else args.bits, args.radius, levels=levels)
     oracle = (None if args.reference is None
               else OracleSettings(args.reference, args.reference_samples))
     result = diagnose(model, x, tuple(args.precision), tuple(args.direction), args.tol,
                       args.spectrum_samples, args.spectrum_method, args.max_full_dim, attack,
-                      args.seed, progress, oracle)
+                      args.seed, progress, oracle, allow_nonfinite=args.allow_nonfinite)
     print(f"lipbound diagnose: {args.model} on {args.data}")
     print(format_diagnosis(result))
     if args.json:

@@ -13,11 +13,18 @@ holds an Inf (or its norm overflows). Counts and percentages of NaN and of Inf a
 mean, median and max are taken over the finite errors only (the authors' code counted only Inf,
 so NaN leaked into their mean).
 
-**Where it breaks.** The round trip runs the blocks in the order ``F_1, ..., F_L`` then
-``F_L^-1, ..., F_1^-1``; a sample *fails* at the first of these steps whose output is non-finite,
-or, on the way back, whose reconstruction ``r_{i-1}`` of the block input ``h_{i-1}`` is off by
-more than ``tol (1 + ||h_{i-1}||_2)``. That step names the block (forward order index, 0-based)
-and the stage (``"forward"`` or ``"inverse"``).
+**Where it breaks.** The round trip runs the steps ``F_1, ..., F_L`` then ``F_L^-1, ..., F_1^-1``
+(the traces :meth:`~lipbound.blocks.InvertibleBlock.trace_forward` and
+:meth:`~lipbound.blocks.InvertibleBlock.trace_inverse`); a sample *fails* at the first of these
+steps whose output is non-finite, or, on the way back, whose reconstruction ``r_{i-1}`` of the
+block input ``h_{i-1}`` is off by more than ``tol (1 + ||h_{i-1}||_2)``. That step names the block
+(forward order index, 0-based) and the stage (``"forward"`` or ``"inverse"``), written
+``"7:inverse"``. A sample whose input already holds NaN or Inf fails at ``"input"``, before any
+block. Over a dataset, :attr:`ReconstructionStats.first_failure` is the earliest step in this
+execution order at which any sample fails (what "the first failing block" means to a reader of
+the report), and :attr:`ReconstructionStats.lowest_failing_block` the smallest block index at which
+any sample fails, whichever stage (in ``x -> z -> x`` an inverse failure at block 6 comes after
+one at block 7).
 """
 
 from __future__ import annotations
@@ -34,9 +41,9 @@ from .views import (
     Inverted,
     at_precision,
     default_tol,
-    leaf_blocks,
     mark_non_finite,
     per_sample_norm,
+    require_block,
 )
 
 __all__ = [
@@ -44,6 +51,7 @@ __all__ = [
     "Failure",
     "ReconstructionStats",
     "error_summary",
+    "execution_step",
     "reconstruction_stats",
     "round_trip_trace",
 ]
@@ -54,11 +62,30 @@ DIRECTIONS = ("x->z->x", "z->x->z")
 
 @dataclass(frozen=True)
 class Failure:
-    """Where a sample's round trip first failed: a leaf block (0-based, forward order) and stage."""
+    """Where a sample's round trip first failed: a leaf block (0-based, forward order), its class
+    name and the stage (``"forward"`` or ``"inverse"``); or ``stage == "input"`` (``block`` and
+    ``kind`` ``None``) for a sample whose input holds NaN or Inf."""
 
-    block: int
-    kind: str
+    block: int | None
+    kind: str | None
     stage: str
+
+    @property
+    def key(self) -> str:
+        """``"<block>:<stage>"``, e.g. ``"7:inverse"``, or ``"input"``."""
+        return self.stage if self.block is None else f"{self.block}:{self.stage}"
+
+
+def execution_step(f: Failure, n_blocks: int, direction: str = "x->z->x") -> int:
+    """Position of the step ``f`` in the order the round trip runs it: ``-1`` for the input, then
+    ``F_1 .. F_L, F_L^-1 .. F_1^-1`` for ``"x->z->x"``, ``F_L^-1 .. F_1^-1, F_1 .. F_L`` for
+    ``"z->x->z"`` (blocks 0-based in forward order, as in :class:`Failure`)."""
+    if f.block is None:
+        return -1
+    forward = f.stage == "forward"
+    if direction == "z->x->z":
+        return n_blocks + f.block if forward else n_blocks - 1 - f.block
+    return f.block if forward else 2 * n_blocks - 1 - f.block
 
 
 def error_summary(errors: Tensor) -> dict[str, float | int | None]:
@@ -97,28 +124,36 @@ def round_trip_trace(model: InvertibleBlock, x: Tensor, tol: float
                      ) -> tuple[Tensor, list[Failure | None]]:
     """The round trip ``x -> F(x) -> F^-1(F(x))`` block by block, in the dtype of ``model``/``x``.
 
-    Returns the reconstruction and, per sample, the first :class:`Failure` (``None`` if none);
-    see the module docstring. Block indices refer to ``leaf_blocks(model)``.
+    Runs ``model.trace_forward(x)`` and ``model.trace_inverse`` of its end, and returns the
+    reconstruction and, per sample, the first :class:`Failure` (``None`` if none); see the module
+    docstring. Block indices refer to ``model.flat_blocks()``.
     """
-    blocks = leaf_blocks(model)
+    blocks = require_block(model).flat_blocks()
+    n = len(blocks)
+    h = model.trace_forward(x)  # h_0 .. h_L
+    r = model.trace_inverse(h[-1])  # r_L .. r_0: r[n - i] reconstructs h_i
+    none = 2 * n  # beyond the last step
+    first = torch.full((x.shape[0],), none, dtype=torch.long, device=x.device)
+
+    def mark(bad: Tensor, step: int) -> None:
+        first.copy_(torch.where(bad & (first == none), step, first))
+
+    mark(_non_finite(x), -1)
+    for i in range(n):
+        mark(_non_finite(h[i + 1]), i)
+    for i in reversed(range(n)):
+        rec = r[n - i]
+        err = per_sample_norm(rec - h[i])
+        mark(_non_finite(rec) | ~(err <= tol * (1 + per_sample_norm(h[i]))), 2 * n - 1 - i)
     failed: list[Failure | None] = [None] * x.shape[0]
-
-    def mark(bad: Tensor, i: int, stage: str) -> None:
-        for b in torch.nonzero(bad).flatten().tolist():
-            if failed[b] is None:
-                failed[b] = Failure(i, type(blocks[i]).__name__, stage)
-
-    trace = [x]
-    for i, block in enumerate(blocks):
-        trace.append(block(trace[-1]))
-        mark(_non_finite(trace[-1]), i, "forward")
-    rec = trace[-1]
-    for i in reversed(range(len(blocks))):
-        rec = blocks[i].inverse(rec)
-        err = per_sample_norm(rec - trace[i])
-        bad = _non_finite(rec) | ~(err <= tol * (1 + per_sample_norm(trace[i])))
-        mark(bad, i, "inverse")
-    return rec, failed
+    for b in torch.nonzero(first != none).flatten().tolist():
+        step = int(first[b])
+        if step < 0:
+            failed[b] = Failure(None, None, "input")
+        else:
+            i, stage = (step, "forward") if step < n else (2 * n - 1 - step, "inverse")
+            failed[b] = Failure(i, type(blocks[i]).__name__, stage)
+    return r[-1], failed
 
 
 @dataclass
@@ -149,25 +184,36 @@ class ReconstructionStats:
         """:func:`error_summary` of the absolute errors."""
         return error_summary(self.errors)
 
+    def _step(self, f: Failure) -> int:
+        return execution_step(f, self.n_blocks, self.direction)
+
     def failure_counts(self) -> dict[str, int]:
-        """How many samples first failed at each ``"<block>:<stage>"`` (most frequent first)."""
+        """How many samples first failed at each step (``"7:inverse"``, ``"input"``), in the
+        order the round trip runs the steps (:func:`execution_step`)."""
         counts: dict[str, int] = {}
-        for f in self.failures:
-            if f is not None:
-                key = f"{f.block}:{f.stage}"
-                counts[key] = counts.get(key, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+        for f in sorted((f for f in self.failures if f is not None), key=self._step):
+            counts[f.key] = counts.get(f.key, 0) + 1
+        return counts
 
     @property
-    def first_failing_block(self) -> int | None:
-        """The smallest block index at which any sample failed (``None`` if none failed)."""
-        blocks = [f.block for f in self.failures if f is not None]
+    def first_failure(self) -> str | None:
+        """The earliest step in execution order at which any sample first failed
+        (``"7:inverse"``, ``"input"``; ``None`` if none failed)."""
+        return next(iter(self.failure_counts()), None)
+
+    @property
+    def lowest_failing_block(self) -> int | None:
+        """The smallest block index at which any sample first failed, whichever the stage
+        (``None`` if none failed at a block). Not the first failure in execution order: see
+        :attr:`first_failure`."""
+        blocks = [f.block for f in self.failures if f is not None and f.block is not None]
         return min(blocks) if blocks else None
 
 
 def reconstruction_stats(model: InvertibleBlock, x: Tensor, precision: str = "float32",
                          direction: str = "x->z->x", tol: float | None = None,
-                         batch_size: int = 1024, progress: bool = False) -> ReconstructionStats:
+                         batch_size: int = 1024, progress: bool = False,
+                         desc: str | None = None) -> ReconstructionStats:
     """Round-trip errors of ``model`` on the dataset ``x`` at ``precision``.
 
     Args:
@@ -178,6 +224,7 @@ def reconstruction_stats(model: InvertibleBlock, x: Tensor, precision: str = "fl
         tol: relative tolerance of the failure test; ``None`` means ``sqrt(eps)`` of ``precision``.
         batch_size: samples per batch.
         progress: show a tqdm bar over batches.
+        desc: the bar's label (default ``"reconstruction <direction> <precision>"``).
     """
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
@@ -189,16 +236,17 @@ def reconstruction_stats(model: InvertibleBlock, x: Tensor, precision: str = "fl
     if tol is not None and not tol > 0:
         raise InputError(f"tol must be > 0, got {tol}")
     tol = default_tol(precision) if tol is None else float(tol)
-    run = at_precision(model, precision)
+    run = at_precision(require_block(model), precision)
     if direction == "z->x->z":
         run = Inverted(run)
-    kinds = [type(b).__name__ for b in leaf_blocks(model)]
+    kinds = [type(b).__name__ for b in model.flat_blocks()]
     xp = x.detach().to(torch_dtype(precision))
     starts = range(0, x.shape[0], batch_size)
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc=f"reconstruction {direction} {precision}", unit="batch")
+        starts = tqdm(starts, desc=desc or f"reconstruction {direction} {precision}",
+                      unit="batch")
     errors, failures = [], []
     for s in starts:
         xb = xp[s:s + batch_size]
@@ -214,7 +262,7 @@ def reconstruction_stats(model: InvertibleBlock, x: Tensor, precision: str = "fl
 def _in_model_terms(f: Failure | None, kinds: list[str]) -> Failure | None:
     """A failure of ``Inverted(F)``'s leaf ``j`` is one of ``F``'s leaf ``L - 1 - j`` with the
     stages swapped (``Inverted(F_i)``'s forward is ``F_i``'s inverse)."""
-    if f is None:
-        return None
+    if f is None or f.block is None:
+        return f
     i = len(kinds) - 1 - f.block
     return Failure(i, kinds[i], "inverse" if f.stage == "forward" else "forward")

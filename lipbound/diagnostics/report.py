@@ -4,12 +4,17 @@
   ``z -> x -> z`` on as many standard normal latent points (the base distribution, as when
   sampling), with the first failing block per sample (:mod:`.reconstruction`);
 * the Jacobian spectrum of ``F`` and ``F^-1`` on the first samples, in float64 (:mod:`.spectrum`);
-* the invertibility attack on the first samples (:mod:`.attack`);
+* the invertibility attack on the first samples (:mod:`.attack`), with the settings it ran
+  (samples, steps, step size, radius) in the report;
 * the convergence of iterative inverses during the float64 round trip;
 * on request (``reference``), the oracle's rounding-versus-instability decomposition of section 2
   (:func:`lipbound.precision.decompose.decompose`) on the first samples at each precision, where
   every block has a reference implementation. Models of other libraries (the adapters of
   :mod:`lipbound.adapters`) have none: the report says so and skips it.
+
+Data holding NaN or Inf is refused (:class:`~lipbound.errors.InputError`, naming the rows) unless
+``allow_nonfinite``; then those samples fail at ``"input"`` and the report lists their rows. Every
+stage shows a tqdm bar on stderr when ``progress``.
 """
 
 from __future__ import annotations
@@ -23,14 +28,14 @@ import reference
 
 from ..adapters.base import ForeignBlock
 from ..blocks import InvertibleBlock
-from ..errors import InputError
+from ..errors import InputError, LipboundError
 from ..jsonio import jsonable
 from ..precision.decompose import Decomposition, decompose, format_decomposition
 from ..precision.names import parse_precision
 from .attack import AttackResult, invertibility_attack
 from .reconstruction import DIRECTIONS, ReconstructionStats, reconstruction_stats
 from .spectrum import Spectrum, spectrum
-from .views import at_precision, leaf_blocks
+from .views import at_precision, non_finite_rows, require_block
 
 __all__ = [
     "AttackSettings",
@@ -44,11 +49,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class AttackSettings:
-    """Settings of the invertibility attack in :func:`diagnose` (paper defaults; appendix E);
-    see :func:`~.attack.invertibility_attack` for ``bits``, ``levels`` and ``radius``."""
+    """Settings of the invertibility attack in :func:`diagnose`: the paper's step ``5e-4`` and
+    dequantization cell (appendix E), but 50 iterations (steps) instead of its 200 by default, so
+    that a report stays interactive (the attack dominated the run time); see
+    :func:`~.attack.invertibility_attack` for ``bits``, ``levels`` and ``radius``."""
 
     samples: int = 8
-    iterations: int = 200
+    iterations: int = 50
     step: float = 5e-4
     bits: int = 8
     radius: float | None = None
@@ -80,35 +87,88 @@ class Diagnosis:
     convergence: list[dict] = field(default_factory=list)
     decomposition: list[Decomposition] = field(default_factory=list)
     oracle_note: str | None = None
+    #: rows of the data holding NaN or Inf (diagnosed only with ``allow_nonfinite``)
+    non_finite_rows: list[int] = field(default_factory=list)
 
 
-def _latent_samples(model: InvertibleBlock, x: Tensor, seed: int) -> Tensor:
-    with torch.no_grad():
-        shape = at_precision(model, "float64")(x[:1].to(torch.float64)).shape[1:]
+def nonfinite_data_message(x: Tensor, name: str = "x",
+                           remedy: str = "allow_nonfinite=True") -> str | None:
+    """``None`` when every sample of ``x`` is finite, else a message that names the rows holding
+    NaN and those holding Inf (the first five of each) and ``remedy``."""
+    rows = non_finite_rows(x)
+    if not rows.numel():
+        return None
+    flat = x.reshape(x.shape[0], -1)
+    parts = []
+    for label, test in (("NaN", torch.isnan), ("Inf", torch.isinf)):
+        hit = torch.nonzero(test(flat).any(dim=1)).flatten().tolist()
+        if hit:
+            shown = ", ".join(map(str, hit[:5])) + (", ..." if len(hit) > 5 else "")
+            parts.append(f"{label} in row{'s' if len(hit) > 1 else ''} {shown}")
+    return (f"{name} holds NaN or Inf in {rows.numel()} of {x.shape[0]} samples "
+            f"({'; '.join(parts)}); to diagnose them anyway, pass {remedy}")
+
+
+def _output_shape(model: InvertibleBlock, x: Tensor) -> tuple[int, ...]:
+    """The per-sample shape of ``F(x)``, from the float64 model on the first sample; when the
+    model refuses the data, an :class:`InputError` that names the data's batch shape.
+
+    Refusals are lipbound's :class:`~lipbound.errors.LipboundError`, and for models of other
+    libraries also torch's ``RuntimeError`` (their shape mismatches); a ``RuntimeError`` in a
+    lipbound block is a bug and propagates."""
+    run = at_precision(model, "float64")
+    refusals: tuple[type[Exception], ...] = (LipboundError,)
+    if any(isinstance(b, ForeignBlock) for b in run.flat_blocks()):
+        refusals += (RuntimeError,)
+    try:
+        with torch.no_grad():
+            return tuple(run(x[:1].to(torch.float64)).shape[1:])
+    except refusals:
+        pass
+    try:  # again on the whole batch, so that the model's own message names its shape
+        with torch.no_grad():
+            run(x.to(torch.float64))
+    except refusals as err:
+        reason = str(err) if isinstance(err, LipboundError) else f"{type(err).__name__}: {err}"
+        raise InputError(f"x of shape {tuple(x.shape)} does not fit the model: {reason}"
+                         ) from None
+    raise InputError(f"x of shape {tuple(x.shape)} does not fit the model: it refuses a "
+                     "single sample")
+
+
+def _latent_samples(shape: tuple[int, ...], n: int, seed: int) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn((x.shape[0], *shape), generator=gen, dtype=torch.float64)
+    return torch.randn((n, *shape), generator=gen, dtype=torch.float64)
 
 
-def _convergence(model: InvertibleBlock, x: Tensor) -> list[dict]:
+def _stage(desc: str, progress: bool):
+    """A one-step tqdm bar for a stage that has no finer progress of its own."""
+    from tqdm import tqdm
+
+    return tqdm(total=1, desc=desc, unit="stage", disable=not progress)
+
+
+def _convergence(model: InvertibleBlock, x: Tensor, progress: bool) -> list[dict]:
     run = at_precision(model, "float64")
     if not run.is_iterative:
         return []
-    with torch.no_grad():
+    with _stage("convergence of iterative inverses (float64)", progress) as bar, torch.no_grad():
         run.inverse(run(x.to(torch.float64)))
+        bar.update()
     return [{"block": i, "kind": type(b).__name__, **jsonable(b.last_convergence)}
-            for i, b in enumerate(leaf_blocks(run)) if b.last_convergence is not None]
+            for i, b in enumerate(run.flat_blocks()) if b.last_convergence is not None]
 
 
 def _oracle(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...],
-            settings: OracleSettings) -> tuple[list[Decomposition], str | None]:
+            settings: OracleSettings, progress: bool) -> tuple[list[Decomposition], str | None]:
     """The decompositions at every precision, or none and the reason there is no reference."""
-    foreign = sorted({type(b.module).__name__ for b in leaf_blocks(model)
+    foreign = sorted({type(b.module).__name__ for b in model.flat_blocks()
                       if isinstance(b, ForeignBlock)})
     if foreign:
         return [], (f"no oracle decomposition: models of other libraries have no reference "
                     f"implementation (adapted modules: {', '.join(foreign)})")
     try:
-        return [decompose(model, x[:settings.samples], p, settings.reference)
+        return [decompose(model, x[:settings.samples], p, settings.reference, progress=progress)
                 for p in precisions], None
     except reference.UnknownLayerError as err:
         return [], f"no oracle decomposition: {err}"
@@ -118,7 +178,8 @@ def diagnose(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] = ("
              "float64"), directions: tuple[str, ...] = DIRECTIONS, tol: float | None = None,
              spectrum_samples: int = 8, spectrum_method: str = "auto", max_full_dim: int = 2048,
              attack: AttackSettings | None = AttackSettings(), seed: int = 0,
-             progress: bool = False, oracle: OracleSettings | None = None) -> Diagnosis:
+             progress: bool = False, oracle: OracleSettings | None = None,
+             allow_nonfinite: bool = False) -> Diagnosis:
     """Run the diagnostics of this package on ``model`` and the dataset ``x``.
 
     Args:
@@ -133,9 +194,15 @@ def diagnose(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] = ("
         attack: attack settings, or ``None`` for no attack; its precision defaults to the first
             of ``precisions``.
         seed: seed of the latent samples and of the attack's random directions.
-        progress: tqdm bars.
+        progress: a tqdm bar on stderr for every stage.
         oracle: settings of the oracle decomposition, or ``None`` (default) for none.
+        allow_nonfinite: diagnose data that holds NaN or Inf (those samples fail at
+            ``"input"``) instead of raising :class:`InputError`.
     """
+    require_block(model)
+    if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0:
+        raise InputError(
+            f"x must be a non-empty batch (B, ...) tensor, got {getattr(x, 'shape', type(x))}")
     if not precisions:
         raise InputError("precisions must name at least one precision")
     if spectrum_samples < 0:
@@ -150,13 +217,19 @@ def diagnose(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] = ("
     for d in directions:
         if d not in DIRECTIONS:
             raise InputError(f"directions must be among {list(DIRECTIONS)}, got {d!r}")
+    message = nonfinite_data_message(x)
+    if message and not allow_nonfinite:
+        raise InputError(message)
     inputs = {"x->z->x": x}
     if "z->x->z" in directions:
-        inputs["z->x->z"] = _latent_samples(model, x, seed)
+        inputs["z->x->z"] = _latent_samples(_output_shape(model, x), x.shape[0], seed)
+    else:
+        _output_shape(model, x)
     stats = [reconstruction_stats(model, inputs[d], p, d, tol, progress=progress)
              for p in precisions for d in directions]
-    result = Diagnosis(type(model).__name__, [type(b).__name__ for b in leaf_blocks(model)],
-                       tuple(x.shape[1:]), x.shape[0], stats)
+    result = Diagnosis(type(model).__name__, [type(b).__name__ for b in model.flat_blocks()],
+                       tuple(x.shape[1:]), x.shape[0], stats,
+                       non_finite_rows=non_finite_rows(x).tolist())
     if spectrum_samples > 0:
         result.spectrum = spectrum(model, x[:spectrum_samples], spectrum_method, max_full_dim,
                                    progress=progress)
@@ -164,24 +237,30 @@ def diagnose(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] = ("
         result.attack = invertibility_attack(
             model, x[:attack.samples], attack.radius, attack.bits, attack.step, attack.iterations,
             attack.precision or precisions[0], tol, progress, attack.levels, seed)
-    result.convergence = _convergence(model, x)
+    result.convergence = _convergence(model, x, progress)
     if oracle is not None:
-        result.decomposition, result.oracle_note = _oracle(model, x, precisions, oracle)
+        result.decomposition, result.oracle_note = _oracle(model, x, precisions, oracle, progress)
     return result
 
 
 def diagnosis_to_json(d: Diagnosis) -> dict:
     """The report as a JSON-ready dictionary (non-finite numbers as ``"inf"``/``"nan"``)."""
-    out: dict = {"model": d.model, "blocks": d.block_kinds, "sample_shape": list(d.sample_shape),
-                 "n_samples": d.n_samples, "reconstruction": []}
+    out: dict = {"model": d.model, "blocks": d.block_kinds,
+                 "data_shape": [d.n_samples, *d.sample_shape],
+                 "sample_shape": list(d.sample_shape), "n_samples": d.n_samples,
+                 "non_finite_rows": d.non_finite_rows, "reconstruction": []}
     for s in d.reconstruction:
+        counts = s.failure_counts()
         out["reconstruction"].append({
             "direction": s.direction, "precision": s.precision, "tol": s.tol, **s.summary(),
-            "first_failure_counts": s.failure_counts(),
-            "first_failing_block": s.first_failing_block,
+            "first_failure": s.first_failure,
+            "first_failure_samples": counts.get(s.first_failure, 0),
+            "first_failure_counts": counts,
+            "lowest_failing_block": s.lowest_failing_block,
             "errors": s.errors, "relative_errors": s.relative_errors,
-            "first_failure": [None if f is None else {"block": f.block, "kind": f.kind,
-                                                      "stage": f.stage} for f in s.failures],
+            "failure_per_sample": [None if f is None else {"block": f.block, "kind": f.kind,
+                                                           "stage": f.stage}
+                                   for f in s.failures],
         })
     if d.spectrum is not None:
         sp = d.spectrum
@@ -194,8 +273,8 @@ def diagnosis_to_json(d: Diagnosis) -> dict:
     if d.attack is not None:
         a = d.attack
         out["attack"] = {
-            "precision": a.precision, "radius": a.radius, "step": a.step,
-            "iterations": a.iterations, "tol": a.tol, "initial_errors": a.initial_errors,
+            "precision": a.precision, "samples": a.errors.numel(), "iterations": a.iterations,
+            "step": a.step, "radius": a.radius, "tol": a.tol, "initial_errors": a.initial_errors,
             "errors": a.errors, "flagged": a.flagged, "n_flagged": int(a.flagged.sum()),
             "n_flagged_at_start": int(a.flagged_at_start.sum()),
             "worst_index": a.worst_index, "worst_error": float(a.errors[a.worst_index]),
@@ -220,18 +299,36 @@ def _tensor_range(t: Tensor) -> str:
     return text + (f" ({bad} non-finite)" if bad else "")
 
 
+def _kind(s: ReconstructionStats, key: str) -> str:
+    """`` (AffineCoupling)`` for the key ``"1:inverse"``; nothing for ``"input"``."""
+    block = key.split(":")[0]
+    return f" ({s.block_kinds[int(block)]})" if block.isdigit() else ""
+
+
 def format_diagnosis(d: Diagnosis) -> str:
     """The report as plain text."""
-    lines = [f"model: {d.model}, {len(d.block_kinds)} leaf blocks, sample shape "
-             f"{d.sample_shape}, {d.n_samples} samples", "", "reconstruction (L2 error per "
-             "sample; mean/median/max over finite errors; NaN and Inf counted apart)"]
+    lines = [f"model: {d.model}, {len(d.block_kinds)} leaf blocks; data shape "
+             f"{(d.n_samples, *d.sample_shape)}: {d.n_samples} samples of shape {d.sample_shape}"]
+    if d.non_finite_rows:
+        rows = ", ".join(map(str, d.non_finite_rows[:5])) + (
+            ", ..." if len(d.non_finite_rows) > 5 else "")
+        n = len(d.non_finite_rows)
+        lines.append(f"the data hold NaN or Inf in {n} sample{'s' if n > 1 else ''} (row"
+                     f"{'s' if n > 1 else ''} {rows}): they fail at 'input'")
+    lines += ["", "reconstruction (L2 error per sample; mean/median/max over finite errors; NaN "
+              "and Inf counted apart)",
+              "first failures: where samples first fail, in execution order, the first one first",
+              "  (x->z->x: forward 0..L-1, then inverse L-1..0; z->x->z: inverse L-1..0, then "
+              "forward 0..L-1)"]
     head = f"  {'direction':<9} {'precision':<9} {'mean':>10} {'median':>10} {'max':>10} " \
-           f"{'% Inf':>7} {'% NaN':>7}  first failures (block:stage x samples)"
+           f"{'% Inf':>7} {'% NaN':>7}  first failures (block:stage (kind) x samples)"
     lines.append(head)
     for s in d.reconstruction:
         m = s.summary()
-        fails = ", ".join(f"{k} ({s.block_kinds[int(k.split(':')[0])]}) x{v}"
-                          for k, v in list(s.failure_counts().items())[:3]) or "none"
+        counts = list(s.failure_counts().items())
+        fails = ", ".join(f"{k}{_kind(s, k)} x{v}" for k, v in counts[:3]) or "none"
+        if len(counts) > 3:
+            fails += f", {len(counts) - 3} more steps (JSON)"
         lines.append(f"  {s.direction:<9} {s.precision:<9} {_num(m['mean']):>10} "
                      f"{_num(m['median']):>10} {_num(m['max']):>10} {m['pct_inf']:>7.2f} "
                      f"{m['pct_nan']:>7.2f}  {fails}")
@@ -248,10 +345,10 @@ def format_diagnosis(d: Diagnosis) -> str:
                   f"  cond inverse         {_tensor_range(sp.condition_inverse)}"]
     if d.attack is not None:
         a = d.attack
-        lines += ["", f"invertibility attack ({a.precision}, L-inf radius {a.radius:.3e}, step "
-                      f"{a.step:g}, {a.iterations} iterations): {int(a.flagged.sum())} of "
-                      f"{a.flagged.numel()} samples flagged ({int(a.flagged_at_start.sum())} "
-                      "at the start points)",
+        lines += ["", f"invertibility attack ({a.precision}, {a.flagged.numel()} samples, "
+                      f"{a.iterations} steps of size {a.step:g}, L-inf radius {a.radius:.3e}): "
+                      f"{int(a.flagged.sum())} of {a.flagged.numel()} samples flagged "
+                      f"({int(a.flagged_at_start.sum())} at the start points)",
                   f"  error at start       {_tensor_range(a.initial_errors)}",
                   f"  error after attack   {_tensor_range(a.errors)}",
                   f"  worst: sample {a.worst_index}, error {float(a.errors[a.worst_index]):.3e}, "

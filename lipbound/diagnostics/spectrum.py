@@ -221,23 +221,30 @@ class Spectrum:
         return self.inverse_sigma_max / self.inverse_sigma_min
 
 
-def _samples(n: int, desc: str, progress: bool):
-    """``range(n)``, under a tqdm bar when ``progress``."""
-    if not progress:
-        return range(n)
+def _bar(n: int, desc: str, progress: bool):
+    """A tqdm bar over ``n`` samples (disabled unless ``progress``)."""
     from tqdm import tqdm
 
-    return tqdm(range(n), desc=desc, unit="sample")
+    return tqdm(total=n, desc=desc, unit="sample", disable=not progress)
+
+
+#: Jacobian entries (float64) the full method forms at once: samples are batched up to this.
+FULL_BATCH_ENTRIES = 2**22
 
 
 def _full_spectrum(model: InvertibleBlock, x: Tensor, chunk_size: int | None, progress: bool
                    ) -> Spectrum:
+    d = x[0].numel()
+    per_batch = max(1, FULL_BATCH_ENTRIES // (d * d))
     fwd, inv = [], []
-    for b in _samples(x.shape[0], "Jacobian spectrum (full)", progress):
-        with torch.no_grad():
-            z = model(x[b:b + 1])
-        fwd.append(singular_values(model, x[b:b + 1], chunk_size))
-        inv.append(singular_values(model.inverse, z, chunk_size))
+    with _bar(x.shape[0], "Jacobian spectrum (full)", progress) as bar:
+        for s in range(0, x.shape[0], per_batch):
+            xb = x[s:s + per_batch]
+            with torch.no_grad():
+                z = model(xb)
+            fwd.append(singular_values(model, xb, chunk_size))
+            inv.append(singular_values(model.inverse, z, chunk_size))
+            bar.update(xb.shape[0])
     f, i = torch.cat(fwd), torch.cat(inv)
     return Spectrum("full", f[:, 0], f[:, -1], i[:, 0], i[:, -1], singular_values=f)
 
@@ -245,10 +252,12 @@ def _full_spectrum(model: InvertibleBlock, x: Tensor, chunk_size: int | None, pr
 def _matrix_free_spectrum(model: InvertibleBlock, x: Tensor, tol: float, progress: bool
                           ) -> Spectrum:
     rows = []
-    for b in _samples(x.shape[0], "Jacobian spectrum (matrix-free)", progress):
-        top = sigma_max(model, x[b], tol, seed=b)
-        low = sigma_min(model, x[b], tol, seed=b)
-        rows.append((top.value, low.value, top.rel_accuracy, low.rel_accuracy))
+    with _bar(x.shape[0], "Jacobian spectrum (matrix-free)", progress) as bar:
+        for b in range(x.shape[0]):
+            top = sigma_max(model, x[b], tol, seed=b)
+            low = sigma_min(model, x[b], tol, seed=b)
+            rows.append((top.value, low.value, top.rel_accuracy, low.rel_accuracy))
+            bar.update()
     smax, smin, acc_top, acc_low = torch.tensor(rows, dtype=torch.float64).unbind(dim=1)
     acc = torch.maximum(acc_top, acc_low)  # NaN if either is NaN
     return Spectrum("matrix_free", smax, smin, 1.0 / smin, 1.0 / smax, rel_accuracy=acc)

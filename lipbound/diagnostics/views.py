@@ -1,5 +1,6 @@
-"""Views of a model that the diagnostics share: its leaf blocks, its inverse as a model, a copy at
-a precision, the float tolerance used to call a reconstruction failed, and per-sample errors.
+"""Views of a model that the diagnostics share: the check that it is a block, its inverse as a
+model, a copy at a precision, the float tolerance used to call a reconstruction failed, per-sample
+errors, and the samples that hold NaN or Inf.
 """
 
 from __future__ import annotations
@@ -14,22 +15,19 @@ from ..blocks.numerics import per_sample_norm  # the one scaled norm, float64
 from ..errors import InputTypeError
 from ..precision import cast_model, torch_dtype
 
-__all__ = ["Inverted", "at_precision", "default_tol", "leaf_blocks", "mark_non_finite",
-           "per_sample_norm"]
+__all__ = ["Inverted", "at_precision", "default_tol", "mark_non_finite", "non_finite_rows",
+           "per_sample_norm", "require_block"]
 
 
-def leaf_blocks(model: InvertibleBlock) -> list[InvertibleBlock]:
-    """The leaf blocks of ``model`` in forward order (``[model]`` for a single block).
-
-    Containers (:class:`InvertibleSequential`, the adapted sequences of :mod:`lipbound.adapters`)
-    are expanded by their ``flat_blocks()``.
-    """
+def require_block(model: object) -> InvertibleBlock:
+    """``model`` itself; :class:`~lipbound.errors.InputTypeError` unless it is an
+    :class:`~lipbound.blocks.InvertibleBlock` (whose leaf blocks are ``model.flat_blocks()``)."""
     if not isinstance(model, InvertibleBlock):
         raise InputTypeError(
             f"model must be an InvertibleBlock, got {type(model).__name__}; wrap models of other "
             "libraries with lipbound.adapters.adapt"
         )
-    return model.flat_blocks()
+    return model
 
 
 class Inverted(InvertibleBlock):
@@ -42,9 +40,7 @@ class Inverted(InvertibleBlock):
 
     def __init__(self, model: InvertibleBlock) -> None:
         super().__init__()
-        if not isinstance(model, InvertibleBlock):
-            raise InputTypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
-        self.model = model
+        self.model = require_block(model)
 
     def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         return self.model._inverse(x, with_log_det)
@@ -54,7 +50,7 @@ class Inverted(InvertibleBlock):
 
     def flat_blocks(self) -> list[InvertibleBlock]:
         """``[F_L^-1, ..., F_1^-1]`` for ``F = F_L o ... o F_1``."""
-        blocks = leaf_blocks(self.model)
+        blocks = self.model.flat_blocks()
         if len(blocks) == 1:
             return [self]
         return [Inverted(b) for b in reversed(blocks)]
@@ -83,3 +79,8 @@ def mark_non_finite(errors: Tensor, rec: Tensor) -> Tensor:
     flat = rec.reshape(rec.shape[0], -1)
     errors = torch.where(torch.isinf(flat).any(dim=1), torch.full_like(errors, math.inf), errors)
     return torch.where(torch.isnan(flat).any(dim=1), torch.full_like(errors, math.nan), errors)
+
+
+def non_finite_rows(x: Tensor) -> Tensor:
+    """Indices of the samples (rows of the batch ``x``) that hold a NaN or an Inf."""
+    return torch.nonzero(~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)).flatten()
