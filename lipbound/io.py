@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .blocks import InvertibleBlock
+from .blocks import InvertibleBlock, require_block
 from .errors import InputError, InputTypeError
 
 __all__ = ["load_inputs", "load_model", "load_saved", "save_model"]
@@ -39,8 +39,7 @@ _MODEL_EXPECTED = "a model written by lipbound.io.save_model(model, path) (torch
 
 def save_model(model: InvertibleBlock, path: str | Path) -> None:
     """Write ``model`` so that :func:`load_model` and the ``lipbound`` commands can read it."""
-    if not isinstance(model, InvertibleBlock):
-        raise InputTypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
+    require_block(model)
     try:
         torch.save(model, Path(path))
     except (pickle.PicklingError, AttributeError, TypeError) as err:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from .blocks import InvertibleBlock
+from .blocks import require_block
 from .blocks.coupling import AdditiveCoupling, AffineCoupling
 from .blocks.linear import ActNorm, DiagonalScaling, Invertible1x1Conv
 from .blocks.ode import NeuralODE
 from .blocks.partition import ChannelPartition, MaskPartition
 from .blocks.reshape import Permutation, Squeeze
 from .blocks.residual import InvertibleResidual, SpectralNormConv2d, SpectralNormLinear
-from .errors import InputError, InputTypeError
+from .errors import InputError
 
 __all__ = ["infer_shape"]
 
@@ -44,8 +44,7 @@ def infer_shape(model: nn.Module) -> tuple[int, ...]:
     Raises :class:`~lipbound.errors.InputError` (asking for ``--shape``) for image models, which
     do not store their spatial size.
     """
-    if not isinstance(model, InvertibleBlock):
-        raise InputTypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
+    require_block(model)
     blocks = model.flat_blocks()
     for block in blocks:  # a mask or a stored conv input shape fixes the shape until a squeeze
         if isinstance(block, Squeeze):

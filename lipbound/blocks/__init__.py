@@ -1,6 +1,6 @@
 """The fast (torch) face of every invertible block; the contract is in :mod:`.base`."""
 
-from .base import ConvergenceInfo, InvertibleBlock
+from .base import ConvergenceInfo, InvertibleBlock, require_block
 from .builders import (
     coupling_mlp,
     figure1_chain,
@@ -63,4 +63,5 @@ __all__ = [
     "residual_conv",
     "residual_flow",
     "residual_mlp",
+    "require_block",
 ]

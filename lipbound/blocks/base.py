@@ -31,6 +31,7 @@ __all__ = [
     "InvertibleBlock",
     "check_dim1",
     "check_finite_parameters",
+    "require_block",
     "check_input",
     "sum_per_sample",
 ]
@@ -180,3 +181,14 @@ def zeros_log_det(x: Tensor) -> Tensor:
 def spatial_size(x: Tensor) -> int:
     """Number of spatial positions of an image batch, 1 for vectors."""
     return math.prod(x.shape[2:]) if x.dim() > 2 else 1
+
+
+def require_block(model: object, name: str = "model") -> InvertibleBlock:
+    """``model`` itself; :class:`~lipbound.errors.InputTypeError` naming ``name`` unless it is an
+    :class:`InvertibleBlock` (whose leaf blocks are ``model.flat_blocks()``)."""
+    if not isinstance(model, InvertibleBlock):
+        raise InputTypeError(
+            f"{name} must be an InvertibleBlock, got {type(model).__name__} (build models from "
+            "lipbound.blocks; wrap models of other libraries with lipbound.adapters.adapt)"
+        )
+    return model

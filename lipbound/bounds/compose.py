@@ -32,8 +32,8 @@ import torch
 from flint import arb
 from tqdm import tqdm
 
-from ..blocks.base import InvertibleBlock
-from ..errors import InputError, InputTypeError
+from ..blocks.base import InvertibleBlock, require_block
+from ..errors import InputError
 from .blocks import BlockContext, block_rule, shared_propagation
 from .evaluate import ball_lower, ball_upper, working_precision
 from .interval import Box
@@ -232,8 +232,7 @@ def bound_model(model: InvertibleBlock, shape: Sequence[int],
     if not shape or min(shape) < 1:
         raise InputError(f"shape must be a non-empty per-sample shape of positive sizes, "
                          f"got {shape}")
-    if not isinstance(model, InvertibleBlock):
-        raise InputTypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
+    require_block(model)
     blocks = model.flat_blocks()
     shapes = [shape]
     for block in blocks:

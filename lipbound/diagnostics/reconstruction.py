@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..blocks import InvertibleBlock
+from ..blocks import InvertibleBlock, require_block
 from ..errors import InputError
 from ..precision import torch_dtype
 from .views import (
@@ -43,7 +43,6 @@ from .views import (
     default_tol,
     mark_non_finite,
     per_sample_norm,
-    require_block,
 )
 
 __all__ = [

@@ -27,7 +27,7 @@ from torch import Tensor
 import reference
 
 from ..adapters.base import ForeignBlock
-from ..blocks import InvertibleBlock
+from ..blocks import InvertibleBlock, require_block
 from ..errors import InputError, LipboundError
 from ..jsonio import jsonable
 from ..precision.decompose import Decomposition, decompose, format_decomposition
@@ -35,7 +35,7 @@ from ..precision.names import parse_precision
 from .attack import AttackResult, invertibility_attack
 from .reconstruction import DIRECTIONS, ReconstructionStats, reconstruction_stats
 from .spectrum import Spectrum, spectrum
-from .views import at_precision, non_finite_rows, require_block
+from .views import at_precision, non_finite_rows
 
 __all__ = [
     "AttackSettings",

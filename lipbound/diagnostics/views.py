@@ -10,24 +10,13 @@ import math
 import torch
 from torch import Tensor
 
-from ..blocks import InvertibleBlock
+from ..blocks import InvertibleBlock, require_block
 from ..blocks.numerics import per_sample_norm  # the one scaled norm, float64
-from ..errors import InputTypeError
 from ..precision import cast_model, torch_dtype
 
 __all__ = ["Inverted", "at_precision", "default_tol", "mark_non_finite", "non_finite_rows",
-           "per_sample_norm", "require_block"]
+           "per_sample_norm"]
 
-
-def require_block(model: object) -> InvertibleBlock:
-    """``model`` itself; :class:`~lipbound.errors.InputTypeError` unless it is an
-    :class:`~lipbound.blocks.InvertibleBlock` (whose leaf blocks are ``model.flat_blocks()``)."""
-    if not isinstance(model, InvertibleBlock):
-        raise InputTypeError(
-            f"model must be an InvertibleBlock, got {type(model).__name__}; wrap models of other "
-            "libraries with lipbound.adapters.adapt"
-        )
-    return model
 
 
 class Inverted(InvertibleBlock):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..blocks import InvertibleBlock
+from ..blocks import InvertibleBlock, require_block
 from ..errors import InputError, InputTypeError
 from .memory import MemorySaving, MemorySavingWarning, fork_rng, rng_state, set_rng_state
 
@@ -98,8 +98,7 @@ def gradient_agreement(model: InvertibleBlock,
     """
     if isinstance(model, MemorySaving):
         model = model.model
-    if not isinstance(model, InvertibleBlock):
-        raise InputTypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
+    require_block(model)
     if not callable(loss_fn):
         raise InputTypeError(f"loss_fn must be callable as loss_fn(net, batch), got {loss_fn!r}")
     params = [p for p in model.parameters() if p.requires_grad]

@@ -82,7 +82,7 @@ from ..blocks import (
     SpectralNormConv2d,
     SpectralNormLinear,
 )
-from ..blocks.base import zeros_log_det
+from ..blocks.base import require_block, zeros_log_det
 from ..blocks.coupling import _Coupling
 from ..blocks.residual import frozen_spectral_norm
 from ..errors import InputError, InputTypeError, LipboundError
@@ -370,11 +370,7 @@ class MemorySaving(InvertibleBlock):
     def __init__(self, model: InvertibleBlock, policy: str = "fallback", tol: float | None = None,
                  check_every: int = 10, preserve_rng: bool | None = None) -> None:
         super().__init__()
-        if not isinstance(model, InvertibleBlock):
-            raise InputTypeError(
-                f"model must be an InvertibleBlock (for example an InvertibleSequential), got "
-                f"{type(model).__name__}; wrap other models with lipbound.adapters first"
-            )
+        require_block(model)
         if policy not in POLICIES:
             raise InputError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
         if tol is not None and not tol > 0:

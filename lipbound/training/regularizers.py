@@ -40,9 +40,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..blocks import InvertibleBlock
+from ..blocks import InvertibleBlock, require_block
 from ..blocks.base import sum_per_sample
-from ..errors import InputError, InputTypeError
+from ..errors import InputError
 
 __all__ = ["DIRECTIONS", "FDResult", "fd_regularizer", "unit_directions"]
 
@@ -103,8 +103,7 @@ def fd_regularizer(model: InvertibleBlock, x: Tensor, eps: float = 0.1, coeff: f
         batched: pass clean and perturbed inputs through ``F`` as one batch.
         generator: random generator for the directions (on ``x``'s device).
     """
-    if not isinstance(model, InvertibleBlock):
-        raise InputTypeError(f"model must be an InvertibleBlock, got {type(model).__name__}")
+    require_block(model)
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise InputError("x must be a floating-point tensor of shape (batch, ...)")
     if not eps > 0:
