@@ -15,7 +15,6 @@ Then the same for the whole model. Non-finite errors are reported as ``inf``/``n
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -182,6 +181,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-jacobian-dim", type=int, default=4096, metavar="D",
                    help="skip the log-det check above this per-sample dimension (default: 4096)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON (default: no JSON)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a tqdm bar over the blocks on stderr)")
 
 
 def _model_shape(model: InvertibleBlock, shape: list[int] | None) -> tuple[int, ...]:
@@ -202,6 +203,8 @@ def run(args) -> int:
     """Run ``lipbound check``."""
     if args.batch < 1:
         raise InputError(f"--batch must be >= 1, got {args.batch}")
+    for name in args.precision:
+        torch_dtype(name, "--precision")
     if args.shape is not None and any(n < 1 for n in args.shape):
         raise InputError(f"--shape must be positive integers, got {' '.join(map(str, args.shape))}")
     torch.manual_seed(args.seed)
@@ -218,7 +221,7 @@ def run(args) -> int:
                 f"hidden {args.hidden}, input {shape}")
     x = torch.randn((args.batch, *shape), dtype=torch.float64)
     rows = check_model(model, x, tuple(args.precision), args.max_jacobian_dim,
-                       progress=sys.stderr.isatty())
+                       progress=not args.no_progress)
     print(f"lipbound check: {desc}; batch {args.batch}, seed {args.seed}")
     print("round trip = max over the batch of ||x - F^-1(F(x))|| / ||x||; log-det error = max "
           "|log|det J| - slogdet(autograd J)| in float64")

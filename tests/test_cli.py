@@ -118,10 +118,10 @@ def test_every_check_option_has_help_with_its_default():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
-    assert len(options) == 11
+    assert len(options) == 12
     for action in options:
         assert action.help and "(default: " in action.help, action.option_strings
-        if action.default is not None:  # the stated default is the real one
+        if action.default not in (None, False):  # the stated default is the real one
             shown = action.default if not isinstance(action.default, list) else " ".join(
                 map(str, action.default))
             assert f"(default: {shown}" in action.help, action.option_strings
@@ -202,3 +202,13 @@ def test_example_out_must_be_a_folder(tmp_path, capsys):
         main(["example", "nosuch"])
     assert exc.value.code == 2
     assert "invalid choice: 'nosuch'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["check", "--precision", "float8"], "--precision"),
+    (["check", "--precision", "mp:24"], "--precision"),
+])
+def test_check_names_the_precision_option(argv, option, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{option} must be one of float16, bfloat16, float32 or float64" in err

@@ -268,12 +268,12 @@ def test_diagnose_cli_bad_numbers_are_clear_errors(tmp_path, capsys):
                              (["--grid", "1"], "--grid must be >= 2, got 1"),
                              (["--bits", "0"], "--bits must be >= 1, got 0"),
                              (["--max-full-dim", "0"], "--max-full-dim must be >= 1, got 0"),
-                             (["--spectrum-samples", "-1"], "spectrum_samples must be >= 0"),
-                             (["--attack-samples", "-2"], "attack.samples must be >= 0"),
+                             (["--spectrum-samples", "-1"], "--spectrum-samples must be >= 0"),
+                             (["--attack-samples", "-2"], "--attack-samples must be >= 0, got -2"),
                              (["--reference", "arb:64", "--reference-samples", "0"],
-                              "oracle.samples must be >= 1"),
+                              "--reference-samples must be >= 1, got 0"),
                              (["--reference", "float32", "--attack-samples", "0"],
-                              "oracle.reference must be 'arb:<bits>' or 'mp:<bits>'"),
+                              "--reference must be one of mp:<bits> or arb:<bits>"),
                              (["--threads", "0"], "--threads must be >= 1, got 0")]:
         argv = ["diagnose", str(tmp_path / "f.pt"), "checkerboard:4", *options]
         assert main(argv) == 2, options
@@ -407,3 +407,16 @@ def test_diagnose_names_the_batch_shape_a_foreign_model_refuses(capsys):
                                          r"RuntimeError") as err:
         diagnose(flow, torch.ones(4, 3), spectrum_samples=0, attack=None)
     assert "(1, 3)" not in str(err.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--reference", "mp:abc"], "--reference must be one of mp:<bits> or arb:<bits>"),
+    (["--reference", "float32"], "--reference must be one of mp:<bits> or arb:<bits>"),
+    (["--precision", "mp:24"], "--precision must be one of float16, bfloat16, float32 or float64"),
+])
+def test_diagnose_names_the_precision_options(tmp_path, capsys, argv, message):
+    save_model(figure1_chain(2, "affine"), tmp_path / "m.pt")
+    torch.save(torch.ones(2, 2, dtype=torch.float64), tmp_path / "x.pt")
+    assert main(["diagnose", str(tmp_path / "m.pt"), str(tmp_path / "x.pt"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="FILE",
                         help="write the report to FILE (default: print it)")
     parser.add_argument("--progress", action="store_true",
-                        help="show progress bars on stderr (default: off)")
+                        help="show progress bars on stderr (default: on; kept for old scripts)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (default: bars on stderr)")
 
 
 def bounds_for(source: str, box: Sequence[float] | None = None,
@@ -63,7 +65,7 @@ def bounds_for(source: str, box: Sequence[float] | None = None,
 
 def run(args: argparse.Namespace) -> int:
     """Print (or write) the report; 1 when a bound is refused."""
-    net = bounds_for(args.source, args.box, args.output_box, args.shape, args.progress)
+    net = bounds_for(args.source, args.box, args.output_box, args.shape, not args.no_progress)
     text = format_report(net, args.format)
     if args.output:
         Path(args.output).write_text(text + "\n")

@@ -22,6 +22,7 @@ from ..adapters import adapt
 from ..errors import InputError
 from ..io import load_inputs, load_saved
 from ..jsonio import dump_json
+from ..precision.names import parse_precision
 from .data import checkerboard, load_digits
 from .histogram import plot_error_histograms
 from .maps import grid_maps, plot_grid_maps
@@ -140,12 +141,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse option values the diagnostics cannot use, naming the option."""
+    for name in args.precision:
+        parse_precision(name, ("torch",), "--precision")
+    if args.reference is not None:
+        parse_precision(args.reference, ("mp", "arb"), "--reference")
     positive = {"--attack-step": args.attack_step, "--lim": args.lim, "--radius": args.radius,
                 "--tol": args.tol}
     for option, value in positive.items():
         if value is not None and not (math.isfinite(value) and value > 0):
             raise InputError(f"{option} must be a finite number > 0, got {value}")
     at_least = {"--attack-steps": (args.attack_steps, 0), "--grid": (args.grid, 2),
+                "--spectrum-samples": (args.spectrum_samples, 0),
+                "--attack-samples": (args.attack_samples, 0),
+                "--reference-samples": (args.reference_samples, 1),
                 "--bits": (args.bits, 1), "--max-full-dim": (args.max_full_dim, 1)}
     for option, (value, low) in at_least.items():
         if value is not None and value < low:

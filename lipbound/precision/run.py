@@ -58,16 +58,12 @@ class Run:
 
 def _torch_run(model: InvertibleBlock, x: Tensor, inverse: bool, trace: bool
                ) -> tuple[Tensor, list[Tensor]]:
-    steps: list[Tensor] = []
+    """The run's output and, when ``trace``, every leaf block's output (the blocks' own trace)."""
     with torch.no_grad():
         if not trace:
-            return (model.inverse(x) if inverse else model(x)), steps
-        blocks = model.flat_blocks()
-        v = x
-        for b in (reversed(blocks) if inverse else blocks):
-            v = b.inverse(v) if inverse else b(v)
-            steps.append(v)
-        return v, steps
+            return (model.inverse(x) if inverse else model(x)), []
+        steps = (model.trace_inverse(x) if inverse else model.trace_forward(x))[1:]
+        return (steps[-1] if steps else x), steps
 
 
 def _float_run(model: InvertibleBlock, x: Tensor, p: Precision, inverse: bool, trace: bool,
