@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "rounding-versus-instability decomposition of a model against the oracle"),
     "sweep": ("lipbound.precision.sweep_cli",
               "the paper's Figure 1 depth sweep: PNG, CSV, table (and --json)"),
+    "train": ("lipbound.training.cli", "train a preset or config with the stability monitor"),
 }
 
 #: What the command reports as a one-line error (exit 2); anything else is a bug in lipbound and
