@@ -39,12 +39,39 @@ def _apply(net: nn.Module, cond: Tensor, active: Tensor, name: str) -> Tensor:
 
 
 class _Coupling(InvertibleBlock):
+    """Shared structure of eqs. 3 and 4: the sub-networks read only ``I_1``, which the block
+    passes unchanged, so ``x_{I1} = y_{I1}`` and the sub-network outputs (:meth:`conditioner`) are
+    the same from either side. :meth:`couple` maps the active part given them, both ways; the
+    memory-saving backward (:mod:`lipbound.training.memory`) uses this to invert a block and
+    rebuild its graph with one evaluation of the sub-networks."""
+
     def __init__(self, partition: Partition, t: nn.Module | float) -> None:
         super().__init__()
         if not isinstance(partition, Partition):
             raise InputTypeError(f"partition must be a Partition, got {type(partition).__name__}")
         self.partition = partition
         self.t = as_subnet(t, "t")
+
+    def conditioner(self, z: Tensor) -> tuple[Tensor, ...]:
+        """The sub-network outputs from the conditioning part ``z_{I1}`` of ``z`` (``x`` or
+        ``y``)."""
+        raise NotImplementedError
+
+    def couple(self, z2: Tensor, cond: tuple[Tensor, ...], inverse: bool,
+               with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        """The active part mapped forward (``x_{I2} -> y_{I2}``) or back, given
+        ``cond = conditioner(.)``, and the log-determinant of that direction."""
+        raise NotImplementedError
+
+    def _map(self, z: Tensor, inverse: bool, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        z2, ld = self.couple(self.partition.active(z), self.conditioner(z), inverse, with_log_det)
+        return self.partition.combine(z, z2), ld
+
+    def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        return self._map(x, False, with_log_det)
+
+    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        return self._map(y, True, with_log_det)
 
 
 class AdditiveCoupling(_Coupling):
@@ -55,17 +82,14 @@ class AdditiveCoupling(_Coupling):
         t: the translation sub-network, or a number for a constant translation.
     """
 
-    def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+    def conditioner(self, z: Tensor) -> tuple[Tensor, ...]:
         p = self.partition
-        x2 = p.active(x)
-        y = p.combine(x, x2 + _apply(self.t, p.cond(x), x2, "t"))
-        return y, zeros_log_det(x) if with_log_det else None
+        return (_apply(self.t, p.cond(z), p.active(z), "t"),)
 
-    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
-        p = self.partition
-        y2 = p.active(y)
-        x = p.combine(y, y2 - _apply(self.t, p.cond(y), y2, "t"))
-        return x, zeros_log_det(y) if with_log_det else None
+    def couple(self, z2: Tensor, cond: tuple[Tensor, ...], inverse: bool,
+               with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        (t,) = cond
+        return z2 - t if inverse else z2 + t, zeros_log_det(z2) if with_log_det else None
 
 
 class AffineCoupling(_Coupling):
@@ -85,21 +109,21 @@ class AffineCoupling(_Coupling):
         self.s = as_subnet(s, "s")
         self.scale = make_scale(scale)
 
-    def _scale_shift(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def conditioner(self, z: Tensor) -> tuple[Tensor, ...]:
+        """``(h, g(h), t)`` with ``h = s(z_{I1})`` expanded to the active part's shape."""
         p = self.partition
         c, z2 = p.cond(z), p.active(z)
         h = _apply(self.s, c, z2, "s").expand_as(z2)
-        return z2, h, self.scale(h), _apply(self.t, c, z2, "t")
+        return h, self.scale(h), _apply(self.t, c, z2, "t")
 
-    def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
-        x2, h, g, t = self._scale_shift(x)
-        y = self.partition.combine(x, x2 * g + t)
-        return y, self.partition.sum_active(self.scale.log_abs(h)) if with_log_det else None
-
-    def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
-        y2, h, g, t = self._scale_shift(y)
-        x = self.partition.combine(y, (y2 - t) / g)
-        return x, -self.partition.sum_active(self.scale.log_abs(h)) if with_log_det else None
+    def couple(self, z2: Tensor, cond: tuple[Tensor, ...], inverse: bool,
+               with_log_det: bool) -> tuple[Tensor, Tensor | None]:
+        h, g, t = cond
+        out = (z2 - t) / g if inverse else z2 * g + t
+        if not with_log_det:
+            return out, None
+        ld = self.partition.sum_active(self.scale.log_abs(h))
+        return out, -ld if inverse else ld
 
     @property
     def has_constant_scale(self) -> bool:

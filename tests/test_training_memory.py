@@ -1,0 +1,372 @@
+"""Memory-saving gradients against ordinary autograd, the self-check and its policies, memcnn."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from lipbound.blocks import (
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    DiagonalScaling,
+    Invertible1x1Conv,
+    InvertibleResidual,
+    InvertibleSequential,
+    NeuralODE,
+    ODEFunc,
+    Permutation,
+    Squeeze,
+    checkerboard,
+    conv_subnet,
+    coupling_mlp,
+    glow_like,
+    halves,
+    mlp,
+    randomize_parameters,
+)
+from lipbound.blocks.residual import residual_mlp
+from lipbound.errors import InputError, InputTypeError
+from lipbound.training import (
+    MemorySavingError,
+    MemorySavingWarning,
+    fd_regularizer,
+    gradient_agreement,
+    memory_saving,
+    nf_loss,
+)
+
+RTOL = 1e-10
+
+
+def _noisy(model, std=0.1, seed=1):
+    return randomize_parameters(model, std, torch.Generator().manual_seed(seed))
+
+
+def _images(shape, n=3, seed=2):
+    return torch.randn((n,) + tuple(shape), generator=torch.Generator().manual_seed(seed))
+
+
+def _weights(like, seed):
+    return torch.randn(like.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _loss(net, x, what):
+    """A loss that reaches every output the memory-saving pass differentiates."""
+    z, ld = net.forward_and_log_det(x)
+    if what == "map":
+        return (net(x) * _weights(z, 3)).sum()
+    if what == "log_det":
+        return (z * _weights(z, 3)).sum() + (ld * _weights(ld, 4)).sum()
+    if what == "inverse":
+        y = z + 0.01 * _weights(z, 5)
+        x_rec, ld_inv = net.inverse_and_log_det(y)
+        return (x_rec * _weights(x_rec, 6)).sum() + (ld_inv * _weights(ld_inv, 7)).sum()
+    if what == "fd":
+        fd = fd_regularizer(net, x, coeff=0.5, generator=torch.Generator().manual_seed(8))
+        return fd.loss + (fd.z * _weights(fd.z, 9)).sum()
+    raise AssertionError(what)
+
+
+def _grads(net, params, x, what):
+    x = x.clone().requires_grad_()
+    return torch.autograd.grad(_loss(net, x, what), [x, *params], allow_unused=True)
+
+
+def assert_same_gradients(model, x, what, rtol=RTOL, **kwargs):
+    twin = copy.deepcopy(model)  # same state (spectral norms advance in training mode)
+    ref = _grads(twin, list(twin.parameters()), x, what)
+    wrapped = memory_saving(model, policy="raise", **kwargs)
+    params = list(model.parameters())
+    got = _grads(wrapped, params, x, what)
+    assert any(g is not None for g in ref[1:]) or not params
+    for i, (a, b) in enumerate(zip(ref, got)):
+        if a is None:
+            assert b is None or float(b.abs().max()) == 0, i
+            continue
+        err = float((a - b).norm())
+        assert err <= rtol * float(a.norm()) + 1e-300, (i, err, float(a.norm()))
+    assert wrapped.fallbacks == 0 and wrapped.last_check.passed
+    return wrapped
+
+
+def _single(block):
+    return InvertibleSequential(block)
+
+
+def _blocks():
+    """(name, model builder, per-sample input shape) for every analytic block type (built in the
+    test, under its float64 default)."""
+    def gen():
+        return torch.Generator().manual_seed(0)
+
+    return [
+        ("additive_mlp", lambda: _single(AdditiveCoupling(halves(4), mlp(2, 2, 8, 1, "tanh"))),
+         (4,)),
+        ("additive_conv", lambda: _single(AdditiveCoupling(halves(4), conv_subnet(2, 2, 4))),
+         (4, 4, 4)),
+        ("additive_checkerboard", lambda: _single(AdditiveCoupling(
+            checkerboard((2, 4, 4)), conv_subnet(2, 2, 4))), (2, 4, 4)),
+        ("affine_sigmoid", lambda: _single(AffineCoupling(
+            halves(4), mlp(2, 2, 8, 1, "tanh"), mlp(2, 2, 8, 1, "tanh"))), (4,)),
+        ("affine_modified", lambda: _single(AffineCoupling(
+            halves(4), mlp(2, 2, 8, 1), mlp(2, 2, 8, 1), "modified")), (4,)),
+        ("affine_exp_checkerboard", lambda: _single(AffineCoupling(
+            checkerboard((4,)), mlp(4, 4, 8, 1, "tanh"), mlp(4, 4, 8, 1, "tanh"), "exp")), (4,)),
+        ("affine_conv", lambda: _single(AffineCoupling(
+            halves(4), conv_subnet(2, 2, 4), conv_subnet(2, 2, 4))), (4, 4, 4)),
+        ("actnorm", lambda: _single(ActNorm(3)), (3, 4, 4)),
+        ("diagonal", lambda: _single(DiagonalScaling(torch.rand(4) + 0.5)), (4,)),
+        ("conv1x1", lambda: _single(Invertible1x1Conv(4, generator=gen())), (4, 3, 3)),
+        ("conv1x1_lu", lambda: _single(Invertible1x1Conv(4, lu=True, generator=gen())), (4,)),
+        ("permutation", lambda: _single(Permutation(5, "random", seed=3)), (5,)),
+        ("squeeze", lambda: InvertibleSequential(Squeeze(2), ActNorm(8)), (2, 4, 4)),
+        ("glow_like", lambda: glow_like((2, 8, 8), 2, 2, 8, "affine", "lu"), (2, 8, 8)),
+        ("glow_like_additive", lambda: glow_like((2, 4, 4), 1, 3, 8, "additive", "1x1conv"),
+         (2, 4, 4)),
+        ("coupling_mlp", lambda: coupling_mlp(4, 6, 16, "affine", actnorm=True), (4,)),
+    ]
+
+
+@pytest.mark.parametrize("what", ["map", "log_det", "inverse", "fd"])
+@pytest.mark.parametrize("case", _blocks(), ids=lambda c: c[0])
+def test_gradients_equal_autograd(case, what):
+    _, build, shape = case
+    model = _noisy(build()).train()
+    assert_same_gradients(model, _images(shape), what)
+
+
+@pytest.mark.parametrize("what", ["map", "log_det", "inverse"])
+def test_iterative_blocks_keep_their_input(what):
+    model = _noisy(InvertibleSequential(
+        ActNorm(2), InvertibleResidual(residual_mlp(2, 8, 1, 0.5), tol=1e-14),
+        AffineCoupling(halves(2), mlp(1, 1, 8, 1, "tanh"), mlp(1, 1, 8, 1, "tanh")),
+        NeuralODE(ODEFunc(2, 8, 1), T=0.5, steps=4), AdditiveCoupling(halves(2, True), 0.3),
+    ), 0.05)
+    wrapped = assert_same_gradients(model, _images((2,), 5), what)
+    # the blocks that keep their input are checkpoints: their output's reconstruction is measured
+    assert {1, 3} <= set(wrapped.last_check.block_errors)
+
+
+def test_saved_activations_do_not_grow_with_depth():
+    def saved_bytes(depth, wrap):
+        model = _noisy(coupling_mlp(4, depth, 16, "affine", actnorm=True))
+        net = memory_saving(model) if wrap else model
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            z, ld = net.forward_and_log_det(_images((4,), 16))
+        (z.sum() + ld.sum()).backward()
+        return sum(sizes)
+
+    assert saved_bytes(2, True) == saved_bytes(16, True) == 2 * 16 * 4 * 8
+    assert saved_bytes(16, False) > 4 * saved_bytes(2, False)
+
+
+def test_gradients_arrive_through_autograd_hooks_and_optimizers():
+    model = _noisy(coupling_mlp(4, 4, 8, "affine"))
+    net = memory_saving(model)
+    assert list(net.parameters()) == list(model.parameters())
+    seen = []
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(lambda p: seen.append(p))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    z, ld = net.forward_and_log_det(_images((4,), 8))
+    (0.5 * (z**2).sum() - ld.sum()).backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    assert len(seen) == len(before)
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_actnorm_initialises_in_the_forward_before_memory_saving():
+    def fresh():
+        torch.manual_seed(5)
+        return glow_like((2, 4, 4), 1, 2, 4, "affine", "1x1conv").train()
+
+    x = _images((2, 4, 4), 6) * 3 + 1
+    plain, wrapped_model = fresh(), fresh()
+    plain(x)  # data-dependent initialisation
+    net = memory_saving(wrapped_model, policy="raise")
+    params = list(wrapped_model.parameters())
+    got = _grads(net, params, x, "log_det")
+    for a, b in zip(plain.state_dict().values(), wrapped_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    ref = _grads(plain, list(plain.parameters()), x, "log_det")
+    for a, b in zip(ref, got):
+        assert float((a - b).norm()) <= RTOL * float(a.norm())
+    fresh_net = memory_saving(fresh())
+    with pytest.raises(InputError, match="ActNorm layers are not initialised"):
+        fresh_net.inverse(x.requires_grad_())
+
+
+def _dropout_model():
+    def net():
+        return nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 2))
+    return InvertibleSequential(*[AffineCoupling(halves(4, flip=i % 2 == 1), net(), net())
+                                  for i in range(4)]).train()
+
+
+def test_dropout_masks_are_replayed():
+    model = _noisy(_dropout_model())
+    params, x = list(model.parameters()), _images((4,), 8)
+    torch.manual_seed(11)
+    ref = _grads(model, params, x, "log_det")
+    after_ref = torch.rand(3)
+    net = memory_saving(model, policy="raise")
+    torch.manual_seed(11)
+    got = _grads(net, params, x, "log_det")
+    after_got = torch.rand(3)
+    for a, b in zip(ref, got):
+        assert float((a - b).norm()) <= RTOL * float(a.norm())
+    torch.testing.assert_close(after_ref, after_got)  # the caller's RNG stream is unchanged
+    # without replay the reconstruction uses other masks and the check catches it
+    torch.manual_seed(11)
+    off = memory_saving(model, preserve_rng=False)
+    _grads(off, params, x, "log_det")
+    assert off.fallbacks == 1
+
+
+class _Pick(nn.Module):
+    """Every other output of a shared memcnn sub-network (its adapter's scale or shift)."""
+
+    def __init__(self, net: nn.Module, start: int) -> None:
+        super().__init__()
+        self.net, self.start = net, start
+
+    def forward(self, x):
+        return self.net(x)[:, self.start::2]
+
+
+def _memcnn_case(seed=0, d=8, n_blocks=8, batch=64):
+    """memcnn's AffineCoupling with AffineAdapterSigmoid (8 blocks, d = 8, inputs x100), and the
+    same map as lipbound couplings sharing its sub-networks: each memcnn block is
+    ``y1 = x1 * sigmoid(Fm(x2)_odd + 2) + Fm(x2)_even``, then the same for ``x2`` from ``y1``."""
+    memcnn = pytest.importorskip("memcnn")
+    torch.manual_seed(seed)
+    couplings = [memcnn.AffineCoupling(nn.Sequential(nn.Linear(d // 2, 32), nn.ReLU(),
+                                                     nn.Linear(32, d)),
+                                       adapter=memcnn.AffineAdapterSigmoid)
+                 for _ in range(n_blocks)]
+    blocks = []
+    for c in couplings:
+        for net, flip in ((c.Fm.f, True), (c.Gm.f, False)):
+            blocks.append(AffineCoupling(halves(d, flip=flip), _Pick(net, 0), _Pick(net, 1)))
+    x = 100 * torch.randn(batch, d, generator=torch.Generator().manual_seed(seed + 1))
+    return couplings, InvertibleSequential(*blocks), x
+
+
+def _nan_fraction(tensors):
+    return sum(int(torch.isnan(t).sum()) for t in tensors) / sum(t.numel() for t in tensors)
+
+
+def _square_loss_grads(net, params, x):
+    x = x.clone().requires_grad_()
+    return torch.autograd.grad((net(x) ** 2).sum(), [x, *params])
+
+
+def test_memcnn_affine_sigmoid_case_falls_back_to_true_gradients():
+    couplings, model, x = _memcnn_case()
+    params = list(model.parameters())
+    ref = _square_loss_grads(model, params, x)
+    assert _nan_fraction(ref) == 0
+    net = memory_saving(model)
+    got = _square_loss_grads(net, params, x)
+    assert net.fallbacks == 1 and not net.last_check.passed and net.last_check.fell_back
+    for a, b in zip(ref, got):
+        assert float((a - b).norm()) <= RTOL * float(a.norm())
+    # the raw memory-saving gradient is what the check prevented
+    with pytest.warns(MemorySavingWarning, match=r"block \d+ \(AffineCoupling\)"):
+        raw = _square_loss_grads(memory_saving(model, policy="warn"), params, x)
+    assert max(float((a - b).norm() / a.norm()) if torch.isfinite(b).all() else 1.0
+               for a, b in zip(ref, raw)) > 1e-3
+
+
+def test_memcnn_affine_sigmoid_case_raises_naming_the_block():
+    _, model, x = _memcnn_case()
+    net = memory_saving(model, policy="raise")
+    with pytest.raises(MemorySavingError, match=r"block (\d+) \(AffineCoupling\) reconstructed "
+                                                r"its input with relative error"):
+        _square_loss_grads(net, list(model.parameters()), x)
+
+
+def _backward_grads(net, params, x):
+    """Gradients through ``.backward()`` (memcnn's wrapper refuses ``torch.autograd.grad``)."""
+    x = x.clone().requires_grad_()
+    for p in params:
+        p.grad = None
+    (net(x) ** 2).sum().backward()
+    return [x.grad] + [p.grad for p in params]
+
+
+def test_memcnn_itself_returns_nan_gradients_silently():
+    memcnn = pytest.importorskip("memcnn")
+    couplings, model, x = _memcnn_case()
+    wrapped = nn.Sequential(*[memcnn.InvertibleModuleWrapper(c, keep_input=False,
+                                                             keep_input_inverse=False)
+                              for c in couplings])
+    plain = nn.Sequential(*couplings)
+    params = list(plain.parameters())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        memsave = _backward_grads(wrapped, params, x)
+    assert not [w for w in caught if "nan" in str(w.message).lower()]
+    true = _backward_grads(plain, params, x)
+    assert _nan_fraction(true) == 0
+    # most parameter and input gradients come back NaN, with no error
+    assert _nan_fraction(memsave[1:]) > 0.3 and _nan_fraction(memsave[:1]) > 0.3
+    # the lipbound model is the same map: same true gradients
+    ref = _square_loss_grads(model, list(model.parameters()), x)
+    torch.testing.assert_close(ref[0], true[0], rtol=1e-12, atol=0)
+
+
+def test_gradient_agreement_marks_nan_and_flags_failures():
+    _, model, x = _memcnn_case()
+    batches = [x / 100, x]
+    out = gradient_agreement(model, lambda net, b: (net(b) ** 2).sum(), batches)
+    assert len(out.angles_deg) == len(out.rel_norm_diffs) == 2
+    assert out.angles_deg[0] < 1e-6 and out.rel_norm_diffs[0] < 1e-10
+    assert out.check_failed == [False, True]
+    assert out.memsave_nonfinite[1] or out.angles_deg[1] > 1
+    assert out.summary()["batches"] == 2 and out.summary()["check_failures"] == 1
+    good = _noisy(coupling_mlp(4, 4, 8))
+    agree = gradient_agreement(good, lambda net, b: nf_loss(net, b).loss, [_images((4,), 8)])
+    assert agree.angles_deg[0] < 1e-6 and not agree.check_failed[0]
+
+
+def test_tolerance_and_schedule():
+    model = _noisy(coupling_mlp(4, 4, 8, "affine"))
+    net = memory_saving(model, check_every=2)
+    x = _images((4,), 4).requires_grad_()
+    for k in range(1, 4):
+        net(x).sum().backward()
+        assert bool(net.last_check.block_errors) == (k % 2 == 0)
+        assert net.last_check.input_error < 1e-14
+    tight = memory_saving(model, tol=1e-300)  # every rounding error fails
+    tight(x).sum().backward()
+    assert tight.fallbacks == 1 and tight.failures == 1
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"policy": "ignore"}, InputError, "policy must be one of"),
+    ({"tol": 0.0}, InputError, "tol must be a positive number"),
+    ({"check_every": -1}, InputError, "check_every must be an integer >= 0"),
+    ({"preserve_rng": "yes"}, InputTypeError, "preserve_rng must be"),
+])
+def test_bad_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        memory_saving(coupling_mlp(4, 2, 8), **kwargs)
+
+
+def test_bad_model():
+    with pytest.raises(InputTypeError, match="model must be an InvertibleBlock"):
+        memory_saving(nn.Linear(2, 2))
