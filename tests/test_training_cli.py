@@ -24,6 +24,7 @@ def test_preset_smoke_run_writes_log_checkpoint_model(tmp_path, capsys, preset):
     text = capsys.readouterr().out
     assert f"lipbound train: {preset} -> {out}: done at step 2" in text
     assert "monitor (float32): condition" in text
+    assert "memory-saving vs true gradient on the monitor batch: angle" in text
     log = _log(out)
     kinds = [r["kind"] for r in log]
     assert kinds[0] == "monitor" and kinds[-1] == "done" and "train" in kinds and "eval" in kinds

@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--every", "-K", type=int, default=None, metavar="K",
                    help=f"apply the regularizer every K steps ({_FROM})")
     p.add_argument("--memory-saving", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"memory-saving gradients on/off ({_FROM}; all presets: off)")
+                   help=f"memory-saving gradients on/off ({_FROM}; digits-classifier: on, the "
+                        "others: off)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"optimizer steps, replacing the epochs ({_FROM})")
     p.add_argument("--epochs", type=float, default=None,
@@ -91,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
               f"{m.get('sigma_max', float('nan')):.3g}; round trip max "
               + ", ".join(f"{d} {_fmt(r['max'])} ({r['n_nan']} NaN, {r['n_inf']} Inf)"
                           for d, r in recon.items()))
+        grad = m.get("gradient", {})
+        if "max_angle_deg" in grad:
+            print(f"  memory-saving vs true gradient on the monitor batch: angle "
+                  f"{grad['max_angle_deg']:.3g} deg, relative difference "
+                  f"{grad['max_rel_norm_diff']:.3g}")
     print(f"  memory-saving fallbacks: {result.fallbacks}")
     if result.status == "interrupted":
         print(f"  interrupted: checkpoint in {out / 'checkpoint.pt'}; continue with "

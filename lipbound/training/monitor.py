@@ -45,6 +45,7 @@ from ..diagnostics import reconstruction_stats, spectrum
 from ..errors import InputError, InputTypeError
 from ..jsonio import jsonable
 from ..precision import TORCH_DTYPES
+from .memory import MemorySaving
 
 __all__ = ["JsonLinesLog", "StabilityMonitor", "StabilityWarning", "default_cond_threshold"]
 
@@ -106,9 +107,8 @@ class StabilityMonitor:
     """Measure the numerical invertibility of ``model`` every ``every`` steps (module docstring).
 
     Args:
-        model: the invertible network (a lipbound block or anything adapted to one). Pass the
-            network itself, not a memory-saving wrapper around it (a wrapper exposing ``.model``
-            is unwrapped).
+        model: the invertible network (a lipbound block or anything adapted to one); a
+            :func:`~lipbound.training.memory_saving` view is measured through its model.
         x: the fixed batch of network inputs (kept as a detached copy).
         every: measure when ``step % every == 0``.
         latent: fixed latent points for the ``z -> x -> z`` round trip; ``None`` draws standard
@@ -121,8 +121,9 @@ class StabilityMonitor:
         cond_threshold: warn when the (largest per-sample) condition number exceeds this;
             ``None``: :func:`default_cond_threshold` of the model's dtype.
         gradient_check: ``None``, or a function of no arguments returning a dict of gradient
-            agreement figures (angle in degrees, relative norm difference), logged under
-            ``"gradient"``.
+            agreement figures, logged under ``"gradient"``; for example
+            ``lambda: gradient_agreement(model, loss_fn, [batch]).summary()`` (angle in degrees
+            and relative norm difference between memory-saving and true gradients).
         log: where each record goes: a path (appended JSON lines), a callable taking the record,
             or ``None`` (kept in :attr:`history` only).
         seed: seed of the default latent points.
@@ -141,7 +142,8 @@ class StabilityMonitor:
                  gradient_check: Callable[[], dict[str, Any]] | None = None,
                  log: str | Path | Callable[[dict[str, Any]], None] | None = None,
                  seed: int = 0) -> None:
-        model = getattr(model, "model", model) if not isinstance(model, InvertibleBlock) else model
+        if isinstance(model, MemorySaving):
+            model = model.model
         if not isinstance(model, InvertibleBlock):
             raise InputTypeError(
                 f"model must be an InvertibleBlock, got {type(model).__name__}; wrap models of "

@@ -24,7 +24,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "128 channels, Adam 1e-4, 200 epochs)",
         {"task": "classifier", "levels": 2, "blocks": 4, "hidden": 32, "coupling": "affine",
          "mixing": "1x1conv", "optimizer": "adam", "lr": 1e-3, "batch_size": 64,
-         "epochs": 10.0, "lr_decay_at": [0.6, 0.8], "coeff": 1e-4, "every": 10,
+         "epochs": 10.0, "lr_decay_at": [0.6, 0.8], "memory_saving": True, "coeff": 1e-4,
+         "every": 10,
          "eval_every": 50, "monitor_every": 50}),
     "digits-flow": (
         "Glow trained by maximum likelihood on 8x8 digits, uniform dequantization, bits per "

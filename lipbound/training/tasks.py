@@ -13,11 +13,11 @@ task               setting                                                task l
 ``density``        2D checkerboard density (section 4.1, appendix C)      NLL, nats per sample
 =================  =====================================================  ======================
 
-The likelihood is the change of variables with a standard normal base (eq. 7):
-``log p(x) = log N(F(x); 0, I) + log|det J_F(x)|``. For data quantised to ``L`` levels and
-dequantised as ``x = (k + u) / L - 1/2``, ``u ~ U(0, 1)^d``, the discrete probability of the
-levels ``k`` is at least ``L^-d p(x)`` in expectation over ``u`` (Jensen), so
-``bpd = (-log p(x) + d log L) / (d log 2)`` bounds the bits per dimension from above.
+The likelihood is the change of variables with a standard normal base (eq. 7, computed by
+:func:`~lipbound.training.nf_loss`): ``log p(x) = log N(F(x); 0, I) + log|det J_F(x)|``. For data
+quantised to ``L`` levels and dequantised as ``x = (k + u) / L - 1/2``, ``u ~ U(0, 1)^d``, the
+discrete probability of the levels ``k`` is at least ``L^-d p(x)`` in expectation over ``u``
+(Jensen), so ``bpd = (-log p(x) + d log L) / (d log 2)`` bounds the bits per dimension from above.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ from ..blocks import mlp as mlp_subnet
 from ..blocks.builders import coupling_block
 from ..diagnostics import checkerboard
 from ..errors import InputError
+from .losses import nf_loss
 
-__all__ = ["TASKS", "Task", "digits_levels", "eval_mode", "gaussian_nll", "regression_data",
+__all__ = ["TASKS", "Task", "digits_levels", "eval_mode", "regression_data",
            "vector_glow"]
 
 #: Grey levels of scikit-learn's digits (0..16).
@@ -88,13 +89,6 @@ def vector_glow(d: int, n_blocks: int, hidden: int, coupling: str = "affine",
         blocks.append(coupling_block(part, partial(mlp_subnet, n1, n2, hidden, 2, "relu"),
                                      coupling, scale))
     return InvertibleSequential(*blocks)
-
-
-def gaussian_nll(z: Tensor, log_det: Tensor) -> Tensor:
-    """Per-sample ``-log p(x) = ||z||^2 / 2 + (d/2) log(2 pi) - log|det J_F(x)|`` (eq. 7) from
-    ``z = F(x)`` and the log-determinant."""
-    flat = z.reshape(z.shape[0], -1)
-    return 0.5 * (flat**2).sum(dim=1) + 0.5 * flat.shape[1] * math.log(2 * math.pi) - log_det
 
 
 @contextmanager
@@ -222,12 +216,15 @@ class _LikelihoodTask(Task):
     metric = "nll"
     needs_log_det = True
 
-    def objective(self, flow, z, log_det, x, y, head):
-        nll = gaussian_nll(z, log_det).mean()
-        return nll, {"loss": nll.detach(), **self._metrics(nll.detach(), x)}
+    #: Quantisation levels of the data for bits per dimension (``None``: continuous data).
+    n_bins: int | None = None
 
-    def _metrics(self, nll: Tensor, x: Tensor) -> dict[str, Tensor]:
-        return {"nll": nll}
+    def objective(self, flow, z, log_det, x, y, head):
+        nf = nf_loss(flow, x, n_bins=self.n_bins, z=z, log_det=log_det)
+        metrics = {"loss": nf.nll.detach(), "nll": nf.nll.detach()}
+        if self.n_bins is not None:
+            metrics["bpd"] = nf.bits_per_dim
+        return nf.loss, metrics
 
 
 class FlowTask(_LikelihoodTask):
@@ -235,6 +232,7 @@ class FlowTask(_LikelihoodTask):
     step; the test set is dequantised once (seeded)."""
 
     metric = "bpd"
+    n_bins = DIGITS_LEVELS
 
     def __init__(self, config: Any, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(config, device, dtype)
@@ -254,10 +252,6 @@ class FlowTask(_LikelihoodTask):
         k = self.train_levels[index.to(self.device)]
         u = torch.rand(k.shape, generator=noise, device=self.device, dtype=self.dtype)
         return self._dequantize(k, u).to(self.dtype), None
-
-    def _metrics(self, nll, x):
-        d = x[0].numel()
-        return {"nll": nll, "bpd": (nll / d + math.log(DIGITS_LEVELS)) / math.log(2)}
 
     def build_flow(self) -> InvertibleBlock:
         c = self.config

@@ -37,13 +37,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..blocks import ActNorm
 from ..errors import InputError
 from ..io import save_model
 from ..jsonio import dump_json
 from ..precision import torch_dtype
+from .agreement import gradient_agreement
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .losses import nf_loss
+from .memory import memory_saving
 from .monitor import JsonLinesLog, StabilityMonitor
-from .tasks import TASKS, Task
+from .regularizers import fd_regularizer
+from .tasks import TASKS, Task, eval_mode
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "resolve_device", "train"]
 
@@ -283,11 +288,13 @@ class Trainer:
         self.noise_gen = torch.Generator(device=self.device).manual_seed(config.seed + 3)
         self.step, self.epoch, self.position = 0, 0, 0
         self.order = torch.randperm(self.task.n_train, generator=self.data_gen)
-        x_mon, _, latent = self.task.monitor_data(config.monitor_batch)
+        x_mon, y_mon, latent = self.task.monitor_data(config.monitor_batch)
+        self._monitor_batch = (x_mon, y_mon)
         self.log = JsonLinesLog(self.out / "log.jsonl")
         self.monitor = StabilityMonitor(self.flow, x_mon, max(config.monitor_every, 1), latent,
                                         config.monitor_samples,
-                                        cond_threshold=config.cond_threshold, log=self.log,
+                                        cond_threshold=config.cond_threshold,
+                                        gradient_check=self._gradient_check, log=self.log,
                                         seed=config.seed)
         self._stop_requested = False
         self._in_step = False
@@ -296,10 +303,21 @@ class Trainer:
     # -- construction helpers -------------------------------------------------------------
 
     def _memory_saving(self) -> nn.Module:
-        from .memory import memory_saving
+        return memory_saving(self.flow, policy="fallback", tol=self.config.memsave_tol)
 
-        kwargs = {} if self.config.memsave_tol is None else {"tol": self.config.memsave_tol}
-        return memory_saving(self.flow, policy="fallback", **kwargs)
+    def _gradient_check(self) -> dict[str, Any]:
+        """Angle and relative norm difference between memory-saving and true gradients of the
+        task loss on the monitor's batch (:func:`gradient_agreement`; the head, if any, in
+        evaluation mode so that its BatchNorm statistics stay untouched)."""
+        if any(not bool(m.initialized) for m in self.flow.modules() if isinstance(m, ActNorm)):
+            return {"skipped": "ActNorm not initialised yet"}
+
+        def loss_fn(net: nn.Module, batch: tuple[Tensor, Tensor | None]) -> Tensor:
+            with eval_mode(*([] if self.head is None else [self.head])):
+                return self.task.loss(net, self.head, *batch)[0]
+
+        tol = self.config.memsave_tol
+        return gradient_agreement(self.flow, loss_fn, [self._monitor_batch], tol=tol).summary()
 
     @property
     def batch_size(self) -> int:
@@ -339,8 +357,6 @@ class Trainer:
         want_log_det = self.task.needs_log_det or (active and cfg.regularizer == "nf")
         reg = None
         if active and cfg.regularizer == "fd":
-            from .regularizers import fd_regularizer
-
             fd = fd_regularizer(flow, x, eps=cfg.fd_eps, coeff=cfg.coeff,
                                 direction=cfg.fd_direction, with_log_det=want_log_det)
             z, log_det, reg = fd.z, fd.log_det, fd.loss
@@ -349,8 +365,6 @@ class Trainer:
         else:
             z, log_det = flow(x), None
         if active and cfg.regularizer == "nf":
-            from .losses import nf_loss
-
             reg = nf_loss(flow, x, coeff=cfg.coeff, z=z, log_det=log_det).loss
         loss, metrics = self.task.objective(flow, z, log_det, x, y, self.head)
         if reg is not None:
