@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import pytest
 
 from lipbound.cli import main
+from lipbound.errors import InputError
 from lipbound.training import load_checkpoint
 from lipbound.training.cli import add_arguments
 from lipbound.training.presets import PRESETS, load_config
@@ -48,7 +50,11 @@ def test_json_and_toml_configs_and_resume(tmp_path, capsys):
     (tmp_path / "run.toml").write_text(
         'preset = "checkerboard"\nblocks = 2\nhidden = 8\nn_train = 200\nbatch_size = 50\n'
         'monitor_every = 2\nsteps = 3\n')
-    assert load_config(str(tmp_path / "run.toml")) == load_config(str(tmp_path / "run.json"))
+    if sys.version_info >= (3, 11):
+        assert load_config(str(tmp_path / "run.toml")) == load_config(str(tmp_path / "run.json"))
+    else:
+        with pytest.raises(InputError, match="TOML configs need Python >= 3.11"):
+            load_config(str(tmp_path / "run.toml"))
     out = tmp_path / "out"
     assert main(["train", str(tmp_path / "run.json"), "--out", str(out), "--no-progress",
                  "--seed", "3"]) == 0
@@ -74,6 +80,8 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, args, message):
 
 
 def test_bad_config_files(tmp_path, capsys):
+    assert main(["train"]) == 2
+    assert "give a PRESET (digits-classifier" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text('{"lr": "fast"}')
     assert main(["train", str(tmp_path / "bad.json")]) == 2
     assert "config file" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import InputError
 from ..jsonio import dump_json
 from .presets import PRESETS, load_config
 from .trainers import REGULARIZERS, train
@@ -65,9 +66,12 @@ def _list_presets() -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``lipbound train``."""
-    if args.list or args.target is None:
+    if args.list:
         _list_presets()
-        return 0 if args.list else 2
+        return 0
+    if args.target is None:
+        raise InputError(f"give a PRESET ({', '.join(PRESETS)}) or a CONFIG file (.json/.toml); "
+                         "--list shows the presets")
     overrides = {"regularizer": args.regularizer, "coeff": args.coeff, "every": args.every,
                  "memory_saving": args.memory_saving, "steps": args.steps,
                  "epochs": args.epochs, "seed": args.seed, "dtype": args.dtype}
