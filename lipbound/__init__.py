@@ -9,6 +9,8 @@ Implements "Understanding and Mitigating Exploding Inverses in Invertible Neural
   decomposition against the arbitrary-precision oracle (the top-level package ``reference``).
 * :mod:`lipbound.diagnostics`: Jacobian spectra, reconstruction statistics, invertibility attack.
 * :mod:`lipbound.adapters`: FrEIA, nflows, zuko, normflows and memcnn models as lipbound blocks.
+* :mod:`lipbound.training`: memory-saving gradients that check their own reconstruction, gradient
+  agreement, the FD and NF regularizers.
 """
 
 __version__ = "0.1.0"

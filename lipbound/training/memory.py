@@ -8,7 +8,8 @@ recomputes ``F_k`` with autograd from that input, and passes the gradient on. Th
 (for :func:`~lipbound.training.losses.nf_loss`) and the inverse direction (for the inverse term of
 :func:`~lipbound.training.regularizers.fd_regularizer`) work the same way, the inverse walking the
 blocks first to last and reconstructing through the forward maps. Peak activation memory is that
-of one block, whatever the depth.
+of one coupling, or of a run of at most :data:`MAX_RUN` blocks without sub-networks (ActNorm,
+1x1 convolution, ...) rebuilt with one autograd call, whatever the depth.
 
 * Couplings (eqs. 3 and 4) evaluate their sub-networks once per backward: the conditioning part
   is the same on both sides of the block, so one evaluation both inverts the block and rebuilds its
@@ -19,26 +20,33 @@ of one block, whatever the depth.
   checkpoint (the reconstruction that reached it is checked against it).
 * Parameters enter the pass as inputs of one :class:`torch.autograd.Function`, so their
   gradients arrive through autograd's normal path (``AccumulateGrad``): optimizers, gradient
-  clipping, hooks and ``DistributedDataParallel`` work unchanged. Double backward is not supported.
+  clipping, hooks and ``DistributedDataParallel`` work unchanged (DDP sees only ``forward``:
+  call the wrapper through it). Double backward is not supported.
 * ActNorm's data-dependent initialisation runs in a plain no-grad forward before the first
   memory-saving pass (so the backward never re-initialises), and the RNG state before every block
   is saved and restored when recomputing it (as :func:`torch.utils.checkpoint.checkpoint` does),
   so dropout in sub-networks draws the same masks; by default only when the model has dropout
-  layers in training mode. Spectral normalisation (i-ResNet) is frozen while recomputing, so the
-  power iteration the forward advanced is not advanced again. BatchNorm in sub-networks updates
-  its running statistics again when a block is recomputed (as with ``torch.utils.checkpoint``).
+  layers in training mode (the CPU state is about 5 KB per block). Spectral normalisation
+  (i-ResNet) is frozen while recomputing, so the power iteration the forward advanced is not
+  advanced again. BatchNorm in sub-networks updates its running statistics again when a block is
+  recomputed (as with ``torch.utils.checkpoint``).
 
 **The self-check.** Memory-saving backprop is only right where the inverse is accurate. Every
 backward measures the relative reconstruction error of the network input,
 ``max_i ||x_i - xhat_i|| / ||x_i||`` (free: the walk ends there), and of the output of every block
-that keeps its input. Every ``check_every``-th backward it also measures, for every block, the
-relative residual ``||F_k(xhat_{k-1}) - xhat_k|| / ||xhat_k||`` of the recomputation (free too:
-``F_k`` is recomputed anyway). All of them reach the host in one transfer. Above ``tol``, or NaN
-or Inf, the ``policy`` decides:
+that keeps its input (free: the kept input recomputes it). On every ``check_every``-th pass it
+also measures the reconstructed input of every block, although the pass keeps no activations:
+the forward stores a sketch of each block's input, ``m = 2`` random projections
+``<x_{k,i}, w_j>`` with ``w_j ~ N(0, I)`` and the norm ``||x_{k,i}||`` per sample
+(``3 B`` numbers per block, not the activations), and the backward estimates
+``||xhat_k - x_k|| ~ sqrt(mean_j <xhat_k - x_k, w_j>^2)`` (exact in expectation; a large error
+escapes only if it is nearly orthogonal to both directions). All of them reach the host in one
+transfer. Above ``tol``, or NaN or Inf, the ``policy`` decides:
 
 ``"fallback"`` (default)
     discard the memory-saving gradients and redo the step with ordinary autograd from the stored
-    network input, so the gradient is the true one; :attr:`MemorySaving.fallbacks` counts it.
+    network input (that step then needs ordinary autograd's memory), so the gradient is the true
+    one; :attr:`MemorySaving.fallbacks` counts it.
 ``"raise"``
     :class:`MemorySavingError` naming the first failing block (in the order the backward visits
     them) and its error; the true activations are recomputed to find it.
@@ -56,6 +64,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,7 +73,13 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ..blocks import ActNorm, InvertibleBlock, NeuralODE
+from ..blocks import (
+    ActNorm,
+    InvertibleBlock,
+    NeuralODE,
+    SpectralNormConv2d,
+    SpectralNormLinear,
+)
 from ..blocks.base import zeros_log_det
 from ..blocks.coupling import _Coupling
 from ..blocks.residual import frozen_spectral_norm
@@ -102,9 +117,10 @@ class ReconstructionCheck:
         direction: ``"forward"`` or ``"inverse"``, the pass that was differentiated.
         input_error: relative reconstruction error of the network input (``nan`` when the
             reconstruction held NaN, ``inf`` when it held Inf).
-        block_errors: leaf-block index (forward order) -> relative error measured at that block:
-            the recomputation residual on checked steps, and for blocks that keep their input the
-            reconstruction error of their output.
+        block_errors: leaf-block index (forward order) -> relative error of the input that block
+            reconstructed (through its inverse in a forward pass, its forward in an inverse pass):
+            estimated from the sketch on checked passes; exact where the next block keeps its
+            input.
         tol: the tolerance applied.
         passed: whether every error was finite and at most ``tol``.
         fell_back: whether the gradient was recomputed with ordinary autograd (policy fallback).
@@ -128,6 +144,37 @@ def relative_error(approx: Tensor, exact: Tensor) -> Tensor:
     return (diff / torch.where(ref > 0, ref, torch.ones_like(ref))).max()
 
 
+#: Random projections per sample in a block-input sketch.
+SKETCH_DIRECTIONS = 2
+
+
+def _sketch_matrix(cache: dict, like: Tensor) -> Tensor:
+    """``(D, m)`` Gaussian directions for inputs shaped like ``like`` (drawn once, fixed seed)."""
+    dtype = torch.float32 if like.dtype in (torch.float16, torch.bfloat16) else like.dtype
+    key = (tuple(like.shape[1:]), dtype, like.device)
+    if key not in cache:
+        gen = torch.Generator().manual_seed(len(cache))
+        w = torch.randn(like[0].numel(), SKETCH_DIRECTIONS, generator=gen, dtype=torch.float64)
+        cache[key] = w.to(dtype=dtype, device=like.device)
+    return cache[key]
+
+
+def _sketch(cache: dict, v: Tensor) -> Tensor:
+    """``(B, m + 1)``: the projections of each sample on the directions, then its norm."""
+    w = _sketch_matrix(cache, v)
+    flat = v.flatten(1).to(w.dtype)
+    return torch.cat([flat @ w, torch.linalg.vector_norm(flat, dim=1, keepdim=True)], dim=1)
+
+
+def _sketch_error(cache: dict, v: Tensor, sketch: Tensor) -> Tensor:
+    """Estimated ``max_i ||v_i - x_i|| / ||x_i||`` from the sketch of ``x`` (0-dim, on device)."""
+    w = _sketch_matrix(cache, v)
+    diff = v.flatten(1).to(w.dtype) @ w - sketch[:, :-1]
+    norm = sketch[:, -1]
+    est = diff.pow(2).mean(dim=1).sqrt()
+    return (est / torch.where(norm > 0, norm, torch.ones_like(norm))).max()
+
+
 def _default_tol(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) ** 0.5
 
@@ -139,6 +186,7 @@ class _Step:
         self.block, self.index, self.inverse = block, index, inverse
         # the inverse is not the forward's exact inverse: a fixed point, or an ODE solved backwards
         self.keeps_input = block.is_iterative or isinstance(block, NeuralODE)
+        self.params = list(block.parameters())
         self.name = f"block {index} ({type(block).__name__})"
 
     def run(self, v: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
@@ -149,34 +197,70 @@ class _Step:
         b = self.block
         return (b._forward(v, False) if self.inverse else b._inverse(v, False))[0]
 
-    def rebuild(self, out: Tensor | None, kept: Tensor | None, with_log_det: bool
-                ) -> tuple[Tensor, list[Tensor], Tensor, Tensor | None]:
-        """From the step's output (or its kept input), return the input (no graph), the leaves
-        whose gradients sum to the input gradient, and the recomputed output and log-det with
-        their graph."""
-        b = self.block
-        if kept is None and isinstance(b, _Coupling):
-            # x_{I1} = y_{I1}: one evaluation of the sub-networks inverts and rebuilds.
-            cond_leaf = out.detach().requires_grad_()
-            with torch.enable_grad():
-                cond = b.conditioner(cond_leaf)
-            p = b.partition
-            with torch.no_grad():
-                v = p.combine(out, b.couple(p.active(out), cond, not self.inverse, False)[0])
-            leaf = v.detach().requires_grad_()
-            with torch.enable_grad():
-                z2, ld = b.couple(p.active(leaf), cond, self.inverse, with_log_det)
-                recomputed = p.combine(leaf, z2)
-            return v, [leaf, cond_leaf], recomputed, ld
-        if kept is None:
-            with torch.no_grad():
-                v = self.undo(out)
-        else:
-            v = kept
+    @property
+    def fused(self) -> bool:
+        """Whether one evaluation of the sub-networks inverts the block and rebuilds its graph."""
+        return isinstance(self.block, _Coupling) and not self.keeps_input
+
+
+#: Longest run of consecutive blocks (neither couplings nor keeping their input) recomputed with
+#: one autograd call: fewer calls, and the graph of at most this many blocks held at once.
+MAX_RUN = 4
+
+
+def _run_start(steps: list[_Step], k: int) -> int:
+    """The first step of the run that the backward rebuilds together, ending at step ``k``."""
+    if steps[k].fused or steps[k].keeps_input:
+        return k
+    lo = k
+    while (lo > 0 and k - lo + 1 < MAX_RUN and not steps[lo - 1].fused
+           and not steps[lo - 1].keeps_input):
+        lo -= 1
+    return lo
+
+
+def _rebuild(steps: list[_Step], lo: int, hi: int, out: Tensor, kept: Tensor | None,
+             with_log_det: bool, rng: list, device: torch.device
+             ) -> tuple[Tensor, list[Tensor], list[Tensor], Tensor, Tensor | None]:
+    """Reconstruct the inputs of steps ``lo..hi`` from the output ``out`` of step ``hi`` (or take
+    the kept input, ``lo == hi``) and recompute the steps with their graph.
+
+    Returns the input of step ``lo`` (no graph), the inputs of steps ``lo..hi``, the leaves whose
+    gradients sum to the input gradient, and the recomputed output and log-det (with graph)."""
+    if rng:
+        set_rng_state(rng[hi], device)
+    s = steps[hi]
+    if s.fused:
+        # x_{I1} = y_{I1}: one evaluation of the sub-networks inverts and rebuilds.
+        b, p = s.block, s.block.partition
+        cond_leaf = out.detach().requires_grad_()
+        with torch.enable_grad():
+            cond = b.conditioner(cond_leaf)
+        with torch.no_grad():
+            v = p.combine(out, b.couple(p.active(out), cond, not s.inverse, False)[0])
         leaf = v.detach().requires_grad_()
         with torch.enable_grad():
-            recomputed, ld = self.run(leaf, with_log_det)
-        return v, [leaf], recomputed, ld
+            z2, ld = b.couple(p.active(leaf), cond, s.inverse, with_log_det)
+            recomputed = p.combine(leaf, z2)
+        return v, [v], [leaf, cond_leaf], recomputed, ld
+    inputs = [out]
+    if kept is not None:
+        inputs = [kept, out]
+    else:
+        with torch.no_grad():
+            for i in reversed(range(lo, hi + 1)):
+                if rng:
+                    set_rng_state(rng[i], device)
+                inputs.insert(0, steps[i].undo(inputs[0]))
+    leaf = inputs[0].detach().requires_grad_()
+    recomputed, total = leaf, None
+    with torch.enable_grad():
+        for i in range(lo, hi + 1):
+            if rng:
+                set_rng_state(rng[i], device)
+            recomputed, ld = steps[i].run(recomputed, with_log_det)
+            total = ld if total is None else total + ld
+    return inputs[0], inputs[:-1], [leaf], recomputed, total
 
 
 def rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
@@ -213,7 +297,8 @@ class _MemorySavingPass(torch.autograd.Function):
                 *params: Tensor):
         steps = wrapper._steps(inverse)
         preserve = wrapper._preserves_rng()
-        rng, kept = [], []
+        sketching = wrapper._check_due()
+        rng, kept, sketches = [], [], []
         total = zeros_log_det(x) if with_log_det else None
         z = x
         for s in steps:
@@ -221,21 +306,27 @@ class _MemorySavingPass(torch.autograd.Function):
                 rng.append(rng_state(z.device))
             if s.keeps_input:
                 kept.append(z)
+            elif sketching:
+                sketches.append(_sketch(wrapper._sketch_dirs, z))
             z, ld = s.run(z, with_log_det)
             if total is not None:
                 total = total + ld
         ctx.wrapper, ctx.inverse, ctx.with_log_det = wrapper, inverse, with_log_det
-        ctx.params, ctx.rng = params, rng
-        ctx.save_for_backward(x, z, *kept)
+        ctx.params, ctx.rng, ctx.n_kept = params, rng, len(kept)
+        ctx.save_for_backward(x, z, *kept, *sketches)
         return (z, total) if with_log_det else z
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_z: Tensor, grad_ld: Tensor | None = None):
-        x, z, *kept = ctx.saved_tensors
+        x, z, *rest = ctx.saved_tensors
+        kept, sketches = rest[:ctx.n_kept], rest[ctx.n_kept:]
         # the forward advanced the spectral norms' power iterations: recompute the same maps
-        with fork_rng(x.device, bool(ctx.rng)), frozen_spectral_norm(ctx.wrapper.model):
-            grad_x, grad_params = ctx.wrapper._backward(ctx, x, z, kept, grad_z, grad_ld)
+        frozen = (frozen_spectral_norm(ctx.wrapper.model) if ctx.wrapper._has_spectral_norm
+                  else contextlib.nullcontext())
+        with fork_rng(x.device, bool(ctx.rng)), frozen:
+            grad_x, grad_params = ctx.wrapper._backward(ctx, x, z, kept, sketches, grad_z,
+                                                        grad_ld)
         return (None, None, None, grad_x, *grad_params)
 
 
@@ -251,7 +342,7 @@ class MemorySaving(InvertibleBlock):
     """
 
     def __init__(self, model: InvertibleBlock, policy: str = "fallback", tol: float | None = None,
-                 check_every: int = 1, preserve_rng: bool | None = None) -> None:
+                 check_every: int = 10, preserve_rng: bool | None = None) -> None:
         super().__init__()
         if not isinstance(model, InvertibleBlock):
             raise InputTypeError(
@@ -272,13 +363,16 @@ class MemorySaving(InvertibleBlock):
         leaves = model.flat_blocks()
         self._forward_steps = [_Step(b, i, False) for i, b in enumerate(leaves)]
         self._inverse_steps = [_Step(b, i, True) for i, b in reversed(list(enumerate(leaves)))]
-        self._actnorms = [m for m in model.modules() if isinstance(m, ActNorm)]
+        modules = list(model.modules())
+        self._actnorms = [m for m in modules if isinstance(m, ActNorm)]
         self._actnorms_ready = not self._actnorms
-        self._has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in
-                                model.modules())
+        self._has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in modules)
+        self._has_spectral_norm = any(isinstance(m, (SpectralNormLinear, SpectralNormConv2d))
+                                      for m in modules)
         self.fallbacks = 0
         self.failures = 0
-        self.backward_calls = 0
+        self.passes = 0
+        self._sketch_dirs: dict = {}
         self.last_check: ReconstructionCheck | None = None
 
     def extra_repr(self) -> str:
@@ -307,6 +401,11 @@ class MemorySaving(InvertibleBlock):
     def _steps(self, inverse: bool) -> list[_Step]:
         return self._inverse_steps if inverse else self._forward_steps
 
+    def _check_due(self) -> bool:
+        """Count a memory-saving pass; whether this one checks every block."""
+        self.passes += 1
+        return self.check_every > 0 and self.passes % self.check_every == 0
+
     def _preserves_rng(self) -> bool:
         if self.preserve_rng is not None:
             return self.preserve_rng
@@ -334,31 +433,39 @@ class MemorySaving(InvertibleBlock):
         self._initialize_actnorm(v, inverse)
         params = [p for p in self.model.parameters() if p.requires_grad]
         run = self.model._inverse if inverse else self.model._forward
-        if not torch.is_grad_enabled() or not (params or v.requires_grad):
+        needs_graph = torch.is_grad_enabled() and (params or v.requires_grad)
+        if not needs_graph or not self._steps(inverse):
             return run(v, with_log_det)
         out = _MemorySavingPass.apply(self, inverse, with_log_det, v, *params)
         return out if with_log_det else (out, None)
 
     # -- the backward -------------------------------------------------------------------------
 
-    def _backward(self, ctx, x: Tensor, z: Tensor, kept: list[Tensor], grad_z: Tensor,
-                  grad_ld: Tensor | None) -> tuple[Tensor | None, list[Tensor | None]]:
+    def _backward(self, ctx, x: Tensor, z: Tensor, kept: list[Tensor], sketches: list[Tensor],
+                  grad_z: Tensor, grad_ld: Tensor | None
+                  ) -> tuple[Tensor | None, list[Tensor | None]]:
         steps, params, with_ld = self._steps(ctx.inverse), ctx.params, ctx.with_log_det
-        self.backward_calls += 1
-        check_blocks = self.check_every > 0 and self.backward_calls % self.check_every == 0
+        kept, sketches = list(kept), list(sketches)
         position = {id(p): i for i, p in enumerate(params)}
         grads: list[Tensor | None] = [None] * len(params)
         errors: list[tuple[int, Tensor]] = []
         grad, out = grad_z, z.detach()
-        for k in reversed(range(len(steps))):
-            s = steps[k]
-            if ctx.rng:
-                set_rng_state(ctx.rng[k], x.device)
-            v, leaves, recomputed, ld = s.rebuild(out, kept.pop() if s.keeps_input else None,
-                                                  with_ld)
-            if check_blocks or s.keeps_input:
-                errors.append((s.index, relative_error(recomputed.detach(), out)))
-            block_params = [p for p in s.block.parameters() if id(p) in position]
+        k = len(steps) - 1
+        while k >= 0:
+            lo = _run_start(steps, k)
+            v, inputs, leaves, recomputed, ld = _rebuild(
+                steps, lo, k, out, kept.pop() if steps[k].keeps_input else None, with_ld,
+                ctx.rng, x.device)
+            if steps[k].keeps_input and k + 1 < len(steps):
+                # the kept input recomputes the true output: the reconstruction that reached it
+                # (by the block above) is measured exactly
+                errors.append((steps[k + 1].index, relative_error(out, recomputed.detach())))
+            elif sketches and not steps[k].keeps_input:
+                for i in reversed(range(lo, k + 1)):
+                    errors.append((steps[i].index, _sketch_error(self._sketch_dirs, inputs[i - lo],
+                                                                 sketches.pop())))
+            block_params = [p for i in range(lo, k + 1) for p in steps[i].params
+                            if id(p) in position]
             outputs, grad_outputs = [recomputed], [grad]
             if with_ld and ld.requires_grad:
                 outputs.append(ld)
@@ -372,7 +479,7 @@ class MemorySaving(InvertibleBlock):
                 grad = torch.zeros_like(v)
             for p, g in zip(block_params, found[len(leaves):]):
                 grads[position[id(p)]] = _add(grads[position[id(p)]], g)
-            out = v
+            out, k = v, lo - 1
         errors.append((-1, relative_error(out, x)))
         check = self._judge(ctx.inverse, errors, x.dtype)
         if check.passed:
@@ -382,7 +489,7 @@ class MemorySaving(InvertibleBlock):
             self.fallbacks += 1
             self.last_check = ReconstructionCheck(**{**check.__dict__, "fell_back": True})
             return _autograd_backward(steps, ctx, x, grad_z, grad_ld)
-        message = self._diagnose(steps, ctx, x, z, kept_inputs=ctx.saved_tensors[2:], tol=check.tol)
+        message = self._diagnose(steps, ctx, x, z, ctx.saved_tensors[2:2 + ctx.n_kept], check.tol)
         if self.policy == "raise":
             raise MemorySavingError(message)
         warnings.warn(message, MemorySavingWarning, stacklevel=2)
@@ -454,7 +561,7 @@ def _autograd_backward(steps: list[_Step], ctx, x: Tensor, grad_z: Tensor,
 
 
 def memory_saving(model: InvertibleBlock, policy: str = "fallback", tol: float | None = None,
-                  check_every: int = 1, preserve_rng: bool | None = None) -> MemorySaving:
+                  check_every: int = 10, preserve_rng: bool | None = None) -> MemorySaving:
     """Wrap ``model`` for memory-saving gradients with a self-check (see the module docstring).
 
     Args:
@@ -463,8 +570,9 @@ def memory_saving(model: InvertibleBlock, policy: str = "fallback", tol: float |
         policy: ``"fallback"`` (default), ``"raise"`` or ``"warn"``: what a failed check does.
         tol: largest accepted relative reconstruction error; default ``sqrt(eps)`` of the
             input's dtype (about 3.5e-4 in float32, 1.5e-8 in float64).
-        check_every: measure every block's recomputation residual on every ``check_every``-th
-            backward (1: always, 0: never); the network input is checked on every backward.
+        check_every: sketch and check every block's reconstructed input on every
+            ``check_every``-th pass (default 10; 1: always, 0: never); the network input, and the
+            output of every block that keeps its input, are checked on every backward.
         preserve_rng: save and restore the RNG state per block; ``None``: when the model has
             dropout layers and is in training mode.
 

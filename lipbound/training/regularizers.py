@@ -16,7 +16,8 @@ authors used ``coeff = 1e-4``. ``direction="forward"`` or ``"inverse"`` keeps on
 The clean pass ``F(x)`` is part of the computation, so :func:`fd_regularizer` returns it (``z``,
 and the log-determinant with ``with_log_det=True``) for the task loss; with ``batched=True`` the
 clean and perturbed inputs go through ``F`` as one batch of ``2B``. Sub-networks with BatchNorm in
-training mode then see that joint batch's statistics: pass ``batched=False`` to keep them apart.
+training mode then see that joint batch's statistics, and an ActNorm not yet initialised would
+initialise on it: pass ``batched=False`` to keep them apart (or initialise with a plain forward).
 
 Apply it every ``K`` iterations (the paper: ``K = 5`` or ``10`` stabilise like ``K = 1`` at a
 fraction of the cost, Table 11)::
