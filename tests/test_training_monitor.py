@@ -50,6 +50,13 @@ def test_monitor_figures_match_autograd_jacobian_and_round_trips(tmp_path):
     assert rec["condition"] == pytest.approx(float(cond.max()), rel=1e-10)
     assert rec["condition_median"] == pytest.approx(float(cond.median()), rel=1e-10)
     assert rec["condition"] > 1.5  # randomised couplings: far from orthogonal
+    # the latent points: singular values of the autograd Jacobian of the inverse at z
+    sv_inv = torch.linalg.svdvals(functional_jacobian(model.inverse, z[:4]).detach())
+    assert rec["latent_sigma_max"] == pytest.approx(float(sv_inv[:, 0].max()), rel=1e-10)
+    assert rec["latent_sigma_min"] == pytest.approx(float(sv_inv[:, -1].min()), rel=1e-10)
+    assert rec["latent_condition"] == pytest.approx(float((sv_inv[:, 0] / sv_inv[:, -1]).max()),
+                                                    rel=1e-10)
+    assert rec["n_nonfinite_jacobian"] == rec["latent_n_nonfinite_jacobian"] == 0
     with torch.no_grad():
         fwd = _norms(x - model.inverse(model(x)))
         inv = _norms(z - model(model.inverse(z)))
@@ -90,6 +97,7 @@ def test_condition_warning_once_per_crossing_and_logged():
     with pytest.warns(StabilityWarning, match=r"condition number 1e\+06 .* exceeds 1e\+03"):
         rec = monitor(0)
     assert rec["condition"] == pytest.approx(1e6, rel=1e-8)
+    assert rec["latent_condition"] == pytest.approx(1e6, rel=1e-8)  # the map is linear
     warnings_logged = [e for e in events if e["kind"] == "warning"]
     assert [e["event"] for e in warnings_logged] == ["condition_threshold"]
     monitor(1)  # still above: no new event

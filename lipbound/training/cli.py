@@ -91,11 +91,12 @@ def run(args: argparse.Namespace) -> int:
     if result.monitor is not None:
         m = result.monitor
         recon = m["reconstruction"]
-        print(f"  monitor ({m['precision']}): condition {m.get('condition', float('nan')):.3g}, "
-              f"sigma_min {m.get('sigma_min', float('nan')):.3g}, sigma_max "
-              f"{m.get('sigma_max', float('nan')):.3g}; round trip max "
-              + ", ".join(f"{d} {_fmt(r['max'])} ({r['n_nan']} NaN, {r['n_inf']} Inf)"
-                          for d, r in recon.items()))
+        nan = float("nan")
+        print(f"  monitor ({m['precision']}): condition {m.get('condition', nan):.3g}, "
+              f"sigma_min {m.get('sigma_min', nan):.3g}, sigma_max {m.get('sigma_max', nan):.3g}"
+              f" (at latent points: condition {m.get('latent_condition', nan):.3g}); round trip "
+              "max " + ", ".join(f"{d} {_fmt(r['max'])} ({r['n_nan']} NaN, {r['n_inf']} Inf)"
+                                 for d, r in recon.items()))
         grad = m.get("gradient", {})
         if "max_angle_deg" in grad:
             print(f"  memory-saving vs true gradient on the monitor batch: angle "

@@ -8,7 +8,8 @@ measures, every ``every`` steps on one fixed batch,
   latent points, at the precision the model runs in, NaN and Inf counted apart
   (:func:`lipbound.diagnostics.reconstruction_stats`);
 * ``sigma_max``, ``sigma_min`` and the condition number ``sigma_max / sigma_min`` of the Jacobian
-  ``J_F(x)`` on the first samples of the batch, in float64 (:func:`lipbound.diagnostics.spectrum`:
+  ``J_F(x)`` on the first samples of the batch, and of ``J_{F^-1}(z)`` on the first latent points
+  (where sampling a flow fails, section 4.1.2), in float64 (:func:`lipbound.diagnostics.spectrum`:
   a dense SVD for small ``d``, Lanczos matrix-free above). ``1 / sigma_min`` is the local
   Lipschitz constant of ``F^-1`` (Definition 1), which multiplies the forward rounding error in
   the section 2 bound ``||x - x_d2|| <= Lip(F^-1) ||delta|| + ||delta2||``;
@@ -41,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from ..blocks import InvertibleBlock
-from ..diagnostics import reconstruction_stats, spectrum
+from ..diagnostics import Inverted, reconstruction_stats, spectrum
 from ..errors import InputError, InputTypeError
 from ..jsonio import jsonable
 from ..precision import TORCH_DTYPES
@@ -132,8 +133,9 @@ class StabilityMonitor:
     are measured), ``spectrum_precision`` (always ``"float64"``), ``spectrum_method``,
     ``reconstruction`` (per direction: counts of finite, Inf, NaN errors, mean, median, max of the
     finite ones), ``sigma_max`` (largest), ``sigma_min`` (smallest), ``condition`` (largest) and
-    ``condition_median`` over the spectrum samples with a finite Jacobian, ``n_nonfinite_jacobian``,
-    and ``gradient`` when a ``gradient_check`` is given.
+    ``condition_median`` of ``J_F(x)`` over the spectrum samples with a finite Jacobian,
+    ``n_nonfinite_jacobian``, the same prefixed ``latent_`` for ``J_{F^-1}(z)`` on the first
+    latent points, and ``gradient`` when a ``gradient_check`` is given.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, every: int = 100,
@@ -211,41 +213,48 @@ class StabilityMonitor:
         return record
 
     def _spectrum_figures(self) -> dict[str, Any]:
+        """Worst-case figures of ``J_F(x)`` on the batch and, prefixed ``latent_``, of
+        ``J_{F^-1}(z)`` on the latent points (where sampling a flow can fail, section 4.1.2)."""
         if self.spectrum_samples == 0:
             return {}
-        spec = spectrum(self.model, self.x[:self.spectrum_samples], self.method,
-                        self.max_full_dim)
-        cond = spec.condition_forward
-        bad = ~(torch.isfinite(spec.sigma_max) & torch.isfinite(spec.sigma_min))
-        return {
-            "spectrum_method": spec.method,
-            "sigma_max": _finite_or_nan(spec.sigma_max, torch.max),
-            "sigma_min": _finite_or_nan(spec.sigma_min, torch.min),
-            "condition": _finite_or_nan(cond, torch.max),
-            "condition_median": _finite_or_nan(cond, torch.median),
-            "n_nonfinite_jacobian": int(bad.sum()),
-        }
+        out: dict[str, Any] = {}
+        for prefix, model, v in (("", self.model, self.x), ("latent_", Inverted(self.model),
+                                                            self._latent())):
+            spec = spectrum(model, v[:self.spectrum_samples], self.method, self.max_full_dim)
+            cond = spec.condition_forward
+            bad = ~(torch.isfinite(spec.sigma_max) & torch.isfinite(spec.sigma_min))
+            out.update({
+                f"{prefix}spectrum_method": spec.method,
+                f"{prefix}sigma_max": _finite_or_nan(spec.sigma_max, torch.max),
+                f"{prefix}sigma_min": _finite_or_nan(spec.sigma_min, torch.min),
+                f"{prefix}condition": _finite_or_nan(cond, torch.max),
+                f"{prefix}condition_median": _finite_or_nan(cond, torch.median),
+                f"{prefix}n_nonfinite_jacobian": int(bad.sum()),
+            })
+        return out
 
     def _alarm_events(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         events = []
         step = record["step"]
-        cond = record.get("condition", math.nan)
-        above = math.isfinite(cond) and cond > self.cond_threshold
-        if above and not self._alarms["condition"]:
-            msg = (f"step {step}: condition number {cond:.3g} of the Jacobian exceeds "
+        conds = {where: record.get(key, math.nan) for where, key in
+                 (("the batch", "condition"), ("the latent points", "latent_condition"))}
+        over = {w: c for w, c in conds.items() if math.isfinite(c) and c > self.cond_threshold}
+        if over and not self._alarms["condition"]:
+            where, cond = max(over.items(), key=lambda kv: kv[1])
+            msg = (f"step {step}: condition number {cond:.3g} of the Jacobian at {where} exceeds "
                    f"{self.cond_threshold:.3g} ({self.precision}): the inverse amplifies rounding "
                    "errors by up to that factor; consider the FD or NF regularizer")
             events.append({"kind": "warning", "event": "condition_threshold", "step": step,
                            "condition": cond, "threshold": self.cond_threshold, "message": msg})
-        self._alarms["condition"] = above
-        n_bad = record.get("n_nonfinite_jacobian", 0) + sum(
-            r["n_inf"] + r["n_nan"] for r in record["reconstruction"].values())
+        self._alarms["condition"] = bool(over)
+        n_jac = record.get("n_nonfinite_jacobian", 0) + record.get("latent_n_nonfinite_jacobian", 0)
+        n_bad = n_jac + sum(r["n_inf"] + r["n_nan"] for r in record["reconstruction"].values())
         if n_bad and not self._alarms["non_finite"]:
             counts = ", ".join(f"{d}: {r['n_nan']} NaN, {r['n_inf']} Inf"
                                for d, r in record["reconstruction"].items())
             msg = (f"step {step}: non-finite values in the round trips ({counts}) or "
-                   f"{record.get('n_nonfinite_jacobian', 0)} non-finite Jacobians "
-                   f"({self.precision}): the model is numerically non-invertible")
+                   f"{n_jac} non-finite Jacobians ({self.precision}): the model is numerically "
+                   "non-invertible")
             events.append({"kind": "warning", "event": "non_finite", "step": step,
                            "message": msg})
         self._alarms["non_finite"] = bool(n_bad)
