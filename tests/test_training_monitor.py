@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import functional_jacobian
 
-from lipbound.blocks import coupling_mlp, figure1_chain, randomize_parameters
+from lipbound.blocks import coupling_mlp, figure1_chain, glow_like, randomize_parameters
 from lipbound.errors import InputError, InputTypeError
 from lipbound.training import (
     StabilityMonitor,
@@ -125,6 +125,17 @@ def test_default_threshold_warns_before_float32_turns_non_finite():
     zxz = rec["reconstruction"]["z->x->z"]
     assert zxz["n_inf"] + zxz["n_nan"] == 1
     assert "non_finite" in [e.get("event") for e in events]
+
+
+def test_monitor_leaves_the_model_untouched():
+    """Measuring must not train: an uninitialised ActNorm stays so (its data-dependent
+    initialisation belongs to the first training batch), and no parameter changes."""
+    model = glow_like((1, 4, 4), levels=1, steps=2, hidden=4, coupling="affine").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    StabilityMonitor(model, torch.randn(3, 1, 4, 4), spectrum_samples=1).measure(0)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.training
 
 
 def test_monitor_bad_input():

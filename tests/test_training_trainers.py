@@ -174,8 +174,10 @@ def test_memory_saving_training_follows_autograd_training(tmp_path, task, regula
     assert saving.train["loss"] == pytest.approx(plain.train["loss"], rel=1e-9)
     a = load_checkpoint(tmp_path / "plain" / "checkpoint.pt")["flow"]
     b = load_checkpoint(tmp_path / "saving" / "checkpoint.pt")["flow"]
+    # Adam divides by sqrt(v): gradients that agree to ~1e-12 give updates that agree to ~1e-9
+    # (a wrong gradient moves a parameter by about lr = 1e-3)
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-7, atol=1e-9)
     # the monitor's gradient check: memory-saving and true gradients agree in float64
     grad = saving.monitor["gradient"]
     assert grad["batches"] == 1 and grad["nan_batches"] == 0

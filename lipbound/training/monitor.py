@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from ..blocks import InvertibleBlock
 from ..diagnostics import Inverted, reconstruction_stats, spectrum
+from ..diagnostics.views import at_precision
 from ..errors import InputError, InputTypeError
 from ..jsonio import jsonable
 from ..precision import TORCH_DTYPES
@@ -182,8 +183,8 @@ class StabilityMonitor:
 
     def _latent(self) -> Tensor:
         if self.latent is None:
-            with torch.no_grad():
-                shape = self.model(self.x[:1]).shape[1:]
+            with torch.no_grad():  # on an evaluation copy: no ActNorm initialisation here
+                shape = at_precision(self.model, self.precision)(self.x[:1]).shape[1:]
             gen = torch.Generator().manual_seed(self.seed)
             z = torch.randn((self.x.shape[0], *shape), generator=gen, dtype=torch.float64)
             self.latent = z.to(device=self.x.device, dtype=self.x.dtype)
