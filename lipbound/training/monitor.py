@@ -18,8 +18,10 @@ measures, every ``every`` steps on one fixed batch,
 and writes each measurement as one JSON line. When the condition number first exceeds a threshold
 (default ``0.01 / eps`` of the model's precision: rounding amplified to a 1% relative error by
 the bound above), and when a reconstruction or a Jacobian first turns non-finite, it emits a
-:class:`StabilityWarning` and logs the event; the condition number typically grows for many steps
-before anything turns NaN, so the first warning comes early.
+:class:`StabilityWarning` and logs the event. The condition number often grows for many steps
+before anything turns NaN, so its warning comes early; but a few points can turn NaN while the
+sampled Jacobians still look benign (in the 2D regression a target's inverse did, at condition
+37), which is why both are watched and each warning is logged with its step.
 
 Example::
 
