@@ -127,6 +127,8 @@ def test_config_validation_messages():
         TrainConfig.from_dict({"task": "gan"})
     with pytest.raises(InputError, match="regularizer 'nf' is already the loss"):
         TrainConfig.from_dict({"task": "flow", "regularizer": "nf"})
+    with pytest.raises(InputError, match="config: dtype must be one of"):
+        TrainConfig.from_dict({"dtype": "float8"})
     with pytest.raises(InputError, match="batch_size must be >= 1"):
         TrainConfig.from_dict({"batch_size": 0})
     with pytest.raises(InputError, match="lr_decay_at must hold fractions"):

@@ -41,7 +41,7 @@ from ..blocks import ActNorm
 from ..errors import InputError
 from ..io import save_model
 from ..jsonio import dump_json
-from ..precision import torch_dtype
+from ..precision import TORCH_DTYPES, torch_dtype
 from .agreement import gradient_agreement
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .losses import nf_loss
@@ -156,7 +156,9 @@ class TrainConfig:
             if getattr(self, key) not in allowed:
                 raise InputError(f"{source}: {key} must be one of {list(allowed)}, "
                                  f"got {getattr(self, key)!r}")
-        torch_dtype(self.dtype)
+        if self.dtype not in TORCH_DTYPES:
+            raise InputError(f"{source}: dtype must be one of {list(TORCH_DTYPES)}, "
+                             f"got {self.dtype!r}")
         positive = ("levels", "blocks", "hidden", "n_train", "batch_size", "every",
                     "monitor_batch")
         for key in positive:
