@@ -10,7 +10,8 @@ Implements "Understanding and Mitigating Exploding Inverses in Invertible Neural
 * :mod:`lipbound.diagnostics`: Jacobian spectra, reconstruction statistics, invertibility attack.
 * :mod:`lipbound.adapters`: FrEIA, nflows, zuko, normflows and memcnn models as lipbound blocks.
 * :mod:`lipbound.training`: memory-saving gradients that check their own reconstruction, gradient
-  agreement, the FD and NF regularizers.
+  agreement, the FD and NF regularizers, the stability monitor, trainers and presets
+  (``lipbound train``).
 
 The ``lipbound`` command (:mod:`lipbound.cli`, also ``python -m lipbound``) runs them on saved
 models (:mod:`lipbound.io`); ``lipbound example NAME`` (:mod:`lipbound.example`) writes a model and

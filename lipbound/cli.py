@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "the paper's Figure 1 depth sweep: PNG, CSV, table (and --json)"),
     "example": ("lipbound.example",
                 "write a small model and matching inputs (NAME.pt, NAME.npz) to try the others on"),
+    "train": ("lipbound.training.cli", "train a preset or config with the stability monitor"),
 }
 
 #: What the command reports as a one-line error (exit 2); anything else is a bug in lipbound and

@@ -1,0 +1,585 @@
+"""Trainers for the paper's settings: thin users of the library pieces (:mod:`.tasks` for data,
+networks and task losses; the regularizers; memory-saving gradients; :class:`StabilityMonitor`).
+
+One :class:`Trainer` runs every setting. Each optimizer step is :meth:`Trainer.train_step` (zero
+gradients, task loss plus regularizer, backward, optimizer and scheduler step): the one place a
+later change adds mixed precision or ``DistributedDataParallel``. Around it the trainer keeps
+
+* a JSON-lines log ``log.jsonl`` (``kind`` = ``"train"``: loss, the task metric, learning rate,
+  memory-saving fallbacks; ``"eval"``; ``"monitor"`` and ``"warning"`` from the monitor;
+  ``"interrupted"``, ``"stopped"``, ``"done"``), and a tqdm bar on stderr;
+* an atomic checkpoint ``checkpoint.pt`` (:mod:`.checkpoint`) holding the network, head,
+  optimizer, scheduler, every random state (torch CPU and CUDA, numpy, Python, the data-order and
+  dequantization generators), the data order (epoch, position, permutation), the monitor's
+  alarms, the fallback count and the log's length: resuming from it reproduces the uninterrupted
+  run bit for bit (same device, dtype and threads), and lines logged after it are dropped;
+* Ctrl-C handling: the first Ctrl-C (or a ``KeyboardInterrupt`` raised by a callback) ends the
+  run after the current step with a checkpoint; a second Ctrl-C during a step stops at once
+  without writing one (the previous checkpoint stays).
+
+The network is saved as ``model.pt`` (``torch.save`` of the invertible network, so ``lipbound
+check --model`` and ``lipbound diagnose`` read it) and the final figures as ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..blocks import ActNorm
+from ..errors import InputError
+from ..io import save_model
+from ..jsonio import dump_json
+from ..precision import TORCH_DTYPES, torch_dtype
+from .agreement import gradient_agreement
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .losses import nf_loss
+from .memory import memory_saving
+from .monitor import JsonLinesLog, StabilityMonitor
+from .regularizers import fd_regularizer
+from .tasks import TASKS, Task, eval_mode
+
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "resolve_device", "train"]
+
+REGULARIZERS = ("none", "fd", "nf")
+OPTIMIZERS = ("adam", "adamax", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (``lipbound train`` reads it from a preset or a JSON/TOML file).
+
+    Attributes:
+        task: ``"classifier"``, ``"flow"``, ``"regression"`` or ``"density"`` (:mod:`.tasks`).
+        arch: ``"glow"`` (Glow-like: images of digits, or vector Glow of MLP couplings for the
+            2D tasks) or ``"residual"`` (a Residual Flow, 2D tasks only; no memory saving).
+        levels, blocks: levels and blocks per level (2D tasks: ``levels * blocks`` blocks).
+        hidden: width of the coupling sub-networks.
+        coupling: ``"additive"`` or ``"affine"``. mixing: ``"1x1conv"``, ``"lu"``,
+            ``"reverse"``, ``"random"`` or ``"none"`` (2D: the last three). scale: the affine
+            scale (``"sigmoid"``, ``"modified"`` = ``0.5 sigmoid(h + 2) + 0.5``, ...).
+        actnorm: ActNorm before every block.
+        n_train: points of the 2D datasets.
+        steps: optimizer steps; ``None`` means ``epochs`` epochs.
+        epochs: epochs when ``steps`` is ``None`` (an epoch is ``n_train // batch_size`` steps).
+        batch_size: samples per step (capped at the training set size; a last partial batch is
+            dropped).
+        optimizer: ``"adam"``, ``"adamax"`` or ``"sgd"``; lr, weight_decay: its settings.
+        warmup_steps: linear learning-rate warm-up from ``lr / warmup_steps`` (appendix D).
+        lr_decay_at: fractions of the run where the learning rate is multiplied by ``lr_decay``
+            (appendix G: epochs 60, 120, 160 of 200 = 0.3, 0.6, 0.8).
+        regularizer: ``"none"``, ``"fd"`` (eq. 6) or ``"nf"`` (eq. 7; not for the likelihood
+            tasks, whose loss it already is); coeff: its coefficient; every: apply it every K
+            steps; fd_eps, fd_direction: the FD step and ``"both"``/``"forward"``/``"inverse"``.
+        memory_saving: train through memory-saving gradients; memsave_tol: their
+            reconstruction tolerance (``None``: the wrapper's default).
+        seed: seeds the network, the data, their order and the dequantization noise.
+        dtype: ``"float32"`` or ``"float64"`` (also ``"float16"``/``"bfloat16"``).
+        log_every, eval_every, checkpoint_every, monitor_every: intervals in steps (0: only at
+            the end; the monitor also measures at step 0).
+        monitor_samples: samples whose Jacobian spectrum the monitor computes;
+            monitor_batch: samples of its round trips; cond_threshold: its warning threshold
+            (``None``: ``0.01 / eps`` of ``dtype``).
+    """
+
+    task: str = "classifier"
+    arch: str = "glow"
+    levels: int = 2
+    blocks: int = 4
+    hidden: int = 32
+    coupling: str = "affine"
+    mixing: str = "1x1conv"
+    scale: str = "sigmoid"
+    actnorm: bool = True
+    n_train: int = 10000
+    steps: int | None = None
+    epochs: float | None = 10.0
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_decay_at: list[float] = field(default_factory=list)
+    lr_decay: float = 0.1
+    regularizer: str = "none"
+    coeff: float = 1e-4
+    every: int = 1
+    fd_eps: float = 0.1
+    fd_direction: str = "both"
+    memory_saving: bool = False
+    memsave_tol: float | None = None
+    seed: int = 0
+    dtype: str = "float32"
+    log_every: int = 10
+    eval_every: int = 0
+    checkpoint_every: int = 100
+    monitor_every: int = 100
+    monitor_samples: int = 4
+    monitor_batch: int = 64
+    cond_threshold: float | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """A config from ``values``: unknown keys and values of the wrong type are errors that
+        name the key and ``source``."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise InputError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+        defaults = cls()
+        for key, value in values.items():
+            _check_type(key, value, getattr(defaults, key), fields[key].type, source)
+        cfg = cls(**values)
+        cfg.validate(source)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, source: str = "config") -> None:
+        """Raise :class:`~lipbound.errors.InputError` naming the first bad setting."""
+        choices = {"task": tuple(TASKS), "arch": ("glow", "residual"),
+                   "coupling": ("additive", "affine"), "optimizer": OPTIMIZERS,
+                   "regularizer": REGULARIZERS, "fd_direction": ("both", "forward", "inverse")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise InputError(f"{source}: {key} must be one of {list(allowed)}, "
+                                 f"got {getattr(self, key)!r}")
+        if self.dtype not in TORCH_DTYPES:
+            raise InputError(f"{source}: dtype must be one of {list(TORCH_DTYPES)}, "
+                             f"got {self.dtype!r}")
+        positive = ("levels", "blocks", "hidden", "n_train", "batch_size", "every",
+                    "monitor_batch")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise InputError(f"{source}: {key} must be >= 1, got {getattr(self, key)}")
+        for key in ("log_every", "eval_every", "checkpoint_every", "monitor_every",
+                    "monitor_samples", "warmup_steps"):
+            if getattr(self, key) < 0:
+                raise InputError(f"{source}: {key} must be >= 0, got {getattr(self, key)}")
+        if self.steps is None and self.epochs is None:
+            raise InputError(f"{source}: give steps or epochs")
+        if self.steps is not None and self.steps < 1:
+            raise InputError(f"{source}: steps must be >= 1, got {self.steps}")
+        if self.steps is None and not self.epochs > 0:
+            raise InputError(f"{source}: epochs must be > 0, got {self.epochs}")
+        for key in ("lr", "fd_eps"):
+            if not getattr(self, key) > 0:
+                raise InputError(f"{source}: {key} must be > 0, got {getattr(self, key)}")
+        if not self.coeff >= 0 or self.weight_decay < 0 or not self.lr_decay > 0:
+            raise InputError(f"{source}: coeff and weight_decay must be >= 0 and lr_decay > 0")
+        if any(not 0 < f < 1 for f in self.lr_decay_at):
+            raise InputError(f"{source}: lr_decay_at must hold fractions in (0, 1), "
+                             f"got {self.lr_decay_at}")
+        if self.regularizer == "nf" and self.task in ("flow", "density"):
+            raise InputError(f"{source}: regularizer 'nf' is already the loss of task "
+                             f"{self.task!r}; use 'none' or 'fd'")
+        if self.arch == "residual" and self.task in ("classifier", "flow"):
+            raise InputError(f"{source}: arch 'residual' is for the 2D tasks (regression, "
+                             f"density), got task {self.task!r}")
+        if self.arch == "residual" and self.memory_saving:
+            raise InputError(f"{source}: memory_saving needs analytic inverses; arch 'residual' "
+                             "has iterative ones")
+
+
+def _check_type(key: str, value: Any, default: Any, annotation: str, source: str) -> None:
+    optional = "None" in str(annotation)
+    if value is None:
+        if not optional:
+            raise InputError(f"{source}: {key} must not be null")
+        return
+    if "list" in str(annotation):
+        ok = isinstance(value, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        want = "a list of numbers"
+    elif "bool" in str(annotation):
+        ok, want = isinstance(value, bool), "true or false"
+    elif "float" in str(annotation):
+        ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif "int" in str(annotation):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    else:
+        ok, want = isinstance(value, str), "a string"
+    if not ok:
+        raise InputError(f"{source}: {key} must be {want}, got {value!r}")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``...; a clear error when CUDA is asked for and absent."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return dev
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with.
+
+    Attributes:
+        step: optimizer steps done. epoch: the current epoch (0-based).
+        status: ``"done"``, ``"interrupted"`` (Ctrl-C; a checkpoint holds the state) or
+            ``"stopped"`` (the loss went non-finite).
+        train: the last ``"train"`` record; eval: the final evaluation; monitor: the last
+            monitor record; fallbacks: memory-saving fallback events.
+        out: the run folder.
+    """
+
+    step: int
+    epoch: int
+    status: str
+    train: dict[str, Any]
+    eval: dict[str, Any]
+    monitor: dict[str, Any] | None
+    fallbacks: int
+    out: Path
+
+
+Callback = Callable[["Trainer", int, dict[str, Any]], None]
+
+
+class Trainer:
+    """Run one :class:`TrainConfig` into the folder ``out`` (see the module docstring).
+
+    Args:
+        config: the run's settings.
+        out: the run folder (created).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        progress: show a tqdm bar on stderr.
+        callbacks: functions ``(trainer, step, train_record)`` called after every step (the
+            record is empty between ``log_every`` steps).
+    """
+
+    def __init__(self, config: TrainConfig, out: str | Path, device: str = "cpu",
+                 progress: bool = True, callbacks: tuple[Callback, ...] = ()) -> None:
+        config.validate()
+        self.config, self.out = config, Path(out)
+        self.device, self.dtype = resolve_device(device), torch_dtype(config.dtype)
+        self.progress, self.callbacks = progress, tuple(callbacks)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        self.task: Task = TASKS[config.task](config, self.device, self.dtype)
+        self.flow = self.task.build_flow().to(device=self.device, dtype=self.dtype)
+        head = self.task.build_head()
+        self.head = None if head is None else head.to(device=self.device, dtype=self.dtype)
+        self.train_flow = self._memory_saving() if config.memory_saving else self.flow
+        params = list(self.flow.parameters()) + ([] if self.head is None
+                                                 else list(self.head.parameters()))
+        self.optimizer = _optimizer(config, params)
+        self.total_steps = self._total_steps()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_factor(config.warmup_steps, config.lr_decay_at, config.lr_decay,
+                                       self.total_steps))
+        self.data_gen = torch.Generator().manual_seed(config.seed + 1)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(config.seed + 3)
+        self.step, self.epoch, self.position = 0, 0, 0
+        self.order = torch.randperm(self.task.n_train, generator=self.data_gen)
+        x_mon, y_mon, latent = self.task.monitor_data(config.monitor_batch)
+        self._monitor_batch = (x_mon, y_mon)
+        self.log = JsonLinesLog(self.out / "log.jsonl")
+        self.monitor = StabilityMonitor(self.flow, x_mon, max(config.monitor_every, 1), latent,
+                                        config.monitor_samples,
+                                        cond_threshold=config.cond_threshold,
+                                        gradient_check=self._gradient_check, log=self.log,
+                                        seed=config.seed)
+        self._stop_requested = False
+        self._in_step = False
+        self.last_train: dict[str, Any] = {}
+
+    # -- construction helpers -------------------------------------------------------------
+
+    def _memory_saving(self) -> nn.Module:
+        return memory_saving(self.flow, policy="fallback", tol=self.config.memsave_tol)
+
+    def _gradient_check(self) -> dict[str, Any]:
+        """Angle and relative norm difference between memory-saving and true gradients of the
+        task loss on the monitor's batch (:func:`gradient_agreement`; the head, if any, in
+        evaluation mode so that its BatchNorm statistics stay untouched)."""
+        if any(not bool(m.initialized) for m in self.flow.modules() if isinstance(m, ActNorm)):
+            return {"skipped": "ActNorm not initialised yet"}
+
+        def loss_fn(net: nn.Module, batch: tuple[Tensor, Tensor | None]) -> Tensor:
+            with eval_mode(*([] if self.head is None else [self.head])):
+                return self.task.loss(net, self.head, *batch)[0]
+
+        tol = self.config.memsave_tol
+        return gradient_agreement(self.flow, loss_fn, [self._monitor_batch], tol=tol).summary()
+
+    @property
+    def batch_size(self) -> int:
+        return min(self.config.batch_size, self.task.n_train)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.task.n_train // self.batch_size
+
+    def _total_steps(self) -> int:
+        if self.config.steps is not None:
+            return self.config.steps
+        return max(1, math.ceil(self.config.epochs * self.steps_per_epoch))
+
+    @property
+    def fallbacks(self) -> int:
+        """Memory-saving fallback events so far (0 without memory saving)."""
+        return int(getattr(self.train_flow, "fallbacks", 0))
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def next_batch(self) -> tuple[Tensor, Tensor | None]:
+        """The next batch in the data order (a new permutation every epoch)."""
+        if self.position + self.batch_size > self.task.n_train:
+            self.epoch += 1
+            self.position = 0
+            self.order = torch.randperm(self.task.n_train, generator=self.data_gen)
+        index = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return self.task.batch(index, self.noise_gen)
+
+    def losses(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Task loss plus this step's regularizer (every ``every`` steps), sharing one network
+        pass: the FD regularizer's clean pass, or :meth:`Task.network_pass`."""
+        cfg, flow = self.config, self.train_flow
+        active = cfg.regularizer != "none" and self.step % cfg.every == 0
+        want_log_det = self.task.needs_log_det or (active and cfg.regularizer == "nf")
+        reg = None
+        if active and cfg.regularizer == "fd":
+            fd = fd_regularizer(flow, x, eps=cfg.fd_eps, coeff=cfg.coeff,
+                                direction=cfg.fd_direction, with_log_det=want_log_det)
+            z, log_det, reg = fd.z, fd.log_det, fd.loss
+        elif want_log_det:
+            z, log_det = flow.forward_and_log_det(x)
+        else:
+            z, log_det = flow(x), None
+        if active and cfg.regularizer == "nf":
+            reg = nf_loss(flow, x, coeff=cfg.coeff, z=z, log_det=log_det).loss
+        loss, metrics = self.task.objective(flow, z, log_det, x, y, self.head)
+        if reg is not None:
+            loss = loss + reg
+            metrics["regularizer"] = reg.detach()
+        return loss, metrics
+
+    def train_step(self, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
+        """One optimizer step; returns the metrics as tensors (no host sync)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, metrics = self.losses(x, y)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return metrics
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`load_state_dict` needs to continue exactly."""
+        return {
+            "config": self.config.to_dict(),
+            "flow": self.flow.state_dict(),
+            "head": None if self.head is None else self.head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "data_gen": self.data_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
+            "step": self.step, "epoch": self.epoch, "position": self.position,
+            "order": self.order,
+            "monitor": self.monitor.state_dict(),
+            "fallbacks": self.fallbacks,
+            "last_train": self.last_train,
+            "log_offset": self.log.offset,
+        }
+
+    def save_checkpoint(self) -> None:
+        save_checkpoint(self.state_dict(), self.checkpoint_path)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.flow.load_state_dict(state["flow"])
+        if self.head is not None:
+            self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.data_gen.set_state(state["data_gen"])
+        self.noise_gen.set_state(state["noise_gen"])
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.order = state["order"]
+        self.monitor.load_state_dict(state["monitor"])
+        if hasattr(self.train_flow, "fallbacks"):
+            self.train_flow.fallbacks = state["fallbacks"]
+        self.last_train = state["last_train"]
+        self.log.truncate(state["log_offset"])
+
+    def resume(self) -> None:
+        """Continue from ``checkpoint.pt`` in the run folder."""
+        state = load_checkpoint(self.checkpoint_path)
+        saved = {k: v for k, v in state["config"].items() if k not in ("steps", "epochs")}
+        now = {k: v for k, v in self.config.to_dict().items() if k not in ("steps", "epochs")}
+        differ = sorted(k for k in now if saved.get(k) != now[k])
+        if differ:
+            raise InputError(
+                f"resume: the run in {str(self.out)!r} was made with other settings for "
+                f"{differ} (saved: {[saved.get(k) for k in differ]}, now: "
+                f"{[now[k] for k in differ]}); only steps/epochs may change on resume")
+        self.load_state_dict(state)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _deferred_sigint(self) -> Iterator[None]:
+        """First Ctrl-C: stop after the current step; a second one raises at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        old = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+    def _train_record(self, metrics: dict[str, Tensor]) -> dict[str, Any]:
+        record = {"kind": "train", "step": self.step, "epoch": self.epoch}
+        record.update({k: float(v) for k, v in metrics.items()})
+        record["lr"] = self.scheduler.get_last_lr()[0]
+        record["fallbacks"] = self.fallbacks
+        return record
+
+    def _due(self, every: int) -> bool:
+        return (every > 0 and self.step % every == 0) or self.step == self.total_steps
+
+    def fit(self) -> TrainResult:
+        """Train to ``total_steps`` (from the current state); see the module docstring."""
+        from tqdm import tqdm
+
+        status = "done"
+        if self.step == 0:
+            self.log.truncate(0)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.config.task}",
+                   unit="step", file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
+        if self.step == 0 and self.config.monitor_every > 0:
+            self.monitor.measure(0)
+        try:
+            with self._deferred_sigint():
+                while self.step < self.total_steps and not self._stop_requested:
+                    status = self._one_step(bar)
+                    if status == "stopped":
+                        break
+                if status == "running":
+                    status = "done"
+                if self._stop_requested and status != "stopped":
+                    status = "interrupted"
+        except KeyboardInterrupt:
+            if self._in_step:
+                bar.close()
+                self.log({"kind": "interrupted", "step": self.step, "checkpoint": False})
+                raise
+            status = "interrupted"
+        finally:
+            bar.close()
+        return self._finish(status)
+
+    def _one_step(self, bar) -> str:
+        self._in_step = True
+        x, y = self.next_batch()
+        metrics = self.train_step(x, y)
+        self.step += 1
+        self._in_step = False
+        bar.update(1)
+        record: dict[str, Any] = {}
+        if self._due(self.config.log_every):
+            record = self._train_record(metrics)
+            self.log(record)
+            self.last_train = record
+            bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", self.task.metric)
+                             if k in record})
+            if not math.isfinite(record["loss"]):
+                self.log({"kind": "stopped", "step": self.step,
+                          "reason": "the loss is not finite"})
+                return "stopped"
+        if (self.config.eval_every and self.step % self.config.eval_every == 0
+                and self.step < self.total_steps):
+            self.log({"kind": "eval", "step": self.step,
+                      **self.task.evaluate(self.flow, self.head)})
+        if self._due(self.config.monitor_every):
+            self.monitor.measure(self.step)
+        if self._due(self.config.checkpoint_every):
+            self.save_checkpoint()
+        for callback in self.callbacks:
+            callback(self, self.step, record)
+        return "running"
+
+    def _finish(self, status: str) -> TrainResult:
+        evaluation = {}
+        if status == "done":
+            evaluation = {"kind": "eval", "step": self.step,
+                          **self.task.evaluate(self.flow, self.head)}
+            self.log(evaluation)
+            save_model(self.flow, self.out / "model.pt")
+        self.save_checkpoint()
+        # after the checkpoint, so that a resumed run's log continues as if never interrupted
+        self.log({"kind": status, "step": self.step, "epoch": self.epoch,
+                  "fallbacks": self.fallbacks})
+        monitors = [r for r in self.monitor.history if r["kind"] == "monitor"]
+        result = TrainResult(self.step, self.epoch, status, self.last_train, evaluation,
+                             monitors[-1] if monitors else None, self.fallbacks, self.out)
+        dump_json(result, self.out / "summary.json")
+        return result
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def _optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    kinds = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}
+    return kinds[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _lr_factor(warmup: int, decay_at: list[float], decay: float, total: int
+               ) -> Callable[[int], float]:
+    """``min(1, (t + 1) / warmup) * decay^(milestones passed)`` at scheduler step ``t``."""
+    milestones = sorted(round(f * total) for f in decay_at)
+
+    def factor(t: int) -> float:
+        ramp = min(1.0, (t + 1) / warmup) if warmup else 1.0
+        return ramp * decay ** sum(t >= m for m in milestones)
+
+    return factor
+
+
+def train(config: TrainConfig, out: str | Path, device: str = "cpu", resume: bool = False,
+          progress: bool = True, callbacks: tuple[Callback, ...] = ()) -> TrainResult:
+    """Build a :class:`Trainer`, resume it from ``out/checkpoint.pt`` if asked, and fit."""
+    if not resume and (Path(out) / "checkpoint.pt").exists():
+        raise InputError(f"{str(out)!r} already holds a run (checkpoint.pt): resume it or choose "
+                         "another output folder")
+    trainer = Trainer(config, out, device, progress, callbacks)
+    try:
+        if resume:
+            trainer.resume()
+        return trainer.fit()
+    finally:
+        trainer.close()
