@@ -344,7 +344,8 @@ def test_diagnose_names_the_batch_shape_the_model_refuses(tmp_path, capsys):
         assert main(["diagnose", str(tmp_path / name), str(tmp_path / "x.npy"),
                      "--no-progress"]) == 2
         err = capsys.readouterr().err
-        assert "x of shape (4, 3) does not fit the model" in err and "(1, 3)" not in err, err
+        assert f"DATA {str(tmp_path / 'x.npy')!r} of shape (4, 3) does not fit the model" in err
+        assert "(1, 3)" not in err and "Traceback" not in err, err
     save_model(coupling_mlp(3, n_blocks=2, hidden=4), tmp_path / "m3.pt")
     out = tmp_path / "r.json"
     assert main(["diagnose", str(tmp_path / "m3.pt"), str(tmp_path / "x.npy"), "--no-progress",

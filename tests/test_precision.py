@@ -276,7 +276,7 @@ def test_verify_command_rejects_non_finite_and_empty_inputs(tmp_path, capsys):
     x[2, 0] = np.nan
     np.save(tmp_path / "x.npy", x)
     err = cli_error(["verify", str(tmp_path / "m.pt"), str(tmp_path / "x.npy")], capsys)
-    assert f"the inputs {tmp_path / 'x.npy'} must be finite: rows [2] hold NaN or Inf" in err
+    assert f"INPUTS {str(tmp_path / 'x.npy')!r} must be finite: rows [2] hold NaN or Inf" in err
     torch.save(torch.ones(1, 0), tmp_path / "e.pt")
     err = cli_error(["verify", str(tmp_path / "m.pt"), str(tmp_path / "e.pt")], capsys)
     assert "must hold at least one sample of at least one value, got shape (1, 0)" in err

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from lipbound.io import load_inputs, load_model
+from lipbound.io import check_output_path, load_inputs, load_model
 
 from ..jsonio import dump_json
+from ..shape import output_shape
 from .decompose import check_inputs, decompose, format_decomposition
 from .names import describe_precisions, parse_precision
 
@@ -43,9 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     parse_precision(args.precision, PRECISION_KINDS, "--precision")
     parse_precision(args.reference, REFERENCE_KINDS, "--reference")
+    if args.json:
+        check_output_path(args.json, "--json")
     model = load_model(args.model)
     x = load_inputs(args.inputs)
-    check_inputs(x, f"the inputs {args.inputs}")
+    name = f"INPUTS {args.inputs!r}"
+    check_inputs(x, name)
+    output_shape(model, x, name)
     d = decompose(model, x, args.precision, args.reference,
                   parameter_rounding=args.parameter_rounding, trace=not args.no_trace,
                   progress=not args.no_progress)
