@@ -84,7 +84,7 @@ def _loss_and_error(model: InvertibleBlock, x: Tensor) -> tuple[Tensor, Tensor]:
     NaN where the reconstruction holds NaN, Inf where it holds Inf)."""
     rec = model.inverse(model(x))
     diff = (x - rec).reshape(x.shape[0], -1)
-    err = mark_non_finite(per_sample_norm(diff.detach()), rec.detach())
+    err = mark_non_finite(per_sample_norm(diff.detach()), rec.detach(), x.detach())
     return torch.linalg.vector_norm(diff, dim=1), err
 
 
