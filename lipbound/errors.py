@@ -24,4 +24,3 @@ class InputError(LipboundError, ValueError):
 class InputTypeError(LipboundError, TypeError):
     """An argument has a type that lipbound cannot use; the message names it and says what was
     expected."""
-

@@ -198,7 +198,8 @@ def test_example_writes_a_model_and_inputs_that_fit(name, tmp_path, capsys):
 def test_example_out_must_be_a_folder(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["example", "toy2d", "--out", str(tmp_path / "file")]) == 2
-    assert f"--out {str(tmp_path / 'file')!r} cannot be used as a folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--out {str(tmp_path / 'file')!r} is a file; expected a folder" in err
     with pytest.raises(SystemExit) as exc:  # argparse: an unknown NAME lists the choices
         main(["example", "nosuch"])
     assert exc.value.code == 2

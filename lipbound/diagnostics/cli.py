@@ -68,8 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="torch.save'd lipbound, FrEIA, nflows, zuko, normflows or memcnn model")
     p.add_argument("data", metavar="DATA",
-                   help="a .pt/.npy/.npz file, checkerboard or checkerboard:N (the paper's 2D "
-                        "data, N points, default 2000), or digits")
+                   help="a .pt/.npy/.npz file (an .npz's array x, or its only array), checkerboard "
+                        "or checkerboard:N (the paper's 2D data, N >= 1 points, default 2000), "
+                        "or digits")
     p.add_argument("--precision", nargs="+", default=["float32", "float64"],
                    help="float precisions of the round trips; the attack runs at the first "
                         "(default: float32 float64)")

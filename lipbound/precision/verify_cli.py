@@ -11,7 +11,7 @@ import argparse
 from lipbound.io import check_output_path, load_inputs, load_model
 
 from ..jsonio import dump_json
-from ..shape import output_shape
+from ..shape import check_batch, output_shape
 from .decompose import check_inputs, decompose, format_decomposition
 from .names import describe_precisions, parse_precision
 
@@ -23,7 +23,9 @@ PRECISION_KINDS, REFERENCE_KINDS = ("torch",), ("mp", "arb")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="saved model (lipbound.io.save_model); required")
-    parser.add_argument("inputs", help="inputs, .pt or .npy/.npz, batch first; required")
+    parser.add_argument("inputs", metavar="INPUTS",
+                        help="inputs, batch first, of real numbers: .pt, .npy or .npz (its array "
+                             "x, or its only array); required")
     parser.add_argument("--precision", default="float32",
                         help=f"the float precision to test, "
                              f"{describe_precisions(PRECISION_KINDS)} (default float32)")
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     x = load_inputs(args.inputs)
     name = f"INPUTS {args.inputs!r}"
+    check_batch(x, name)
     check_inputs(x, name)
     output_shape(model, x, name)
     d = decompose(model, x, args.precision, args.reference,
