@@ -23,10 +23,10 @@ from torch import Tensor
 from .autodiff import batch_jacobian
 from .blocks import InvertibleBlock, glow_like, randomize_parameters
 from .errors import InputError
-from .io import load_model
+from .io import check_output_path, load_model
 from .jsonio import dump_json, jsonable
 from .precision import cast_model, torch_dtype
-from .shape import infer_shape
+from .shape import model_shape
 
 __all__ = ["CheckRow", "add_arguments", "check_model", "format_rows", "rows_to_json", "run"]
 
@@ -179,38 +179,46 @@ def add_arguments(p) -> None:
     p.add_argument("--precision", nargs="+", default=["float32", "float64"], metavar="P",
                    help="float precisions of the round trips (default: float32 float64)")
     p.add_argument("--max-jacobian-dim", type=int, default=4096, metavar="D",
-                   help="skip the log-det check above this per-sample dimension (default: 4096)")
+                   help="skip the log-det check above this per-sample dimension, an integer >= 0 "
+                        "(0 skips it always) (default: 4096)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON (default: no JSON)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: a tqdm bar over the blocks on stderr)")
 
 
-def _model_shape(model: InvertibleBlock, shape: list[int] | None) -> tuple[int, ...]:
-    """The per-sample input shape for a loaded model: ``--shape``, else read from the model;
-    a shape the model cannot run on is an error that names ``--shape``."""
-    if not shape:
-        return infer_shape(model)
-    try:
-        with torch.no_grad():
-            cast_model(model, torch.float64)(torch.zeros((1, *shape), dtype=torch.float64))
-    except (InputError, RuntimeError) as err:
-        raise InputError(f"--shape {' '.join(map(str, shape))}: the model cannot run on inputs "
-                         f"of this per-sample shape ({err})") from err
-    return tuple(shape)
-
-
-def run(args) -> int:
-    """Run ``lipbound check``."""
-    if args.batch < 1:
-        raise InputError(f"--batch must be >= 1, got {args.batch}")
+def _check_options(args) -> None:
+    """Refuse option values ``lipbound check`` cannot use before any work, naming the option."""
+    at_least = {"--batch": args.batch, "--levels": args.levels, "--steps": args.steps,
+                "--hidden": args.hidden}
+    for option, value in at_least.items():
+        if value < 1:
+            raise InputError(f"{option} must be >= 1, got {value}")
+    if args.max_jacobian_dim < 0:
+        raise InputError(f"--max-jacobian-dim must be >= 0, got {args.max_jacobian_dim}")
     for name in args.precision:
         torch_dtype(name, "--precision")
     if args.shape is not None and any(n < 1 for n in args.shape):
         raise InputError(f"--shape must be positive integers, got {' '.join(map(str, args.shape))}")
+    if args.json:
+        check_output_path(args.json, "--json")
+    if args.model:
+        return
+    shape = tuple(args.shape or DEFAULT_SHAPE)
+    if len(shape) != 3:
+        raise InputError(f"--shape must be C H W for the built Glow-like model (or give --model), "
+                         f"got {' '.join(map(str, shape))}")
+    if shape[1] % 2**args.levels or shape[2] % 2**args.levels:
+        raise InputError(f"--shape {' '.join(map(str, shape))}: H and W must be divisible by "
+                         f"2**--levels = {2**args.levels}")
+
+
+def run(args) -> int:
+    """Run ``lipbound check``."""
+    _check_options(args)
     torch.manual_seed(args.seed)
     if args.model:
         model = load_model(args.model)
-        shape = _model_shape(model, args.shape)
+        shape = model_shape(model, args.shape)
         desc = args.model
     else:
         shape = tuple(args.shape or DEFAULT_SHAPE)

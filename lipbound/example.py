@@ -37,7 +37,7 @@ from .blocks import (
 )
 from .diagnostics.data import checkerboard
 from .errors import InputError
-from .io import save_model
+from .io import check_output_folder, save_model
 
 __all__ = ["EXAMPLES", "Example", "add_arguments", "run", "write_example"]
 
@@ -136,6 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the example and print what to try next."""
+    check_output_folder(args.out, "--out")
     model_path, inputs_path = write_example(args.name, args.out, args.seed)
     x = np.load(inputs_path)["x"]
     print(f"lipbound example {args.name}: {EXAMPLES[args.name].description}")

@@ -2,7 +2,8 @@
 
 A MODEL file is a whole :class:`~lipbound.blocks.InvertibleBlock` written with
 :func:`save_model` (``torch.save(model, path)``). INPUTS files are ``.pt`` (a tensor) or
-``.npz``/``.npy`` (the array, or the first array of an ``.npz``), batch first.
+``.npy`` (the array) or ``.npz`` (the array named ``x``, or its only array), batch first, of real
+floating-point, integer or boolean numbers.
 
 Loading is done with ``torch.load(weights_only=True)`` wherever the file allows it (tensors,
 state dicts). A model file is a pickled module: its classes are not on torch's weights-only allow
@@ -11,11 +12,13 @@ trust. Files that are not written by ``torch.save`` (or by numpy, for inputs) ar
 
 Every unreadable file (missing, empty, of another format, an array with no samples) raises an
 :class:`~lipbound.errors.InputError` (or ``FileNotFoundError``) that names the file and says what
-was expected.
+was expected. :func:`check_output_path` and :func:`check_output_folder` check, before any work
+is done, that the commands can write their output files where they were told to.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -27,7 +30,8 @@ from torch import Tensor
 from .blocks import InvertibleBlock, require_block
 from .errors import InputError, InputTypeError
 
-__all__ = ["load_inputs", "load_model", "load_saved", "save_model"]
+__all__ = ["check_output_folder", "check_output_path", "load_inputs", "load_model", "load_saved",
+           "save_model"]
 
 #: What ``torch.load`` and ``np.load`` raise on a file they cannot read (a corrupt archive, a
 #: truncated pickle, a class that cannot be found).
@@ -160,8 +164,64 @@ def load_model(path: str | Path) -> InvertibleBlock:
     return model
 
 
+def _existing_ancestor(path: Path, option: str, shown: Path) -> None:
+    """:class:`InputError` naming ``option`` unless the nearest existing folder above ``path``
+    (``path`` itself included) is a folder that can be written to."""
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{option} {str(shown)!r}: {str(folder)!r} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {str(shown)!r}: the folder {str(folder)!r} is not writable")
+
+
+def check_output_path(path: str | Path, option: str, suffixes: tuple[str, ...] | None = None,
+                      create_parents: bool = False) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, checked before a command does its work: an
+    :class:`InputError` naming ``option`` unless ``path`` ends in one of ``suffixes`` (any suffix
+    when ``None``; compared in lower case), is not a folder, and its folder exists (or, with
+    ``create_parents``, can be created: the nearest existing folder above it) and is writable."""
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise InputError(f"{option} must end in {' or '.join(suffixes)}, got {str(path)!r}")
+    if path.is_dir():
+        raise InputError(f"{option} {str(path)!r} is a folder; expected a file name")
+    parent = path.parent
+    if not create_parents and not parent.exists():
+        raise InputError(f"{option} {str(path)!r}: the folder {str(parent)!r} does not exist")
+    _existing_ancestor(parent, option, path)
+    return path
+
+
+def check_output_folder(path: str | Path, option: str) -> Path:
+    """``path`` as a :class:`~pathlib.Path`: an :class:`InputError` naming ``option`` unless it is
+    a folder or can be created as one (the nearest existing path above it is a writable
+    folder)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {str(path)!r} is a file; expected a folder")
+    _existing_ancestor(path, option, path)
+    return path
+
+
+def _npz_array(data: np.lib.npyio.NpzFile, path: Path) -> np.ndarray:
+    """The array named ``x`` of an ``.npz`` file, else its only array."""
+    if "x" in data.files:
+        return data["x"]
+    if len(data.files) == 1:
+        return data[data.files[0]]
+    if not data.files:
+        raise InputError(f"inputs file {str(path)!r} holds no arrays; expected an array of "
+                         "inputs, batch first")
+    raise InputError(f"inputs file {str(path)!r} holds {len(data.files)} arrays "
+                     f"({', '.join(data.files)}) and none named x; save the inputs as x "
+                     "(numpy.savez(path, x=inputs)) or alone")
+
+
 def _read_array(path: Path) -> np.ndarray:
-    """The array of an ``.npy`` file, or the first array of an ``.npz`` file (no pickles)."""
+    """The array of an ``.npy`` file, or the array ``x`` (or only array) of an ``.npz`` file (no
+    pickles)."""
     if not _is_numpy_file(path):
         raise _not_format(path, "inputs", f"numpy {path.suffix}",
                           "an array saved with numpy.save (.npy) or numpy.savez (.npz)")
@@ -169,10 +229,7 @@ def _read_array(path: Path) -> np.ndarray:
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.lib.npyio.NpzFile):
             with data:
-                if not data.files:
-                    raise InputError(f"inputs file {str(path)!r} holds no arrays; expected an "
-                                     "array of inputs, batch first")
-                return data[data.files[0]]
+                return _npz_array(data, path)
         return data
     except _UNREADABLE as err:
         if isinstance(err, InputError):
@@ -181,11 +238,15 @@ def _read_array(path: Path) -> np.ndarray:
                          f"({_first_line(err)})") from err
 
 
+#: The suffixes of the files :func:`load_inputs` reads.
+INPUT_SUFFIXES = (".pt", ".npy", ".npz")
+
+
 def load_inputs(path: str | Path) -> Tensor:
-    """Read a batch of inputs (batch first, at least one sample) from ``.pt``, ``.npy`` or
-    ``.npz``."""
+    """Read a batch of inputs (batch first, at least one sample; real floating-point, integer or
+    boolean numbers) from ``.pt``, ``.npy`` or ``.npz``."""
     path = Path(path)
-    if path.suffix not in (".pt", ".npy", ".npz"):
+    if path.suffix not in INPUT_SUFFIXES:
         raise InputError(f"inputs must be a .pt, .npy or .npz file, got {str(path)!r}")
     path = _existing(path, "inputs")
     if path.suffix == ".pt":
@@ -199,7 +260,13 @@ def load_inputs(path: str | Path) -> Tensor:
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
             raise InputError(f"inputs file {str(path)!r} holds an array of {arr.dtype}, "
                              "expected numbers")
+        if np.issubdtype(arr.dtype, np.complexfloating):
+            raise InputError(f"inputs file {str(path)!r} holds complex numbers ({arr.dtype}); "
+                             "expected real floating-point or integer numbers")
         x = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="), copy=False))  # native order
+    if x.is_complex():
+        raise InputError(f"inputs file {str(path)!r} holds complex numbers ({x.dtype}); expected "
+                         "real floating-point or integer numbers")
     if x.dim() == 0 or x.shape[0] == 0:
         raise InputError(f"inputs file {str(path)!r} holds no samples (shape "
                          f"{tuple(x.shape)}); expected an array of inputs, batch first, with at "

@@ -102,13 +102,18 @@ class RTensor:
 
     def __repr__(self) -> str:
         """``RTensor(shape=(2, 3), arb:128, mid=[0.1, -1.5, ... 6 values], max_radius=3.2e-39)``:
-        the first few midpoints to 6 digits (any magnitude) and the largest radius."""
+        the first few midpoints to 6 digits (any magnitude) and the largest radius; mpmath
+        carries no radius (no error bound), which ``no radius (mpmath)`` says instead of a 0
+        that would read as exact."""
         bk, n = self.backend, self.REPR_VALUES
         shown = ", ".join(bk.short(v) for v in self.data[:n])
         more = f", ... {self.numel} values" if self.numel > n else ""
-        radius = (bk.radius_text(max(self.data, key=bk.radius_key)) if self.data else "0")
-        return (f"RTensor(shape={self.shape}, {bk.name}, mid=[{shown}{more}], "
-                f"max_radius={radius})")
+        if bk.kind == "mp":
+            radius = "no radius (mpmath)"
+        else:
+            text = bk.radius_text(max(self.data, key=bk.radius_key)) if self.data else "0"
+            radius = f"max_radius={text}"
+        return f"RTensor(shape={self.shape}, {bk.name}, mid=[{shown}{more}], {radius})"
 
     # indexing
     def __getitem__(self, key: Any) -> RTensor:

@@ -187,7 +187,7 @@ def test_diagnose_cli_on_images_writes_histograms_and_nonfinite_json(tmp_path, c
     rep = _strict_json(out)
     assert rep["non_finite_rows"] == [0]
     (r,) = rep["reconstruction"]
-    assert r["errors"][0] in ("nan", "inf") and r["n_inf"] + r["n_nan"] == 1
+    assert r["errors"][0] == "inf" and r["n_inf"] == 1 and r["n_nan"] == 0  # its input is Inf
     assert r["n_finite"] == 5 and r["max"] < 1e-4
     # the broken input is blamed on the data, not on block 0
     assert r["first_failure"] == "input" and r["first_failure_counts"] == {"input": 1}
@@ -195,6 +195,41 @@ def test_diagnose_cli_on_images_writes_histograms_and_nonfinite_json(tmp_path, c
     assert r["lowest_failing_block"] is None
     assert "spectrum" not in rep and "attack" not in rep
     assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_diagnose_counts_nan_and_inf_inputs_apart(tmp_path, capsys):
+    """A row of only Inf makes NaN in the network (inf - inf), but is counted under Inf; a row
+    with a NaN under NaN; finite rows stay finite."""
+    import numpy as np
+
+    save_model(figure1_chain(2, "affine"), tmp_path / "m.pt")
+    np.save(tmp_path / "x.npy", np.array([[1.0, 2.0], [math.inf, math.inf], [math.nan, 1.0],
+                                          [-math.inf, 0.5]]))
+    out = tmp_path / "r.json"
+    assert main(["diagnose", str(tmp_path / "m.pt"), str(tmp_path / "x.npy"), "--precision",
+                 "float64", "--attack-samples", "0", "--spectrum-samples", "0",
+                 "--allow-nonfinite", "--no-progress", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    rep = _strict_json(out)
+    (fwd, back) = rep["reconstruction"]
+    assert fwd["direction"] == "x->z->x"
+    assert fwd["errors"][1:] == ["inf", "nan", "inf"]
+    assert (fwd["n_finite"], fwd["n_inf"], fwd["n_nan"]) == (1, 2, 1)
+    assert fwd["pct_inf"] == 50.0 and fwd["pct_nan"] == 25.0
+    assert back["n_finite"] == 4  # latent samples are finite
+    assert "50.00" in text and "25.00" in text
+
+
+def test_mark_non_finite_classifies_by_input_then_reconstruction():
+    from lipbound.diagnostics.views import mark_non_finite
+
+    inf, nan = math.inf, math.nan
+    x = torch.tensor([[1.0, 1.0], [inf, inf], [nan, inf], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    rec = torch.tensor([[1.0, 1.0], [nan, nan], [inf, 1.0], [inf, 0.0], [nan, inf], [2.0, 1.0]])
+    got = mark_non_finite(torch.tensor([0.0, 9.0, 9.0, 9.0, 9.0, 1.0]), rec, x)
+    assert got[0] == 0 and got[5] == 1
+    assert torch.isinf(got[1]) and torch.isnan(got[2]) and torch.isinf(got[3])
+    assert torch.isnan(got[4])
 
 
 def test_diagnose_cli_errors_are_clear(tmp_path, capsys):
@@ -344,7 +379,8 @@ def test_diagnose_names_the_batch_shape_the_model_refuses(tmp_path, capsys):
         assert main(["diagnose", str(tmp_path / name), str(tmp_path / "x.npy"),
                      "--no-progress"]) == 2
         err = capsys.readouterr().err
-        assert "x of shape (4, 3) does not fit the model" in err and "(1, 3)" not in err, err
+        assert f"DATA {str(tmp_path / 'x.npy')!r} of shape (4, 3) does not fit the model" in err
+        assert "(1, 3)" not in err and "Traceback" not in err, err
     save_model(coupling_mlp(3, n_blocks=2, hidden=4), tmp_path / "m3.pt")
     out = tmp_path / "r.json"
     assert main(["diagnose", str(tmp_path / "m3.pt"), str(tmp_path / "x.npy"), "--no-progress",

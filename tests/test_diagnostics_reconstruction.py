@@ -120,6 +120,13 @@ def test_per_block_trace_names_the_fragile_affine_block():
     assert calm.lowest_failing_block is None and calm.first_failure is None
 
 
+def test_attack_progress_bar_ends_full(capsys):
+    x = checkerboard(4, torch.Generator().manual_seed(1))
+    invertibility_attack(_fragile_affine(), x, iterations=5, progress=True)
+    err = capsys.readouterr().err
+    assert "6/6" in err and "5/6" not in err.splitlines()[-1], err
+
+
 def test_attack_does_not_flag_the_affine_model_on_the_datas_scale():
     model = _fragile_affine()
     x = checkerboard(64, torch.Generator().manual_seed(1))

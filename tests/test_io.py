@@ -108,7 +108,7 @@ BAD_INPUTS = {
     "dict_pt": (_dict_pt, ".pt", "must hold a tensor, got dict"),
     "module_pt": (lambda p: torch.save(torch.nn.Linear(2, 2), p), ".pt",
                   "holds Python objects other than tensors, which are not loaded"),
-    "csv": (lambda p: p.write_text("1,2\n"), ".csv", "inputs must be a .pt, .npy or .npz file"),
+    "csv": (lambda p: p.write_text("1,2\n"), ".csv", "must be a .pt, .npy or .npz file"),
 }
 
 

@@ -140,7 +140,15 @@ def test_verdict_rounding_for_a_well_conditioned_model():
     d = decompose(model, torch.randn(3, 4), "float32", parameter_rounding=True)
     assert d.verdict == "rounding", d.reasons
     assert d.total <= 1e-5 and d.parameter_rounding > 0
-    assert "verdict: rounding" in format_decomposition(d)
+    text = format_decomposition(d)
+    assert "verdict: rounding" in text
+    # every value of the table starts in the same column, the local Lip(F^-1) row included
+    rows = [line for line in text.splitlines()[1:8] if not line.startswith("  amplification")]
+    assert any(line.startswith("  Lip(F^-1) local  1/sigma_min (") for line in rows), text
+    columns = {line.index(f"{v:.3e}") for line, v in zip(rows, (d.delta, d.recon_exact,
+                                                                d.delta2, d.total,
+                                                                d.lip_inverse, d.bound))}
+    assert len(columns) == 1, text
 
 
 def test_verdict_range_for_an_affine_chain_that_overflows_float16():
@@ -276,7 +284,7 @@ def test_verify_command_rejects_non_finite_and_empty_inputs(tmp_path, capsys):
     x[2, 0] = np.nan
     np.save(tmp_path / "x.npy", x)
     err = cli_error(["verify", str(tmp_path / "m.pt"), str(tmp_path / "x.npy")], capsys)
-    assert f"the inputs {tmp_path / 'x.npy'} must be finite: rows [2] hold NaN or Inf" in err
+    assert f"INPUTS {str(tmp_path / 'x.npy')!r} must be finite: rows [2] hold NaN or Inf" in err
     torch.save(torch.ones(1, 0), tmp_path / "e.pt")
     err = cli_error(["verify", str(tmp_path / "m.pt"), str(tmp_path / "e.pt")], capsys)
     assert "must hold at least one sample of at least one value, got shape (1, 0)" in err

@@ -10,12 +10,13 @@ refused (the report says why), 2 on bad input.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError
-from ..io import load_model
-from ..shape import infer_shape
+from ..io import check_output_path, load_model
+from ..shape import infer_shape, model_shape
 from .compose import NetworkBound, bound_model
 from .report import FORMATS, format_report
 from .spec import load_spec, spec_bounds
@@ -58,13 +59,19 @@ def bounds_for(source: str, box: Sequence[float] | None = None,
                              "gives its boxes in the file (\"box\", \"inverse_box\")")
         return spec_bounds(load_spec(path))
     model = load_model(path)
-    return bound_model(model, shape if shape else infer_shape(model),
+    return bound_model(model, model_shape(model, shape),
                        None if box is None else tuple(box),
                        None if output_box is None else tuple(output_box), progress)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print (or write) the report; 1 when a bound is refused."""
+    for option, box in (("--box", args.box), ("--output-box", args.output_box)):
+        if box is not None and not (math.isfinite(box[0]) and math.isfinite(box[1])
+                                    and box[0] <= box[1]):
+            raise InputError(f"{option} needs finite A <= B, got {box[0]} {box[1]}")
+    if args.output:
+        check_output_path(args.output, "--output")
     net = bounds_for(args.source, args.box, args.output_box, args.shape, not args.no_progress)
     text = format_report(net, args.format)
     if args.output:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from ..blocks import InvertibleBlock
 from ..errors import InputError
@@ -84,7 +85,7 @@ def _loss_and_error(model: InvertibleBlock, x: Tensor) -> tuple[Tensor, Tensor]:
     NaN where the reconstruction holds NaN, Inf where it holds Inf)."""
     rec = model.inverse(model(x))
     diff = (x - rec).reshape(x.shape[0], -1)
-    err = mark_non_finite(per_sample_norm(diff.detach()), rec.detach())
+    err = mark_non_finite(per_sample_norm(diff.detach()), rec.detach(), x.detach())
     return torch.linalg.vector_norm(diff, dim=1), err
 
 
@@ -156,29 +157,29 @@ def invertibility_attack(model: InvertibleBlock, x: Tensor, radius: float | None
     best_x = center.clone()
     best_err = torch.full((x.shape[0],), -1.0, dtype=torch.float64, device=x.device)
     initial = None
-    steps = range(int(iterations) + 1)
-    if progress:
-        from tqdm import tqdm
-
-        steps = tqdm(steps, desc=f"invertibility attack ({precision})", unit="step")
-    for k in steps:
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            loss, err = _loss_and_error(run, x_adv)
-        if initial is None:
-            initial = err.clone()
-        better = _worse(err, best_err)
-        best_x[better], best_err[better] = x_adv.detach()[better], err[better]
-        alive = torch.isfinite(err)
-        if k == int(iterations) or not bool(alive.any()):
-            break
-        (grad,) = torch.autograd.grad(loss[alive].sum(), x_adv)
-        move = torch.nan_to_num(torch.sign(grad), nan=0.0)
-        stuck = (move == 0).reshape(move.shape[0], -1).all(dim=1)
-        if bool(stuck.any()):
-            coin = torch.randint(0, 2, move.shape, generator=gen, device=move.device)
-            move[stuck] = (2 * coin - 1).to(move.dtype)[stuck]
-        move[~alive] = 0
-        x_adv = torch.minimum(torch.maximum(x_adv.detach() + step * move, lo), hi)
+    # updated by hand after each evaluation: iterating a tqdm and breaking out of the loop
+    # leaves the bar one step short (50/51)
+    with tqdm(total=int(iterations) + 1, desc=f"invertibility attack ({precision})",
+              unit="step", disable=not progress) as bar:
+        for k in range(int(iterations) + 1):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                loss, err = _loss_and_error(run, x_adv)
+            if initial is None:
+                initial = err.clone()
+            better = _worse(err, best_err)
+            best_x[better], best_err[better] = x_adv.detach()[better], err[better]
+            alive = torch.isfinite(err)
+            bar.update()
+            if k == int(iterations) or not bool(alive.any()):
+                break
+            (grad,) = torch.autograd.grad(loss[alive].sum(), x_adv)
+            move = torch.nan_to_num(torch.sign(grad), nan=0.0)
+            stuck = (move == 0).reshape(move.shape[0], -1).all(dim=1)
+            if bool(stuck.any()):
+                coin = torch.randint(0, 2, move.shape, generator=gen, device=move.device)
+                move[stuck] = (2 * coin - 1).to(move.dtype)[stuck]
+            move[~alive] = 0
+            x_adv = torch.minimum(torch.maximum(x_adv.detach() + step * move, lo), hi)
     return AttackResult(best_x, best_err, initial, _flag(best_err, best_x, tol), center,
                         float(radius), float(step), int(iterations), precision, tol)

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..adapters import adapt
 from ..errors import InputError
-from ..io import load_inputs, load_saved
+from ..io import INPUT_SUFFIXES, check_output_path, load_inputs, load_saved
 from ..jsonio import dump_json
 from ..precision.names import parse_precision
+from ..shape import check_batch, output_shape
 from .data import checkerboard, load_digits
 from .histogram import plot_error_histograms
 from .maps import grid_maps, plot_grid_maps
@@ -39,7 +41,10 @@ from .report import (
 #: Quantisation levels of the named datasets (the attack's dequantization cell).
 DATA_LEVELS = {"digits": 17}
 
-__all__ = ["add_arguments", "load_data", "run"]
+#: What DATA may be, for its error messages.
+DATA_FORMS = "a .pt, .npy or .npz file, checkerboard, checkerboard:N (N >= 1) or digits"
+
+__all__ = ["DATA_FORMS", "add_arguments", "load_data", "run"]
 
 
 def load_data(spec: str, seed: int = 0) -> Tensor:
@@ -49,9 +54,11 @@ def load_data(spec: str, seed: int = 0) -> Tensor:
         return load_digits(generator=gen)
     if spec == "checkerboard" or spec.startswith("checkerboard:"):
         count = spec.partition(":")[2] or "2000"
-        if not count.isdigit():
-            raise InputError(f"DATA checkerboard:N needs an integer N, got {spec!r}")
+        if not count.isdigit() or int(count) < 1:
+            raise InputError(f"DATA checkerboard:N needs an integer N >= 1, got {spec!r}")
         return checkerboard(int(count), generator=gen)
+    if Path(spec).suffix not in INPUT_SUFFIXES:
+        raise InputError(f"DATA must be {DATA_FORMS}, got {spec!r}")
     return load_inputs(spec)
 
 
@@ -61,8 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="torch.save'd lipbound, FrEIA, nflows, zuko, normflows or memcnn model")
     p.add_argument("data", metavar="DATA",
-                   help="a .pt/.npy/.npz file, checkerboard or checkerboard:N (the paper's 2D "
-                        "data, N points, default 2000), or digits")
+                   help="a .pt/.npy/.npz file (an .npz's array x, or its only array), checkerboard "
+                        "or checkerboard:N (the paper's 2D data, N >= 1 points, default 2000), "
+                        "or digits")
     p.add_argument("--precision", nargs="+", default=["float32", "float64"],
                    help="float precisions of the round trips; the attack runs at the first "
                         "(default: float32 float64)")
@@ -154,10 +162,15 @@ def _check_options(args: argparse.Namespace) -> None:
                 "--spectrum-samples": (args.spectrum_samples, 0),
                 "--attack-samples": (args.attack_samples, 0),
                 "--reference-samples": (args.reference_samples, 1),
-                "--bits": (args.bits, 1), "--max-full-dim": (args.max_full_dim, 1)}
+                "--bits": (args.bits, 1), "--max-full-dim": (args.max_full_dim, 1),
+                "--n": (args.n, 1)}
     for option, (value, low) in at_least.items():
         if value is not None and value < low:
             raise InputError(f"{option} must be >= {low}, got {value}")
+    if args.json:
+        check_output_path(args.json, "--json")
+    if args.plot:
+        check_output_path(args.plot, "--plot", (".png", ".pdf"))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -165,12 +178,13 @@ def _run(args: argparse.Namespace) -> int:
     model = adapt(load_saved(args.model))
     x = load_data(args.data, args.seed)
     if args.n is not None:
-        if args.n < 1:
-            raise InputError(f"--n must be >= 1, got {args.n}")
         x = x[:args.n]
-    message = nonfinite_data_message(x, f"DATA {args.data!r}", "--allow-nonfinite")
+    name = f"DATA {args.data!r}"
+    check_batch(x, name)
+    message = nonfinite_data_message(x, name, "--allow-nonfinite")
     if message and not args.allow_nonfinite:
         raise InputError(message)
+    output_shape(model, x, name)
     progress = not args.no_progress
     levels = DATA_LEVELS.get(args.data) if args.bits is None else None
     attack = AttackSettings(args.attack_samples, args.attack_steps, args.attack_step,
@@ -184,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
     print(format_diagnosis(result))
     if args.json:
         dump_json(diagnosis_to_json(result), args.json)
-    if args.plot:
+    if args.plot:  # checked by _check_options
         if tuple(x.shape[1:]) == (2,):
             maps = grid_maps(model, args.grid, args.lim, args.precision[0], progress=progress)
             plot_grid_maps(maps, args.plot, data=x)

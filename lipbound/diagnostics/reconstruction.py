@@ -110,8 +110,10 @@ def error_summary(errors: Tensor) -> dict[str, float | int | None]:
 
 
 def _errors(x: Tensor, x_rec: Tensor) -> Tensor:
-    """Per-sample ``||x - x_rec||_2`` in float64, NaN (Inf) when ``x_rec`` holds a NaN (an Inf)."""
-    return mark_non_finite(per_sample_norm(x.to(torch.float64) - x_rec.to(torch.float64)), x_rec)
+    """Per-sample ``||x - x_rec||_2`` in float64, NaN or Inf as :func:`~.views.mark_non_finite`
+    says (an input holding NaN or Inf counts as that, else the reconstruction's NaN or Inf)."""
+    return mark_non_finite(per_sample_norm(x.to(torch.float64) - x_rec.to(torch.float64)), x_rec,
+                           x)
 
 
 def _non_finite(v: Tensor) -> Tensor:

@@ -28,10 +28,11 @@ import reference
 
 from ..adapters.base import ForeignBlock
 from ..blocks import InvertibleBlock, require_block
-from ..errors import InputError, LipboundError
+from ..errors import InputError
 from ..jsonio import jsonable
 from ..precision.decompose import Decomposition, decompose, format_decomposition
 from ..precision.names import parse_precision
+from ..shape import check_batch, output_shape
 from .attack import AttackResult, invertibility_attack
 from .reconstruction import DIRECTIONS, ReconstructionStats, reconstruction_stats
 from .spectrum import Spectrum, spectrum
@@ -109,33 +110,6 @@ def nonfinite_data_message(x: Tensor, name: str = "x",
             f"({'; '.join(parts)}); to diagnose them anyway, pass {remedy}")
 
 
-def _output_shape(model: InvertibleBlock, x: Tensor) -> tuple[int, ...]:
-    """The per-sample shape of ``F(x)``, from the float64 model on the first sample; when the
-    model refuses the data, an :class:`InputError` that names the data's batch shape.
-
-    Refusals are lipbound's :class:`~lipbound.errors.LipboundError`, and for models of other
-    libraries also torch's ``RuntimeError`` (their shape mismatches); a ``RuntimeError`` in a
-    lipbound block is a bug and propagates."""
-    run = at_precision(model, "float64")
-    refusals: tuple[type[Exception], ...] = (LipboundError,)
-    if any(isinstance(b, ForeignBlock) for b in run.flat_blocks()):
-        refusals += (RuntimeError,)
-    try:
-        with torch.no_grad():
-            return tuple(run(x[:1].to(torch.float64)).shape[1:])
-    except refusals:
-        pass
-    try:  # again on the whole batch, so that the model's own message names its shape
-        with torch.no_grad():
-            run(x.to(torch.float64))
-    except refusals as err:
-        reason = str(err) if isinstance(err, LipboundError) else f"{type(err).__name__}: {err}"
-        raise InputError(f"x of shape {tuple(x.shape)} does not fit the model: {reason}"
-                         ) from None
-    raise InputError(f"x of shape {tuple(x.shape)} does not fit the model: it refuses a "
-                     "single sample")
-
-
 def _latent_samples(shape: tuple[int, ...], n: int, seed: int) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn((n, *shape), generator=gen, dtype=torch.float64)
@@ -200,9 +174,7 @@ def diagnose(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] = ("
             ``"input"``) instead of raising :class:`InputError`.
     """
     require_block(model)
-    if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0:
-        raise InputError(
-            f"x must be a non-empty batch (B, ...) tensor, got {getattr(x, 'shape', type(x))}")
+    check_batch(x)
     if not precisions:
         raise InputError("precisions must name at least one precision")
     if spectrum_samples < 0:
@@ -221,9 +193,9 @@ def diagnose(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...] = ("
         raise InputError(message)
     inputs = {"x->z->x": x}
     if "z->x->z" in directions:
-        inputs["z->x->z"] = _latent_samples(_output_shape(model, x), x.shape[0], seed)
+        inputs["z->x->z"] = _latent_samples(output_shape(model, x), x.shape[0], seed)
     else:
-        _output_shape(model, x)
+        output_shape(model, x)
     stats = [reconstruction_stats(model, inputs[d], p, d, tol, progress=progress)
              for p in precisions for d in directions]
     result = Diagnosis(type(model).__name__, [type(b).__name__ for b in model.flat_blocks()],

@@ -62,12 +62,20 @@ def default_tol(precision: str) -> float:
     return math.sqrt(torch.finfo(torch_dtype(precision)).eps)
 
 
-def mark_non_finite(errors: Tensor, rec: Tensor) -> Tensor:
-    """Per-sample ``errors`` set to NaN where the reconstruction ``rec`` holds a NaN, else to Inf
-    where it holds an Inf, so that the two are counted apart."""
-    flat = rec.reshape(rec.shape[0], -1)
-    errors = torch.where(torch.isinf(flat).any(dim=1), torch.full_like(errors, math.inf), errors)
-    return torch.where(torch.isnan(flat).any(dim=1), torch.full_like(errors, math.nan), errors)
+def mark_non_finite(errors: Tensor, rec: Tensor, x: Tensor) -> Tensor:
+    """Per-sample round-trip ``errors`` of inputs ``x`` with reconstructions ``rec``, set to NaN or
+    Inf so that the two are counted apart: a sample whose input holds a NaN gets NaN, one whose
+    input holds an Inf (and no NaN) Inf -- whatever the network made of it, often NaN, as
+    ``inf - inf`` is; a finite input gets NaN where ``rec`` holds a NaN, else Inf where it holds
+    an Inf."""
+    def rows(test, v: Tensor) -> Tensor:
+        return test(v.reshape(v.shape[0], -1)).any(dim=1)
+
+    x_nan, x_inf = rows(torch.isnan, x), rows(torch.isinf, x)
+    nan = x_nan | (rows(torch.isnan, rec) & ~x_inf)
+    inf = ~nan & (x_inf | rows(torch.isinf, rec))
+    errors = torch.where(inf, torch.full_like(errors, math.inf), errors)
+    return torch.where(nan, torch.full_like(errors, math.nan), errors)
 
 
 def non_finite_rows(x: Tensor) -> Tensor:

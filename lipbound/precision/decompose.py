@@ -577,6 +577,7 @@ def format_decomposition(d: Decomposition) -> str:
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:.3e}"
 
+    lip_source = f"1/sigma_min ({d.jacobian_source or 'not computed'})"
     lines = [
         f"precision {d.precision}{' (emulated)' if d.emulated else ''} against {d.reference}, "
         f"{d.n_samples} samples of dimension {d.dim} (worst sample per row)",
@@ -587,8 +588,7 @@ def format_decomposition(d: Decomposition) -> str:
         f"{d.exact_forward_samples} with delta = 0 left out)",
         f"  ||delta2||       inverse rounding            {f(d.delta2)}",
         f"  total            ||x - F_p^-1(F_p(x))||      {f(d.total)}",
-        f"  Lip(F^-1) local  1/sigma_min ({d.jacobian_source or 'not computed'})"
-        f"{' ' * max(1, 16 - len(d.jacobian_source or 'not computed'))}{f(d.lip_inverse)}",
+        f"  Lip(F^-1) local  {lip_source:<27} {f(d.lip_inverse)}",
         f"  bound            Lip ||delta|| + ||delta2||  {f(d.bound)}",
         f"  non-finite       forward NaN {d.forward_nonfinite['nan']} Inf "
         f"{d.forward_nonfinite['inf']}, inverse NaN {d.inverse_nonfinite['nan']} Inf "

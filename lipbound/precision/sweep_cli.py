@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ..io import check_output_path
 from .names import describe_precisions
 from .sweep import (
     CHAINS,
@@ -62,10 +63,15 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     check_sweep_arguments(args.depth, args.chains, args.precision, args.t, args.g, args.x,
                           args.reference, names=OPTION_NAMES)
+    stem = Path(args.out)
+    outputs = [stem.with_suffix(s) for s in (".png", ".csv") + ((".pdf",) if args.pdf else ())]
+    for path in outputs:
+        check_output_path(path, "--out", create_parents=True)
+    if args.json:
+        check_output_path(args.json, "--json")
     records = figure1_sweep(args.depth, args.chains, args.precision, args.t, args.g,
                             args.alternate, args.x, args.reference,
                             progress=not args.no_progress)
-    stem = Path(args.out)
     if stem.parent != Path("."):
         stem.parent.mkdir(parents=True, exist_ok=True)
     png, csv_path = stem.with_suffix(".png"), stem.with_suffix(".csv")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from lipbound.io import load_inputs, load_model
+from lipbound.io import check_output_path, load_inputs, load_model
 
 from ..jsonio import dump_json
+from ..shape import check_batch, output_shape
 from .decompose import check_inputs, decompose, format_decomposition
 from .names import describe_precisions, parse_precision
 
@@ -22,7 +23,9 @@ PRECISION_KINDS, REFERENCE_KINDS = ("torch",), ("mp", "arb")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="saved model (lipbound.io.save_model); required")
-    parser.add_argument("inputs", help="inputs, .pt or .npy/.npz, batch first; required")
+    parser.add_argument("inputs", metavar="INPUTS",
+                        help="inputs, batch first, of real numbers: .pt, .npy or .npz (its array "
+                             "x, or its only array); required")
     parser.add_argument("--precision", default="float32",
                         help=f"the float precision to test, "
                              f"{describe_precisions(PRECISION_KINDS)} (default float32)")
@@ -43,9 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     parse_precision(args.precision, PRECISION_KINDS, "--precision")
     parse_precision(args.reference, REFERENCE_KINDS, "--reference")
+    if args.json:
+        check_output_path(args.json, "--json")
     model = load_model(args.model)
     x = load_inputs(args.inputs)
-    check_inputs(x, f"the inputs {args.inputs}")
+    name = f"INPUTS {args.inputs!r}"
+    check_batch(x, name)
+    check_inputs(x, name)
+    output_shape(model, x, name)
     d = decompose(model, x, args.precision, args.reference,
                   parameter_rounding=args.parameter_rounding, trace=not args.no_trace,
                   progress=not args.no_progress)

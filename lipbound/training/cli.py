@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..io import check_output_folder
 from ..jsonio import dump_json
 from .presets import PRESETS, load_config
 from .trainers import REGULARIZERS, train
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                  "memory_saving": args.memory_saving, "steps": args.steps,
                  "epochs": args.epochs, "seed": args.seed, "dtype": args.dtype}
     config = load_config(args.target, overrides)
-    out = Path(args.out or Path("runs") / Path(args.target).stem)
+    out = check_output_folder(args.out or Path("runs") / Path(args.target).stem, "--out")
     if not args.resume:
         out.mkdir(parents=True, exist_ok=True)
     result = train(config, out, args.device, resume=args.resume, progress=not args.no_progress)
