@@ -248,18 +248,23 @@ def _affine_bound(block: AffineCoupling, ctx: BlockContext) -> table.BlockBound:
     cond = _cond_shape(block.partition, ctx.shape)
     values = {"Lip(s)": _lip(block.s, cond), "Lip(t)": _lip(block.t, cond)}
     refused: dict[str, str | None] = {"forward": None, "inverse": None}
+    symbolic: dict[str, str | None] = {"forward": None, "inverse": None}
     for direction, box, lost, fn in (
             ("forward", ctx.box, ctx.box_lost, _affine_forward_values),
             ("inverse", ctx.inverse_box, ctx.inverse_box_lost, _affine_inverse_values)):
         if box is None:
-            refused[direction] = lost or _NEEDS_BOX
+            if lost:
+                refused[direction] = lost
+            else:
+                symbolic[direction] = _NEEDS_BOX
             continue
         try:
             values.update(fn(block, box))
         except ValueError as err:  # e.g. an IdentityScale whose h-range holds 0
             refused[direction] = f"no {direction} bound on this box: {err}"
     return table.affine(table.Symbols(ctx.index), values, per_coordinate=True,
-                        refused_forward=refused["forward"], refused_inverse=refused["inverse"])
+                        refused_forward=refused["forward"], refused_inverse=refused["inverse"],
+                        symbolic_forward=symbolic["forward"], symbolic_inverse=symbolic["inverse"])
 
 
 def _affine_forward_box(block: AffineCoupling, box: Box) -> Box:

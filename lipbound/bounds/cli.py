@@ -3,8 +3,9 @@
 ``SPEC_OR_MODEL`` is a ``.json`` architecture spec (:mod:`lipbound.bounds.spec`) or a model saved
 with :func:`lipbound.io.save_model`. For a model, ``--box A B`` gives the input box ``[A, B]^d``
 that local bounds (affine couplings, Lemma 6) need, and ``--shape`` the per-sample input shape
-where it cannot be read from the model (image models). Exit status: 0, or 1 when some bound is
-refused (the report says why), 2 on bad input.
+where it cannot be read from the model (image models). Exit status: 0 when every block has a bound,
+numeric or symbolic only (the report says once why a bound has no number), 1 when some bound is
+refused (no bound at all, not even a symbolic one; the report says why), 2 on bad input.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from .interval import Box
 from .rounding import format_bound
 from .table import BlockBound
 
-__all__ = ["NetworkBound", "bound_model", "remark3_lower"]
+__all__ = ["NetworkBound", "bound_model", "compact_indices", "remark3_lower"]
 
 _LOST = ("the box carried to this block's input overflowed float64 (interval propagation "
          "through the blocks before it diverged), so there is no finite local bound here")
@@ -131,6 +131,17 @@ class NetworkBound:
         return _symbolic_product([b.paper for b in reversed(self._direction("inverse"))])
 
     @cached_property
+    def forward_folded(self) -> sp.Expr:
+        """:attr:`forward_expr` with every block's known numbers folded in
+        (:meth:`~.table.Bound.folded`)."""
+        return _symbolic_product([b.folded() for b in self._direction("forward")])
+
+    @cached_property
+    def inverse_folded(self) -> sp.Expr:
+        """:attr:`inverse_expr` with every block's known numbers folded in."""
+        return _symbolic_product([b.folded() for b in reversed(self._direction("inverse"))])
+
+    @cached_property
     def cumulative_forward(self) -> list[float | None]:
         """Bounds on ``Lip(F_k o ... o F_1)``, ``k = 1..L``."""
         return _cumulative([b.value for b in self._direction("forward")])
@@ -181,20 +192,69 @@ class NetworkBound:
         def show(v: float | None) -> str:
             return "?" if v is None else format_bound(v)
 
-        refused = len(self.refusals())
+        refused = self.refused_count
         return (f"NetworkBound({len(self.blocks)} blocks, Lip(F) <= {show(self.forward)}, "
                 f"Lip(F^-1) <= {show(self.inverse)}"
                 + (f", {refused} refused" if refused else "") + ")")
 
-    def refusals(self) -> list[str]:
-        """``"block k (kind) forward|inverse: reason"`` for every refused bound."""
-        out = []
+    def _reasons(self, attr: str) -> list[str]:
+        """One line per distinct ``(kind, reason)`` of the bounds' ``attr`` (``refused`` or
+        ``symbolic``), naming the blocks and directions it holds for."""
+        where: dict[tuple[str, str], dict[str, list[int]]] = {}
         for k, b in enumerate(self.blocks):
             for name in ("forward", "inverse"):
-                reason = getattr(b, name).refused
+                reason = getattr(getattr(b, name), attr)
                 if reason:
-                    out.append(f"block {k} ({b.kind}) {name}: {reason}")
+                    where.setdefault((b.kind, reason), {}).setdefault(name, []).append(k)
+        out = []
+        for (kind, reason), directions in where.items():
+            groups: dict[tuple[int, ...], list[str]] = {}
+            for name, ks in directions.items():
+                groups.setdefault(tuple(ks), []).append(name)
+            for ks, names in groups.items():
+                noun = "block" if len(ks) == 1 else "blocks"
+                out.append(f"{noun} {compact_indices(ks)} ({kind}) {' and '.join(names)}: "
+                           f"{reason}")
         return out
+
+    def refusals(self) -> list[str]:
+        """``"block k (kind) forward|inverse: reason"`` for every reason a bound is refused (no
+        bound at all), blocks with the same kind and reason on one line."""
+        return self._reasons("refused")
+
+    def symbolic_reasons(self) -> list[str]:
+        """The same for bounds that are symbolic only (a result without a number)."""
+        return self._reasons("symbolic")
+
+    @property
+    def refused_count(self) -> int:
+        """How many block bounds (forward and inverse counted apart) are refused."""
+        return sum(bool(getattr(b, name).refused) for b in self.blocks
+                   for name in ("forward", "inverse"))
+
+
+def compact_indices(indices: Sequence[int]) -> str:
+    """The indices, each maximal run of more than three with a common step written
+    ``"a, b, ..., z"``: ``"0, 49, 98"``, ``"1, 4, ..., 46, 50, 53, ..., 95"``; after six parts,
+    ``", ... (N in all)"``."""
+    ks = list(indices)
+    parts: list[str] = []
+    i = 0
+    while i < len(ks):
+        j = i + 1
+        if j < len(ks):
+            step = ks[j] - ks[i]
+            while j + 1 < len(ks) and ks[j + 1] - ks[j] == step:
+                j += 1
+        if j - i + 1 > 3:
+            parts.append(f"{ks[i]}, {ks[i + 1]}, ..., {ks[j]}")
+            i = j + 1
+        else:
+            parts.append(str(ks[i]))
+            i += 1
+    if len(parts) > 6:
+        return ", ".join(parts[:6]) + f", ... ({len(ks)} in all)"
+    return ", ".join(parts)
 
 
 def _carry(blocks: Sequence[InvertibleBlock], start: Box | None, inverse: bool,
