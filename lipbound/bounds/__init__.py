@@ -18,7 +18,7 @@
 """
 
 from .blocks import BlockContext, BlockRule, register_block
-from .compose import NetworkBound, bound_model
+from .compose import LocalBounds, NetworkBound, bound_model, local_bounds
 from .interval import Box
 from .layers import LayerRule, register_layer
 from .scales import ScaleRule, register_scale
@@ -31,9 +31,11 @@ __all__ = [
     "Bound",
     "Box",
     "LayerRule",
+    "LocalBounds",
     "NetworkBound",
     "ScaleRule",
     "bound_model",
+    "local_bounds",
     "register_block",
     "register_layer",
     "register_scale",

@@ -139,21 +139,38 @@ def _active_mask(partition: Partition, active: Tensor) -> Tensor:
     return torch.ones(active.shape[1:], dtype=torch.bool)
 
 
-#: Sub-network output boxes of the innermost :func:`shared_propagation` scope, keyed by
-#: ``(sub-network, input box contents)``; ``None`` outside any scope.
-_SUBNET_BOXES: ContextVar[dict[tuple, Box] | None] = ContextVar("_SUBNET_BOXES", default=None)
+#: Results shared within the outermost :func:`shared_propagation` scope: sub-network output
+#: boxes keyed by ``("box", sub-network, input box contents)``, and the box-independent numbers
+#: of a block (``("lip", net, shape)``, ``("inverse", block)``); ``None`` outside any scope.
+_SUBNET_BOXES: ContextVar[dict[tuple, object] | None] = ContextVar("_SUBNET_BOXES", default=None)
 
 
 @contextmanager
 def shared_propagation() -> Iterator[None]:
     """Reuse the box of a coupling sub-network's outputs on an input box already propagated in
-    this scope (the module docstring). The scope must not outlive the weights it saw: the
-    results are those of the weights at the first propagation."""
+    this scope (the module docstring), and the Lipschitz constants and certified inverses of the
+    blocks (the same for every box: :func:`.compose.local_bounds` bounds many boxes in one
+    scope). Nested scopes share the outermost one. The scope must not outlive the weights it
+    saw: the results are those of the weights at the first use."""
+    if _SUBNET_BOXES.get() is not None:
+        yield
+        return
     token = _SUBNET_BOXES.set({})
     try:
         yield
     finally:
         _SUBNET_BOXES.reset(token)
+
+
+def _shared(key: tuple, compute: Callable[[], object]) -> object:
+    """``compute()``, once per ``key`` within a :func:`shared_propagation` scope (the objects in
+    ``key`` themselves, not their ids, so none can be reused meanwhile)."""
+    shared = _SUBNET_BOXES.get()
+    if shared is None:
+        return compute()
+    if key not in shared:
+        shared[key] = compute()
+    return shared[key]
 
 
 def _contents(box: Box) -> tuple:
@@ -164,19 +181,12 @@ def _contents(box: Box) -> tuple:
 
 def _subnet_box(net: nn.Module, partition: Partition, box: Box, active_shape: torch.Size) -> Box:
     cond = box.apply(partition.cond)
-    shared = _SUBNET_BOXES.get()
-    if shared is None:
-        out = ibp(net, cond)
-    else:
-        key = (net, _contents(cond))  # the module itself: its id cannot be reused meanwhile
-        out = shared.get(key)
-        if out is None:
-            out = shared[key] = ibp(net, cond)
+    out = _shared(("box", net, _contents(cond)), lambda: ibp(net, cond))
     return out.expand_as(active_shape)
 
 
 def _lip(net: nn.Module, shape: Shape) -> float:
-    return lipschitz(net, shape)[0]
+    return _shared(("lip", net, tuple(shape)), lambda: lipschitz(net, shape)[0])
 
 
 def _additive_bound(block: AdditiveCoupling, ctx: BlockContext) -> table.BlockBound:
@@ -369,10 +379,24 @@ def _matrix(block: Invertible1x1Conv) -> tuple[Tensor, float]:
     return torch.tensor(mid, dtype=torch.float64), e
 
 
+def _conv1x1_inverse(block: Invertible1x1Conv) -> tuple[Tensor, float, Tensor, float, float]:
+    """``M, e`` of :func:`_matrix` and :func:`.norms.certified_inverse` of ``M`` (once per
+    :func:`shared_propagation` scope)."""
+    def compute():
+        m, e = _shared_matrix(block)
+        return (m, e, *certified_inverse(m, error=e))
+    return _shared(("inverse", block), compute)
+
+
+def _shared_matrix(block: Invertible1x1Conv) -> tuple[Tensor, float]:
+    return _shared(("matrix", block), lambda: _matrix(block))
+
+
 def _conv1x1_bound(block: Invertible1x1Conv, ctx: BlockContext) -> table.BlockBound:
-    m, e = _matrix(block)
+    m, e, _, inv_norm, _ = _conv1x1_inverse(block)
     return table.invertible_1x1_conv(table.Symbols(ctx.index), {
-        "||W||": up(spectral_norm_upper(m) + e), "||W^-1||": certified_inverse(m, error=e)[1]})
+        "||W||": _shared(("norm", block), lambda: up(spectral_norm_upper(m) + e)),
+        "||W^-1||": inv_norm})
 
 
 def _mix(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
@@ -381,7 +405,7 @@ def _mix(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
 
 def _conv1x1_forward_box(block: Invertible1x1Conv, box: Box) -> Box:
     """``W y = M y + (W - M) y``, the second term within ``e ||y||`` per coordinate."""
-    m, e = _matrix(block)
+    m, e = _shared_matrix(block)
     out = affine_map(box, _mix, m, None, m.shape[1])
     return out if e == 0 else Box(*widen(out.lo, out.hi, 0.0, up(e * box.norm_upper())))
 
@@ -390,8 +414,7 @@ def _conv1x1_inverse_box(block: Invertible1x1Conv, box: Box) -> Box:
     """``W^-1 y`` through the float inverse ``X`` of ``M``, widened by ``||(W^-1 - X) y||``,
     where ``W^-1 - X = W^-1 (I - W X)`` (:func:`.norms.certified_inverse` bounds both norms for
     the exact ``W``)."""
-    m, e = _matrix(block)
-    x, inv_norm, residual = certified_inverse(m, error=e)
+    _, _, x, inv_norm, residual = _conv1x1_inverse(block)
     out = affine_map(box, _mix, x, None, x.shape[1])
     slack = up(up(inv_norm * residual) * box.norm_upper())
     return Box(*widen(out.lo, out.hi, 0.0, slack))

@@ -23,11 +23,11 @@ import sympy as sp
 
 from ..errors import InputError
 from ..jsonio import jsonable
-from .compose import NetworkBound, compact_indices
+from .compose import LocalBounds, NetworkBound, compact_indices
 from .rounding import format_bound
 from .table import Bound, expr_latex, expr_str
 
-__all__ = ["FORMATS", "format_report", "to_json"]
+__all__ = ["FORMATS", "format_local", "format_report", "local_json", "to_json"]
 
 FORMATS = ("text", "markdown", "latex", "json")
 #: Longest network expression printed in text formats (JSON always has it).
@@ -211,3 +211,48 @@ def format_report(net: NetworkBound, fmt: str = "text") -> str:
     if fmt == "json":
         return json.dumps(to_json(net), indent=2)
     raise InputError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+
+
+def local_json(local: LocalBounds) -> dict[str, Any]:
+    """Local bounds as a JSON-ready dict: ``{"radius", "forward", "inverse", "inputs": [{"index",
+    "forward", "inverse", "forward_lower", "inverse_lower", "refused", "symbolic"}, ...]}``;
+    ``forward`` and ``inverse`` are the maxima over the inputs."""
+    inputs = [{"index": i, "forward": jsonable(b.forward), "inverse": jsonable(b.inverse),
+               "forward_lower": jsonable(b.forward_lower),
+               "inverse_lower": jsonable(b.inverse_lower),
+               "refused": b.refusals(), "symbolic": b.symbolic_reasons()}
+              for i, b in enumerate(local.bounds)]
+    return {"radius": local.radius, "forward": jsonable(local.forward),
+            "inverse": jsonable(local.inverse), "inputs": inputs}
+
+
+def format_local(local: LocalBounds, fmt: str = "text") -> str:
+    """Local bounds in ``fmt`` (one of :data:`FORMATS`): one row per input, then the maxima."""
+    if fmt == "json":
+        return json.dumps(local_json(local), indent=2)
+    if fmt not in FORMATS:
+        raise InputError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    rows = [[str(i), format_bound(b.forward), format_bound(b.inverse)]
+            for i, b in enumerate(local.bounds)]
+    rows.append(["max", format_bound(local.forward), format_bound(local.inverse)])
+    title = (f"local bounds on the L-inf balls of radius {local.radius!r} around "
+             f"{len(local.bounds)} inputs (each inverse on its ball's forward image)")
+    header = ["input", "Lip(F)", "Lip(F^-1)"]
+    if fmt == "markdown":
+        lines = [title, "", "| " + " | ".join(header) + " |", "|---|---|---|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    elif fmt == "latex":
+        lines = [f"% {title}", r"\begin{tabular}{rrr}", r"\hline",
+                 r"input & $\mathrm{Lip}(F)$ & $\mathrm{Lip}(F^{-1})$ \\", r"\hline"]
+        lines += [" & ".join(r) + r" \\" for r in rows] + [r"\hline", r"\end{tabular}"]
+    else:
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(3)]
+        lines = [title, ""] + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
+                               .rstrip() for r in [header] + rows]
+        lines.insert(3, "  ".join("-" * w for w in widths))
+    reasons = {r for b in local.bounds for r in b.refusals()}
+    if reasons:
+        prefix = "% " if fmt == "latex" else ""
+        lines += ["", f"{prefix}refused (no bound), for some inputs:"]
+        lines += [f"{prefix}  {r}" for r in sorted(reasons)]
+    return "\n".join(lines)
