@@ -8,8 +8,10 @@ certified number:
   ``Lip(f)`` is in ``x`` only.
 * ``c_g, c_{g'}, c_{1/g}, c_{(1/g)'}``, ``c_t`` and the per-coordinate sups ``m_x``, ``m_y``:
   the scale function's sups (:mod:`.scales`, in ball arithmetic) over the range of the
-  raw scale ``h = s(x_{I1})`` on the box, which interval bound propagation through ``s`` and ``t``
-  gives coordinate by coordinate.
+  raw scale ``h = s(x_{I1})`` on the box, coordinate by coordinate: the linear relaxation of
+  :mod:`.relax` intersected with interval bound propagation through ``s`` and ``t`` where it
+  supports the sub-network (ReLU / LeakyReLU chains of linear and convolution layers), interval
+  propagation alone otherwise; the affine row names the method in its assumptions.
 * ``max |D_ii|``, ``||W||``, ``||W^-1||``: rounded up from the stored parameters; an LU-form
   ``W = P L U`` is formed in ball arithmetic, never from torch's rounded product.
 
@@ -24,8 +26,8 @@ outward-rounded interval arithmetic, and so do the others, rigorously:
   ``Lip rho``, intersected with the same from the whole box (:func:`_ode_box`). The map bounded
   is the block's fixed-step solve in exact arithmetic (see :func:`.table.neural_ode`).
 
-A coupling needs the boxes of its sub-networks' outputs (interval bound propagation through ``s``
-and ``t``) three times: to carry the box forward, for its forward row, and for its inverse row on
+A coupling needs the boxes of its sub-networks' outputs (the ranges of ``s`` and ``t`` above) three
+times: to carry the box forward, for its forward row, and for its inverse row on
 the forward image, whose conditioning part is the same box. Within :func:`shared_propagation`
 (which :func:`.compose.bound_model` enters) each is computed once per sub-network and input box.
 
@@ -60,6 +62,9 @@ from .interval import Box, affine_map, monotone_map
 from .layers import ibp, lipschitz
 from .norms import certified_inverse, spectral_norm_upper
 from .registry import TypeRegistry
+from .relax import METHOD as RELAX_METHOD
+from .relax import relaxed_box
+from .relax import supports as relax_supports
 from .rounding import down, exp_up, up, up_tensor, widen
 from .scales import g_box, scale_sup
 
@@ -181,8 +186,22 @@ def _contents(box: Box) -> tuple:
 
 def _subnet_box(net: nn.Module, partition: Partition, box: Box, active_shape: torch.Size) -> Box:
     cond = box.apply(partition.cond)
-    out = _shared(("box", net, _contents(cond)), lambda: ibp(net, cond))
+    out = _shared(("box", net, _contents(cond)), lambda: _ranges(net, cond))
     return out.expand_as(active_shape)
+
+
+def _ranges(net: nn.Module, box: Box) -> Box:
+    """The box of ``net``'s outputs on ``box``: the linear relaxation intersected with interval
+    propagation where :mod:`.relax` supports ``net``, else interval propagation."""
+    relaxed = relaxed_box(net, box)
+    return ibp(net, box) if relaxed is None else relaxed
+
+
+def _range_method(block: AffineCoupling, shape: Shape) -> str:
+    """How the ranges of ``s`` and ``t`` on the boxes are found, as the row states it."""
+    cond = _cond_shape(block.partition, shape)
+    both = all(relax_supports(net, cond) for net in (block.s, block.t))
+    return f"ranges of s and t on the boxes: {RELAX_METHOD if both else 'interval propagation'}"
 
 
 def _lip(net: nn.Module, shape: Shape) -> float:
@@ -272,9 +291,13 @@ def _affine_bound(block: AffineCoupling, ctx: BlockContext) -> table.BlockBound:
             values.update(fn(block, box))
         except ValueError as err:  # e.g. an IdentityScale whose h-range holds 0
             refused[direction] = f"no {direction} bound on this box: {err}"
-    return table.affine(table.Symbols(ctx.index), values, per_coordinate=True,
-                        refused_forward=refused["forward"], refused_inverse=refused["inverse"],
-                        symbolic_forward=symbolic["forward"], symbolic_inverse=symbolic["inverse"])
+    row = table.affine(table.Symbols(ctx.index), values, per_coordinate=True,
+                       refused_forward=refused["forward"], refused_inverse=refused["inverse"],
+                       symbolic_forward=symbolic["forward"], symbolic_inverse=symbolic["inverse"])
+    if ctx.box is None and ctx.inverse_box is None:
+        return row
+    return table.BlockBound(row.kind, row.scope, row.forward, row.inverse,
+                            row.assumptions + (_range_method(block, ctx.shape),))
 
 
 def _affine_forward_box(block: AffineCoupling, box: Box) -> Box:
