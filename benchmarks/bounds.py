@@ -9,16 +9,21 @@ bounds and that of the product over blocks (:func:`_glow_tightness`). Speed: a 1
 architecture bounded symbolically (a spec with distinct symbols per block) and numerically (a
 100-block coupling model with weights). Goals (issue 3): within 3x for single additive, ActNorm,
 1x1 conv and i-ResNet blocks, 100 blocks in under 2 s; the line before the last says which are
-met. The last line is one JSON object:
-``{"tightness": {kind: ratio}, "seconds_100_blocks": {...}}``.
+met. Then the keys of issue 11 (:func:`issue11`): deep affine
+couplings, a Glow-like model on the dequantization cell of a point, and (``--cifar``) a CIFAR-size
+Glow from its weights. The last line is one JSON object: ``{"tightness": {kind: ratio},
+"seconds_100_blocks": {...}, "tightness_affine_mlp_8": ..., ...}``.
 
-Run: ``PYTHONPATH=. python benchmarks/bounds.py``
+Run: ``PYTHONPATH=. python benchmarks/bounds.py [--cifar]``
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -39,11 +44,12 @@ from lipbound.blocks import (
     randomize_parameters,
 )
 from lipbound.blocks.residual import residual_conv, residual_mlp
-from lipbound.bounds import Box, bound_model
+from lipbound.bounds import Box, bound_model, local_bounds
 from lipbound.bounds.empirical import max_block_norms, max_jacobian_norm
 from lipbound.bounds.layers import lipschitz
 from lipbound.bounds.spec import spec_bounds
 from lipbound.bounds.table import expr_str
+from lipbound.io import load_model, save_model
 from lipbound.jsonio import jsonable
 
 SEARCH = {"n_samples": 128, "n_starts": 4, "n_steps": 30}
@@ -155,6 +161,71 @@ def seconds_100_blocks() -> dict[str, float]:
     return {"symbolic": symbolic, "numeric": numeric}
 
 
+def issue11(cifar: bool) -> dict[str, float | None]:
+    """The keys of issue 11 that are computable now (goals in brackets): deep affine couplings on
+    ``[-1, 1]^4`` (8 blocks <= 10, 32 blocks <= 1e3), a Glow-like model on the dequantization cell
+    of one point (forward <= 3, inverse finite and <= 10, in < 60 s) and, with ``--cifar``, the
+    bound of a saved CIFAR-size Glow-like model from its weights (< 20 s). Weights: builder
+    initialisation plus N(0, 0.1^2) noise; ratios are bound / largest norm found (>= 1)."""
+    out: dict[str, float | None] = {}
+    for n in (8, 32):
+        torch.manual_seed(0)  # the builders draw their initialisation from the global generator
+        model = _noise(coupling_mlp(4, n, 32, "affine"), 0.1)
+        box = Box.uniform(-1, 1, (4,))
+        net = bound_model(model, (4,), box=box)
+        fwd = max_jacobian_norm(model, box, **SEARCH)
+        inv = max_jacobian_norm(model, box, invert=True, **SEARCH)
+        out[f"tightness_affine_mlp_{n}"] = net.forward / fwd
+        out[f"tightness_affine_mlp_{n}_inverse"] = net.inverse / inv
+        print(f"affine mlp, {n} blocks, [-1, 1]^4: forward {net.forward:.4g} / {fwd:.4g} = "
+              f"{net.forward / fwd:.4g}; inverse {net.inverse:.4g} / {inv:.4g} = "
+              f"{net.inverse / inv:.4g}")
+    torch.manual_seed(0)
+    model = _noise(glow_like((3, 8, 8), 1, 8, 16, "affine"), 0.1)
+    x = torch.rand((1, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t0 = time.perf_counter()
+    local = local_bounds(model, x)  # radius 0.5 / 256
+    out["seconds_glow_local"] = time.perf_counter() - t0
+    box = local.bounds[0].boxes[0]
+    fwd = max_jacobian_norm(model, box, **SEARCH_GLOW)
+    inv = max_jacobian_norm(model, box, invert=True, **SEARCH_GLOW)
+    out["tightness_glow_local"] = local.forward / fwd
+    out["tightness_glow_local_inverse"] = local.inverse / inv
+    print(f"glow (3, 8, 8), 8 affine steps, dequantization cell: forward {local.forward:.4g} / "
+          f"{fwd:.4g} = {local.forward / fwd:.4g}; inverse {local.inverse:.4g} / {inv:.4g} = "
+          f"{local.inverse / inv:.4g}; {out['seconds_glow_local']:.3g} s")
+    out["seconds_glow_cifar_weights"] = _cifar_seconds() if cifar else None
+    return out
+
+
+def _cifar_seconds() -> float:
+    """Seconds to bound a saved (3, 32, 32) Glow-like model (3 levels of 16 steps, hidden 128,
+    additive) from its weights, loading included."""
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "glow.pt"
+        save_model(_noise(glow_like((3, 32, 32), 3, 16, 128, "additive"), 0.01), path)
+        t0 = time.perf_counter()
+        net = bound_model(load_model(path), (3, 32, 32))
+        _ = (net.forward, net.inverse)
+        seconds = time.perf_counter() - t0
+    print(f"CIFAR-size additive Glow from its weights: {seconds:.3g} s, Lip(F) <= "
+          f"{net.forward:.4g}, Lip(F^-1) <= {net.inverse:.4g}")
+    return seconds
+
+
+def issue11_goals(v: dict[str, float | None]) -> str:
+    """Which goals of issue 11 the run met."""
+    def met(key: str, limit: float) -> str:
+        value = v.get(key)
+        return f"{key} {value if value is None else f'{value:.3g}'} (<= {limit:g}: " \
+               f"{value is not None and value <= limit})"
+    return "issue 11 goals: " + "; ".join([
+        met("tightness_affine_mlp_8", 10), met("tightness_affine_mlp_32", 1e3),
+        met("tightness_glow_local", 3), met("tightness_glow_local_inverse", 10),
+        met("seconds_glow_local", 60), met("seconds_glow_cifar_weights", 20)])
+
+
 #: Kinds with a 3x tightness goal (their forward and inverse ratios).
 GOAL_KINDS = ("additive_mlp", "additive_conv", "actnorm", "conv1x1", "iresnet_mlp", "iresnet_conv")
 
@@ -168,7 +239,14 @@ def goals(ratios: dict[str, float], seconds: dict[str, float]) -> str:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cifar", action="store_true",
+                        help="also time the CIFAR-size Glow from its weights (minutes; default: "
+                             "off, seconds_glow_cifar_weights null)")
+    cli = parser.parse_args()
     torch.set_default_dtype(torch.float64)
     ratios, seconds = tightness(), seconds_100_blocks()
+    local = issue11(cli.cifar)
     print(goals(ratios, seconds))
-    print(json.dumps(jsonable({"tightness": ratios, "seconds_100_blocks": seconds})))
+    print(issue11_goals(local))
+    print(json.dumps(jsonable({"tightness": ratios, "seconds_100_blocks": seconds, **local})))

@@ -107,9 +107,10 @@ def test_saved_affine_model_needs_a_box(tmp_path, capsys):
     randomize_parameters(model, 0.3, torch.Generator().manual_seed(0))
     path = tmp_path / "m.pt"
     save_model(model, path)
-    assert main(["bounds", str(path)]) == 1
+    assert main(["bounds", str(path)]) == 0  # symbolic only: a result
     out = capsys.readouterr().out
-    assert "refused" in out and "--box" in out and "Theorem 2" in out
+    assert "symbolic only" in out and "--box" in out and "Theorem 2" in out
+    assert out.count("Theorem 2") == 1 and "refused" not in out
     assert main(["bounds", str(path), "--box", "-4", "4", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     net = bound_model(model, (2,), box=(-4, 4))
@@ -175,11 +176,13 @@ def test_json_shape_matches_the_issue(tmp_path, capsys):
     assert network["forward_lower"] * network["inverse"] <= 1.0
     assert network["forward_expr"] == expr_str(net.forward_expr)
     assert network["forward_lower_expr"] == f"1/({expr_str(net.inverse_expr)})"
-    assert main(["bounds", str(path), "--format", "json"]) == 1  # no box: refused, with reason
-    refused = json.loads(capsys.readouterr().out)
-    assert refused["blocks"][0]["forward"] is None and refused["network"]["forward"] is None
-    assert "Theorem 2" in refused["blocks"][0]["forward_refused"]
-    assert refused["network"]["forward_expr"].count("Lip(s)") >= 2  # still symbolic
+    assert main(["bounds", str(path), "--format", "json"]) == 0  # no box: symbolic, with reason
+    symbolic = json.loads(capsys.readouterr().out)
+    assert symbolic["blocks"][0]["forward"] is None and symbolic["network"]["forward"] is None
+    assert symbolic["blocks"][0]["forward_refused"] is None
+    assert "Theorem 2" in symbolic["blocks"][0]["forward_symbolic"]
+    assert len(symbolic["network"]["symbolic"]) == 1 and not symbolic["network"]["refused"]
+    assert symbolic["network"]["forward_expr"].count("Lip(s)") >= 2  # still symbolic
 
 
 @pytest.mark.parametrize("diag, reason", [
@@ -215,7 +218,9 @@ def test_network_bound_repr_is_short():
     assert repr(net) == "NetworkBound(2 blocks, Lip(F) <= 2, Lip(F^-1) <= 0.5)"
     symbolic = spec_bounds([{"kind": "additive"}, {"kind": "affine", "lip_s": 1, "lip_t": 1,
                                                    "scale": "sigmoid", "s_range": [-1, 1]}])
-    assert repr(symbolic) == "NetworkBound(2 blocks, Lip(F) <= ?, Lip(F^-1) <= ?, 2 refused)"
+    assert repr(symbolic) == "NetworkBound(2 blocks, Lip(F) <= ?, Lip(F^-1) <= ?)"
+    refused = spec_bounds([{"kind": "residual", "lip_g": 1.5}])
+    assert repr(refused) == "NetworkBound(1 blocks, Lip(F) <= 2.5, Lip(F^-1) <= ?, 1 refused)"
     third = spec_bounds([{"kind": "diagonal", "max_abs": 1 / 3, "max_inv_abs": 3.0}])
     shown = repr(third).split("<= ")[1].split(",")[0]
     assert float(shown) >= third.forward and len(repr(third)) < 80  # printed bounds round up
@@ -246,7 +251,8 @@ def test_every_bounds_option_states_its_default():
     add_arguments(parser)
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     assert {a.dest for a in options} == {"box", "output_box", "shape", "format", "output",
-                                         "progress", "no_progress"}
+                                         "progress", "no_progress", "around",
+                                         "radius", "bits"}
     for action in options:
         assert action.help and "(default: " in action.help, action.dest
 

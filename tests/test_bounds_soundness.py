@@ -159,7 +159,7 @@ def test_output_box_carried_backward_bounds_the_inverse():
     model = coupling_mlp(2, 3, 8, "affine", "modified")
     randomize_parameters(model, 0.3, torch.Generator().manual_seed(5))
     net = bound_model(model, (2,), output_box=(-2, 2))
-    assert all(row.forward.refused for row in net.blocks)  # no input box: refused, with reason
+    assert all(row.forward.symbolic for row in net.blocks)  # no input box: symbolic, with reason
     for k, block in enumerate(model.flat_blocks()):
         found = max_jacobian_norm(block.inverse, net.inverse_boxes[k], **SEARCH)
         assert found <= net.blocks[k].inverse.value

@@ -156,4 +156,4 @@ def test_theorem2_affine_grows_without_limit_additive_does_not():
     for r in radii:
         assert bound_model(_coupling("additive"), (2,), box=(-r, r)).forward == additive_global
     no_box = bound_model(_coupling("affine"), (2,))
-    assert no_box.forward is None and "Theorem 2" in no_box.blocks[0].forward.refused
+    assert no_box.forward is None and "Theorem 2" in no_box.blocks[0].forward.symbolic

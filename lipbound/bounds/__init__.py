@@ -7,7 +7,8 @@
 * :mod:`.blocks`: each block type's rule (:func:`register_block`): its row with numbers from its
   weights, and the boxes carried through it forward and backward.
 * :mod:`.norms`, :mod:`.layers`, :mod:`.interval`: certified operator norms, sub-network
-  Lipschitz constants (:func:`register_layer`) and interval bound propagation; :mod:`.registry`
+  Lipschitz constants (:func:`register_layer`) and interval bound propagation; :mod:`.relax`,
+  tighter ranges of ReLU sub-networks by linear relaxation (CROWN-style); :mod:`.registry`
   holds the rules of both by type.
 * :mod:`.scales`: the sups of Lemma 6 and the interval images of the affine couplings' scale
   functions, in ball arithmetic (:func:`register_scale`).
@@ -18,7 +19,7 @@
 """
 
 from .blocks import BlockContext, BlockRule, register_block
-from .compose import NetworkBound, bound_model
+from .compose import LocalBounds, NetworkBound, bound_model, local_bounds
 from .interval import Box
 from .layers import LayerRule, register_layer
 from .scales import ScaleRule, register_scale
@@ -31,9 +32,11 @@ __all__ = [
     "Bound",
     "Box",
     "LayerRule",
+    "LocalBounds",
     "NetworkBound",
     "ScaleRule",
     "bound_model",
+    "local_bounds",
     "register_block",
     "register_layer",
     "register_scale",

@@ -8,8 +8,10 @@ certified number:
   ``Lip(f)`` is in ``x`` only.
 * ``c_g, c_{g'}, c_{1/g}, c_{(1/g)'}``, ``c_t`` and the per-coordinate sups ``m_x``, ``m_y``:
   the scale function's sups (:mod:`.scales`, in ball arithmetic) over the range of the
-  raw scale ``h = s(x_{I1})`` on the box, which interval bound propagation through ``s`` and ``t``
-  gives coordinate by coordinate.
+  raw scale ``h = s(x_{I1})`` on the box, coordinate by coordinate: the linear relaxation of
+  :mod:`.relax` intersected with interval bound propagation through ``s`` and ``t`` where it
+  supports the sub-network (ReLU / LeakyReLU chains of linear and convolution layers), interval
+  propagation alone otherwise; the affine row names the method in its assumptions.
 * ``max |D_ii|``, ``||W||``, ``||W^-1||``: rounded up from the stored parameters; an LU-form
   ``W = P L U`` is formed in ball arithmetic, never from torch's rounded product.
 
@@ -24,8 +26,8 @@ outward-rounded interval arithmetic, and so do the others, rigorously:
   ``Lip rho``, intersected with the same from the whole box (:func:`_ode_box`). The map bounded
   is the block's fixed-step solve in exact arithmetic (see :func:`.table.neural_ode`).
 
-A coupling needs the boxes of its sub-networks' outputs (interval bound propagation through ``s``
-and ``t``) three times: to carry the box forward, for its forward row, and for its inverse row on
+A coupling needs the boxes of its sub-networks' outputs (the ranges of ``s`` and ``t`` above) three
+times: to carry the box forward, for its forward row, and for its inverse row on
 the forward image, whose conditioning part is the same box. Within :func:`shared_propagation`
 (which :func:`.compose.bound_model` enters) each is computed once per sub-network and input box.
 
@@ -60,6 +62,9 @@ from .interval import Box, affine_map, monotone_map
 from .layers import ibp, lipschitz
 from .norms import certified_inverse, spectral_norm_upper
 from .registry import TypeRegistry
+from .relax import METHOD as RELAX_METHOD
+from .relax import relaxed_box
+from .relax import supports as relax_supports
 from .rounding import down, exp_up, up, up_tensor, widen
 from .scales import g_box, scale_sup
 
@@ -139,21 +144,38 @@ def _active_mask(partition: Partition, active: Tensor) -> Tensor:
     return torch.ones(active.shape[1:], dtype=torch.bool)
 
 
-#: Sub-network output boxes of the innermost :func:`shared_propagation` scope, keyed by
-#: ``(sub-network, input box contents)``; ``None`` outside any scope.
-_SUBNET_BOXES: ContextVar[dict[tuple, Box] | None] = ContextVar("_SUBNET_BOXES", default=None)
+#: Results shared within the outermost :func:`shared_propagation` scope: sub-network output
+#: boxes keyed by ``("box", sub-network, input box contents)``, and the box-independent numbers
+#: of a block (``("lip", net, shape)``, ``("inverse", block)``); ``None`` outside any scope.
+_SUBNET_BOXES: ContextVar[dict[tuple, object] | None] = ContextVar("_SUBNET_BOXES", default=None)
 
 
 @contextmanager
 def shared_propagation() -> Iterator[None]:
     """Reuse the box of a coupling sub-network's outputs on an input box already propagated in
-    this scope (the module docstring). The scope must not outlive the weights it saw: the
-    results are those of the weights at the first propagation."""
+    this scope (the module docstring), and the Lipschitz constants and certified inverses of the
+    blocks (the same for every box: :func:`.compose.local_bounds` bounds many boxes in one
+    scope). Nested scopes share the outermost one. The scope must not outlive the weights it
+    saw: the results are those of the weights at the first use."""
+    if _SUBNET_BOXES.get() is not None:
+        yield
+        return
     token = _SUBNET_BOXES.set({})
     try:
         yield
     finally:
         _SUBNET_BOXES.reset(token)
+
+
+def _shared(key: tuple, compute: Callable[[], object]) -> object:
+    """``compute()``, once per ``key`` within a :func:`shared_propagation` scope (the objects in
+    ``key`` themselves, not their ids, so none can be reused meanwhile)."""
+    shared = _SUBNET_BOXES.get()
+    if shared is None:
+        return compute()
+    if key not in shared:
+        shared[key] = compute()
+    return shared[key]
 
 
 def _contents(box: Box) -> tuple:
@@ -164,19 +186,26 @@ def _contents(box: Box) -> tuple:
 
 def _subnet_box(net: nn.Module, partition: Partition, box: Box, active_shape: torch.Size) -> Box:
     cond = box.apply(partition.cond)
-    shared = _SUBNET_BOXES.get()
-    if shared is None:
-        out = ibp(net, cond)
-    else:
-        key = (net, _contents(cond))  # the module itself: its id cannot be reused meanwhile
-        out = shared.get(key)
-        if out is None:
-            out = shared[key] = ibp(net, cond)
+    out = _shared(("box", net, _contents(cond)), lambda: _ranges(net, cond))
     return out.expand_as(active_shape)
 
 
+def _ranges(net: nn.Module, box: Box) -> Box:
+    """The box of ``net``'s outputs on ``box``: the linear relaxation intersected with interval
+    propagation where :mod:`.relax` supports ``net``, else interval propagation."""
+    relaxed = relaxed_box(net, box)
+    return ibp(net, box) if relaxed is None else relaxed
+
+
+def _range_method(block: AffineCoupling, shape: Shape) -> str:
+    """How the ranges of ``s`` and ``t`` on the boxes are found, as the row states it."""
+    cond = _cond_shape(block.partition, shape)
+    both = all(relax_supports(net, cond) for net in (block.s, block.t))
+    return f"ranges of s and t on the boxes: {RELAX_METHOD if both else 'interval propagation'}"
+
+
 def _lip(net: nn.Module, shape: Shape) -> float:
-    return lipschitz(net, shape)[0]
+    return _shared(("lip", net, tuple(shape)), lambda: lipschitz(net, shape)[0])
 
 
 def _additive_bound(block: AdditiveCoupling, ctx: BlockContext) -> table.BlockBound:
@@ -248,18 +277,27 @@ def _affine_bound(block: AffineCoupling, ctx: BlockContext) -> table.BlockBound:
     cond = _cond_shape(block.partition, ctx.shape)
     values = {"Lip(s)": _lip(block.s, cond), "Lip(t)": _lip(block.t, cond)}
     refused: dict[str, str | None] = {"forward": None, "inverse": None}
+    symbolic: dict[str, str | None] = {"forward": None, "inverse": None}
     for direction, box, lost, fn in (
             ("forward", ctx.box, ctx.box_lost, _affine_forward_values),
             ("inverse", ctx.inverse_box, ctx.inverse_box_lost, _affine_inverse_values)):
         if box is None:
-            refused[direction] = lost or _NEEDS_BOX
+            if lost:
+                refused[direction] = lost
+            else:
+                symbolic[direction] = _NEEDS_BOX
             continue
         try:
             values.update(fn(block, box))
         except ValueError as err:  # e.g. an IdentityScale whose h-range holds 0
             refused[direction] = f"no {direction} bound on this box: {err}"
-    return table.affine(table.Symbols(ctx.index), values, per_coordinate=True,
-                        refused_forward=refused["forward"], refused_inverse=refused["inverse"])
+    row = table.affine(table.Symbols(ctx.index), values, per_coordinate=True,
+                       refused_forward=refused["forward"], refused_inverse=refused["inverse"],
+                       symbolic_forward=symbolic["forward"], symbolic_inverse=symbolic["inverse"])
+    if ctx.box is None and ctx.inverse_box is None:
+        return row
+    return table.BlockBound(row.kind, row.scope, row.forward, row.inverse,
+                            row.assumptions + (_range_method(block, ctx.shape),))
 
 
 def _affine_forward_box(block: AffineCoupling, box: Box) -> Box:
@@ -364,10 +402,24 @@ def _matrix(block: Invertible1x1Conv) -> tuple[Tensor, float]:
     return torch.tensor(mid, dtype=torch.float64), e
 
 
+def _conv1x1_inverse(block: Invertible1x1Conv) -> tuple[Tensor, float, Tensor, float, float]:
+    """``M, e`` of :func:`_matrix` and :func:`.norms.certified_inverse` of ``M`` (once per
+    :func:`shared_propagation` scope)."""
+    def compute():
+        m, e = _shared_matrix(block)
+        return (m, e, *certified_inverse(m, error=e))
+    return _shared(("inverse", block), compute)
+
+
+def _shared_matrix(block: Invertible1x1Conv) -> tuple[Tensor, float]:
+    return _shared(("matrix", block), lambda: _matrix(block))
+
+
 def _conv1x1_bound(block: Invertible1x1Conv, ctx: BlockContext) -> table.BlockBound:
-    m, e = _matrix(block)
+    m, e, _, inv_norm, _ = _conv1x1_inverse(block)
     return table.invertible_1x1_conv(table.Symbols(ctx.index), {
-        "||W||": up(spectral_norm_upper(m) + e), "||W^-1||": certified_inverse(m, error=e)[1]})
+        "||W||": _shared(("norm", block), lambda: up(spectral_norm_upper(m) + e)),
+        "||W^-1||": inv_norm})
 
 
 def _mix(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
@@ -376,7 +428,7 @@ def _mix(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
 
 def _conv1x1_forward_box(block: Invertible1x1Conv, box: Box) -> Box:
     """``W y = M y + (W - M) y``, the second term within ``e ||y||`` per coordinate."""
-    m, e = _matrix(block)
+    m, e = _shared_matrix(block)
     out = affine_map(box, _mix, m, None, m.shape[1])
     return out if e == 0 else Box(*widen(out.lo, out.hi, 0.0, up(e * box.norm_upper())))
 
@@ -385,8 +437,7 @@ def _conv1x1_inverse_box(block: Invertible1x1Conv, box: Box) -> Box:
     """``W^-1 y`` through the float inverse ``X`` of ``M``, widened by ``||(W^-1 - X) y||``,
     where ``W^-1 - X = W^-1 (I - W X)`` (:func:`.norms.certified_inverse` bounds both norms for
     the exact ``W``)."""
-    m, e = _matrix(block)
-    x, inv_norm, residual = certified_inverse(m, error=e)
+    _, _, x, inv_norm, residual = _conv1x1_inverse(block)
     out = affine_map(box, _mix, x, None, x.shape[1])
     slack = up(up(inv_norm * residual) * box.norm_upper())
     return Box(*widen(out.lo, out.hi, 0.0, slack))

@@ -2,9 +2,13 @@
 
 ``SPEC_OR_MODEL`` is a ``.json`` architecture spec (:mod:`lipbound.bounds.spec`) or a model saved
 with :func:`lipbound.io.save_model`. For a model, ``--box A B`` gives the input box ``[A, B]^d``
-that local bounds (affine couplings, Lemma 6) need, and ``--shape`` the per-sample input shape
-where it cannot be read from the model (image models). Exit status: 0, or 1 when some bound is
-refused (the report says why), 2 on bad input.
+that local bounds (affine couplings, Lemma 6) need, ``--around DATA`` one bound per input on the
+L-inf ball of ``--radius`` around it (default the dequantization cell ``0.5 / 2^bits`` of
+``--bits``-bit data, 8 by default; the per-sample shape is the data's) and their maximum, and
+``--shape`` the per-sample input shape
+where it cannot be read from the model (image models). Exit status: 0 when every block has a bound,
+numeric or symbolic only (the report says once why a bound has no number), 1 when some bound is
+refused (no bound at all, not even a symbolic one; the report says why), 2 on bad input.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from ..errors import InputError
-from ..io import check_output_path, load_model
+from ..io import check_output_path, load_inputs, load_model
 from ..shape import infer_shape, model_shape
-from .compose import NetworkBound, bound_model
-from .report import FORMATS, format_report
+from .compose import LocalBounds, NetworkBound, bound_model, local_bounds
+from .report import FORMATS, format_local, format_report
 from .spec import load_spec, spec_bounds
 
 __all__ = ["add_arguments", "infer_shape", "run"]
@@ -32,6 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box", nargs=2, type=float, metavar=("A", "B"),
                         help="model inputs lie in [A, B]^d; local bounds (affine couplings) "
                              "need it (default: no box, so only global bounds are numeric)")
+    parser.add_argument("--around", metavar="DATA",
+                        help="bound on the L-inf ball around each input in DATA (.pt, .npy or "
+                             ".npz, batch first): one bound per input and their maximum "
+                             "(default: one box for the whole model)")
+    parser.add_argument("--radius", type=float, metavar="R",
+                        help="radius of the balls of --around (default: the dequantization "
+                             "cell, 0.5 / 2^bits)")
+    parser.add_argument("--bits", type=int, default=8, metavar="B",
+                        help="bits of the data behind --around, for the default radius "
+                             "(default: 8, radius 0.5/256)")
     parser.add_argument("--output-box", nargs=2, type=float, metavar=("A", "B"),
                         help="bound the inverses on outputs in [A, B]^d, carried backward "
                              "(default: on the forward images of --box)")
@@ -64,18 +80,38 @@ def bounds_for(source: str, box: Sequence[float] | None = None,
                        None if output_box is None else tuple(output_box), progress)
 
 
+def _local(args: argparse.Namespace) -> LocalBounds:
+    if Path(args.source).suffix.lower() == ".json":
+        raise InputError("--around needs a saved model (a spec has no weights to bound around "
+                         "inputs with)")
+    if args.box is not None or args.output_box is not None:
+        raise InputError("--around gives the boxes (balls around the inputs): leave out --box "
+                         "and --output-box")
+    model = load_model(args.source)
+    inputs = load_inputs(args.around).to(torch.float64)
+    return local_bounds(model, inputs, args.radius, args.bits, args.shape,
+                        not args.no_progress)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Print (or write) the report; 1 when a bound is refused."""
+    """Print (or write) the report; 1 when a bound is refused (not merely symbolic)."""
     for option, box in (("--box", args.box), ("--output-box", args.output_box)):
         if box is not None and not (math.isfinite(box[0]) and math.isfinite(box[1])
                                     and box[0] <= box[1]):
             raise InputError(f"{option} needs finite A <= B, got {box[0]} {box[1]}")
+    if args.around is None and args.radius is not None:
+        raise InputError("--radius applies to --around DATA")
     if args.output:
         check_output_path(args.output, "--output")
-    net = bounds_for(args.source, args.box, args.output_box, args.shape, not args.no_progress)
-    text = format_report(net, args.format)
+    if args.around is not None:
+        local = _local(args)
+        text, refused = format_local(local, args.format), local.refusals()
+    else:
+        net = bounds_for(args.source, args.box, args.output_box, args.shape,
+                         not args.no_progress)
+        text, refused = format_report(net, args.format), net.refusals()
     if args.output:
         Path(args.output).write_text(text + "\n")
     else:
         print(text)
-    return 1 if net.refusals() else 0
+    return 1 if refused else 0

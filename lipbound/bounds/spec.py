@@ -43,7 +43,7 @@ A block may carry ``"tag"`` (a string or integer) to give its symbols their own 
 (``Lip(t)[tag]``); untagged blocks share symbols, so repeated blocks compose into powers. The
 paper's box ``[a, b]^d`` asserts that the inputs of *every* local block lie in it: without weights
 the boxes cannot be carried from block to block. An affine block without a box keeps its symbolic
-bound; its number is refused with the reason.
+bound, a result (symbolic only), with the reason it has no number.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ def _affine(block: Mapping[str, Any], sym: table.Symbols, ctx: dict, where: str)
         values["a"], values["b"] = box
     if inverse_box is not None:
         values["a*"], values["b*"] = inverse_box
-    return table.affine(sym, values, refused_forward=None if box else _NO_BOX,
-                        refused_inverse=None if inverse_box else _NO_BOX)
+    return table.affine(sym, values, symbolic_forward=None if box else _NO_BOX,
+                        symbolic_inverse=None if inverse_box else _NO_BOX)
 
 
 def _residual(block: Mapping[str, Any], sym: table.Symbols, ctx: dict, where: str):

@@ -53,10 +53,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property, wraps
+from functools import cached_property, lru_cache, wraps
 from typing import TypeVar
 
 import sympy as sp
+from sympy.printing.str import StrPrinter
 
 from ..errors import InputError
 from .evaluate import upper
@@ -119,10 +120,31 @@ class Symbols:
         return sp.Symbol(full, nonnegative=True)
 
 
+class _Printer(StrPrinter):
+    """sympy's text printer with floats as Python writes them (the shortest text that gives
+    the float back, exact for the float)."""
+
+    def _print_Float(self, expr: sp.Float) -> str:
+        return repr(float(expr))
+
+
 def expr_str(expr: sp.Expr) -> str:
     """The expression as text, terms in construction order (sympy's default ordering queries
     assumptions and takes seconds on a product over hundreds of blocks)."""
-    return sp.sstr(expr, order="none")
+    return _Printer({"order": "none"}).doprint(expr)
+
+
+@lru_cache(maxsize=1024)
+def _fold(expr: sp.Expr, values: tuple[tuple[sp.Symbol, float], ...]) -> sp.Expr:
+    """``expr`` with exact rationals for the symbols in ``values``, evaluated, and rationals that
+    are floats shown as those floats (exact; cached: repeated blocks share their rows)."""
+    with sp.evaluate(True):
+        folded = expr.xreplace({k: sp.Rational(v) for k, v in values if math.isfinite(v)})
+    exponents = {p.exp for p in folded.atoms(sp.Pow)}  # sqrt stays sqrt
+    floats = {r: sp.Float(float(r), 17) for r in folded.atoms(sp.Rational) - exponents
+              if not r.is_Integer and math.isfinite(float(r)) and sp.Rational(float(r)) == r}
+    with sp.evaluate(False):
+        return folded.xreplace(floats)
 
 
 def expr_latex(expr: sp.Expr) -> str:
@@ -150,12 +172,15 @@ class Bound:
         values: numbers for symbols: upper bounds of sups and Lipschitz constants, exact data for
             the box ends ``a, b, a*, b*``.
         refused: why no bound can be given (then ``value`` is ``None``), or ``None``.
+        symbolic: why the bound stays symbolic (no number, e.g. no box was given: its symbols
+            are left free), or ``None``. A symbolic bound is a result, a refused one is not.
     """
 
     paper: sp.Expr
     tight: sp.Expr
     values: Mapping[sp.Symbol, float] = field(default_factory=dict)
     refused: str | None = None
+    symbolic: str | None = None
 
     @cached_property
     def value(self) -> float | None:
@@ -173,6 +198,14 @@ class Bound:
         expr = self.tight if which == "tight" else self.paper
         with sp.evaluate(False):
             return expr.xreplace({k: sp.Float(v, 17) for k, v in self.values.items()})
+
+    def folded(self, which: str = "tight") -> sp.Expr:
+        """The expression with the known numbers put in and folded: each float enters as the
+        exact rational it is, and sympy evaluates, so ``Max(Abs(-4.0), Abs(4.0))`` becomes
+        ``4`` and ``1*c`` becomes ``c`` with nothing rounded (print with :func:`expr_str`)."""
+        expr = self.tight if which == "tight" else self.paper
+        return _fold(expr, tuple(sorted(((k, float(v)) for k, v in self.values.items()
+                                         if k in expr.free_symbols), key=lambda kv: kv[0].name)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,12 +259,14 @@ def additive(sym: Symbols, values: Mapping[str, float] | None = None) -> BlockBo
 @_unevaluated
 def affine(sym: Symbols, values: Mapping[str, float] | None = None,
            per_coordinate: bool = False, refused_forward: str | None = None,
-           refused_inverse: str | None = None) -> BlockBound:
+           refused_inverse: str | None = None, symbolic_forward: str | None = None,
+           symbolic_inverse: str | None = None) -> BlockBound:
     """Affine coupling (eq. 4), Lemma 6, local: forward on ``[a, b]^d``, inverse on
     ``[a*, b*]^d`` (module docstring).
 
     ``per_coordinate`` uses the symbols ``m_x``, ``m_y`` for the per-coordinate sups in the tight
-    bounds; otherwise they are replaced by the paper's products.
+    bounds; otherwise they are replaced by the paper's products. ``refused_*`` and
+    ``symbolic_*`` give the reasons of :class:`Bound` (no bound; no number).
     """
     s = sym
     lip_s, lip_t = s("Lip(s)"), s("Lip(t)")
@@ -248,9 +283,9 @@ def affine(sym: Symbols, values: Mapping[str, float] | None = None,
         m_inv_tight = (big_a_star + s("c_t")) * s("c_(1/g)'") * lip_s + s("c_1/g") * lip_t
     nums = _numbers(sym, **(values or {}))
     forward = Bound(sp.Max(1, s("c_g")) + m_fwd, sigma2(m_fwd_tight, s("c_g")), nums,
-                    refused_forward)
+                    refused_forward, symbolic_forward)
     inverse = Bound(sp.Max(1, s("c_1/g")) + m_inv, sigma2(m_inv_tight, s("c_1/g")), nums,
-                    refused_inverse)
+                    refused_inverse, symbolic_inverse)
     return BlockBound("affine coupling", "local: x in [a, b]^d, y in [a*, b*]^d", forward, inverse,
                       ("s, t Lipschitz", "g continuously differentiable, g != 0 on the box",
                        "bounds hold only on the boxes (Theorem 2 (ii))"))
