@@ -4,7 +4,7 @@ It reads a torch model's stored parameters, converted exactly (every float is a 
 rational), and implements each block's map itself; it never calls the torch code it checks.
 Models without a hand-written reference (those of other libraries) get the traced oracle:
 :func:`compile_traced` captures their ATen graphs and evaluates them in the same arithmetic
-(:mod:`reference.trace`, :mod:`reference.interp`). Two backends behind one interface:
+(:mod:`reference.traced`, :mod:`reference.interp`). Two backends behind one interface:
 python-flint ``arb`` balls (``"arb:<bits>"``, fast, each value with a certified radius)
 and mpmath (``"mp:<bits>"``, pure Python, the independent cross-check).
 
@@ -24,7 +24,7 @@ from .model import ReferenceModel, as_backend, compile
 from .registry import Compiler, UnknownLayerError, register, registered_types
 from .tensor import DualTensor, Elementwise, RTensor
 from .toy import figure1_reference
-from .trace import TracedFunction, TracedModel, TraceError, compile_traced, trace
+from .traced import TracedFunction, TracedModel, TraceError, compile_traced, oracle, trace
 
 __all__ = [
     "ArbBackend",
@@ -52,6 +52,7 @@ __all__ = [
     "compile_traced",
     "figure1_reference",
     "make_backend",
+    "oracle",
     "register",
     "register_op",
     "registered_ops",

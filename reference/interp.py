@@ -1,6 +1,6 @@
 """Ball-arithmetic evaluation of captured ATen graphs: the operation registry.
 
-A captured graph (:mod:`reference.trace`) is a list of ATen calls. Each is evaluated here from its
+A captured graph (:mod:`reference.traced`) is a list of ATen calls. Each is evaluated here from its
 documented mathematical definition, in the backend's arithmetic, on three kinds of values:
 
 * floating-point tensors: :class:`~reference.tensor.RTensor` (or
@@ -404,7 +404,7 @@ def _combine(ctx: Context, parts: Sequence[Any]) -> tuple[Any, list[np.ndarray]]
     if all(isinstance(p, np.ndarray) for p in parts):
         flat = np.concatenate([p.ravel() for p in parts])
     else:
-        reals = [ctx.tensor(p) for p in parts]
+        reals = _lift([ctx.tensor(p) for p in parts])
         flat = reals[0].reshape(reals[0].numel)
         for p in reals[1:]:
             flat = flat.stack_with(p)
@@ -414,6 +414,22 @@ def _combine(ctx: Context, parts: Sequence[Any]) -> tuple[Any, list[np.ndarray]]
         grids.append(offset + np.arange(n).reshape(_shape(p)))
         offset += n
     return flat, grids
+
+
+def _lift(values: list[Tensorish]) -> list[Tensorish]:
+    """Constants as dual numbers with a zero tangent when any value is dual (so that they can be
+    concatenated with it)."""
+    duals = [v for v in values if isinstance(v, DualTensor)]
+    if not duals:
+        return values
+    n = duals[0].directions
+    out = []
+    for v in values:
+        if isinstance(v, RTensor):
+            zero = v.backend.zero()
+            v = DualTensor(v, RTensor([zero] * (n * v.numel), (n,) + v.shape, v.backend))
+        out.append(v)
+    return out
 
 
 def _gather_flat(flat: Any, index: np.ndarray) -> Any:
@@ -462,7 +478,7 @@ def _index_put(ctx: Context, x: Any, indices: Sequence[Any], values: Any,
         out = x.copy()
         out[key] = values
         return out
-    x, values = ctx.tensor(x), ctx.tensor(values)
+    x, values = _lift([ctx.tensor(x), ctx.tensor(values)])
     both = x.reshape(x.numel).stack_with(values.reshape(values.numel))
     index = x.index_grid().copy()
     target = index[key].shape

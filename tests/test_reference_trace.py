@@ -129,13 +129,7 @@ def test_freia_soft_permutation_inverse_is_wrong_in_exact_arithmetic():
     """FrEIA's AllInOneBlock(permute_soft=True) keeps the soft permutation and its inverse as
     separate float32 tensors: the exact inverse of the exact forward misses x by ~1e-8, far above
     the certified radius, so the error is in the model, not in rounding."""
-    ff = pytest.importorskip("FrEIA.framework")
-    fm = pytest.importorskip("FrEIA.modules")
-    torch.manual_seed(0)
-    inn = ff.SequenceINN(4)
-    inn.append(fm.AllInOneBlock, subnet_constructor=lambda i, o: nn.Linear(i, o),
-               permute_soft=True)
-    model = adapt(inn).double().eval()
+    model = adapt(_soft_permutation_inn()).double().eval()
     x = torch.randn(3, 4, dtype=torch.float64)
     traced = reference.compile_traced(model, PREC)
     y = traced.forward(x)
@@ -244,3 +238,44 @@ def test_bad_inputs():
         reference.trace(lambda x: x if float(x.sum()) > 0 else -x, torch.zeros(2))
     with pytest.raises(InputError, match="capture must be one of auto, export, make_fx"):
         reference.trace(nn.Tanh(), torch.zeros(2), capture="jit")
+
+
+def _soft_permutation_inn():
+    ff = pytest.importorskip("FrEIA.framework")
+    fm = pytest.importorskip("FrEIA.modules")
+    torch.manual_seed(0)
+    inn = ff.SequenceINN(4)
+    inn.append(fm.AllInOneBlock, subnet_constructor=_linear, permute_soft=True)
+    return inn
+
+
+def _linear(n_in: int, n_out: int) -> nn.Module:
+    return nn.Linear(n_in, n_out)
+
+
+def test_decompose_freia_soft_permutation_is_wrong_in_exact_arithmetic():
+    from lipbound.precision.decompose import decompose
+
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
+    d = decompose(_soft_permutation_inn(), x, "float64", "arb:113")
+    assert d.verdict == "wrong in exact arithmetic"
+    assert any("the exact inverse does not invert the exact forward" in r for r in d.reasons)
+    assert [row.kind for row in d.trace] == ["FrEIABlock(AllInOneBlock)"]
+    assert d.total > 1e-10  # float64 rounding alone would be ~1e-16
+
+
+def test_verify_cli_on_a_saved_zuko_flow(tmp_path, capsys):
+    zuko = pytest.importorskip("zuko")
+    from lipbound.cli import main
+
+    torch.manual_seed(0)
+    flow = zuko.flows.RealNVP(4, transforms=2, hidden_features=(8,))
+    torch.save(flow, tmp_path / "flow.pt")
+    torch.save(torch.randn(3, 4), tmp_path / "x.pt")
+    code = main(["verify", str(tmp_path / "flow.pt"), str(tmp_path / "x.pt"),
+                 "--reference", "arb:113", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "ZukoBlock(" in out  # the per-block trace names the adapted steps
+    verdict = out.split("verdict: ")[1].splitlines()[0]
+    assert verdict == "rounding"  # a well-conditioned float32 flow: its error is rounding

@@ -1,14 +1,17 @@
 """``lipbound verify MODEL INPUTS``: the rounding-versus-instability decomposition.
 
-MODEL is a whole module saved with :func:`lipbound.io.save_model` (``torch.save``; load only
-files you trust); INPUTS a ``.pt`` tensor or an ``.npy``/``.npz`` array, batch first.
+MODEL is a whole module saved with :func:`lipbound.io.save_model` or ``torch.save`` (load only
+files you trust): a lipbound block or any model :func:`lipbound.adapters.adapt` accepts (FrEIA,
+nflows, zuko, normflows, memcnn), whose oracle is then the traced one; INPUTS a ``.pt`` tensor
+or an ``.npy``/``.npz`` array, batch first.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from lipbound.io import load_inputs, load_model
+from lipbound.adapters import adapt
+from lipbound.io import load_inputs, load_saved
 
 from ..jsonio import dump_json
 from .decompose import check_inputs, decompose, format_decomposition
@@ -21,7 +24,8 @@ PRECISION_KINDS, REFERENCE_KINDS = ("torch",), ("mp", "arb")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="saved model (lipbound.io.save_model); required")
+    parser.add_argument("model", help="saved model (lipbound.io.save_model, or torch.save of a "
+                                      "FrEIA, nflows, zuko, normflows or memcnn model); required")
     parser.add_argument("inputs", help="inputs, .pt or .npy/.npz, batch first; required")
     parser.add_argument("--precision", default="float32",
                         help=f"the float precision to test, "
@@ -43,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     parse_precision(args.precision, PRECISION_KINDS, "--precision")
     parse_precision(args.reference, REFERENCE_KINDS, "--reference")
-    model = load_model(args.model)
+    model = adapt(load_saved(args.model))
     x = load_inputs(args.inputs)
     check_inputs(x, f"the inputs {args.inputs}")
     d = decompose(model, x, args.precision, args.reference,

@@ -43,9 +43,10 @@ from .backends import Backend
 from .blocks import RefBlock, RefSequential
 from .interp import Context, UndecidedComparisonError, lookup, op_name
 from .model import ReferenceModel, as_backend
+from .registry import UnknownLayerError
 from .tensor import DualTensor, RTensor, Tensorish
 
-__all__ = ["TraceError", "TracedFunction", "TracedModel", "compile_traced", "trace"]
+__all__ = ["TraceError", "TracedFunction", "TracedModel", "compile_traced", "oracle", "trace"]
 
 #: Default precision cap of the retries of an undecided comparison.
 MAX_PREC = 4096
@@ -268,6 +269,16 @@ def _leaves(model: nn.Module) -> list[nn.Module]:
     return [model]
 
 
+def _leaf_name(leaf: nn.Module) -> str:
+    """``FrEIABlock(AllInOneBlock)`` for an adapted module, the class name otherwise."""
+    inner = getattr(leaf, "module", None)
+    from lipbound.adapters.base import ForeignBlock
+
+    if isinstance(leaf, ForeignBlock) and inner is not None:
+        return f"{type(leaf).__name__}({type(inner).__name__})"
+    return type(leaf).__name__
+
+
 def _dtype(model: nn.Module) -> torch.dtype:
     for t in list(model.parameters()) + list(model.buffers()):
         if t.is_floating_point():
@@ -305,7 +316,7 @@ class TracedModel(ReferenceModel):
         self.max_prec = max_prec
         self._traces = {} if _traces is None else _traces
         self.dtype = _dtype(model)
-        blocks = [RefBlock(type(leaf).__name__,
+        blocks = [RefBlock(_leaf_name(leaf),
                            lambda x, leaf=leaf: self._apply(leaf, "forward", x),
                            lambda y, leaf=leaf: self._apply(leaf, "inverse", y))
                   for leaf in _leaves(model)]
@@ -342,3 +353,17 @@ def compile_traced(model: Any, backend: Backend | str = "arb:256",
     from lipbound.adapters import adapt
 
     return TracedModel(adapt(model), backend, max_prec)
+
+
+def oracle(model: Any, backend: Backend | str = "arb:256", max_prec: int = MAX_PREC
+           ) -> ReferenceModel:
+    """The oracle of ``model`` (adapted first, see :func:`lipbound.adapters.adapt`): the
+    hand-written reference (:func:`reference.compile`) when every block type has one, else the
+    traced one (:func:`compile_traced`)."""
+    from lipbound.adapters import adapt
+
+    model = adapt(model)
+    try:
+        return ReferenceModel(model, backend)
+    except UnknownLayerError:
+        return TracedModel(model, backend, max_prec)
