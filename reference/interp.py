@@ -900,3 +900,64 @@ def _empty(ctx: Context, size: Any, dtype: torch.dtype | None = None, **kwargs: 
 def _empty_permuted(ctx: Context, size: Sequence[int], physical_layout: Sequence[int],
                     dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
     return _empty(ctx, size, dtype)
+
+
+@register_op(aten.hardtanh)
+def _hardtanh(ctx: Context, x: Any, min_val: float = -1.0, max_val: float = 1.0) -> Any:
+    return _clamp(ctx, x, min_val, max_val)
+
+
+def _extremum(take_larger: bool) -> OpImpl:
+    def impl(ctx: Context, a: Any, b: Any) -> Any:
+        """Entry by entry ``max(a, b)`` or ``min(a, b)``; both (united) where undecided: the
+        result is continuous in ``a`` and ``b``, so the union encloses it."""
+        if _numbers(a, b):
+            return (np.maximum if take_larger else np.minimum)(a, b)
+        a, b = ctx.tensor(a), ctx.tensor(b)
+        if isinstance(a, DualTensor) or isinstance(b, DualTensor):
+            raise UnsupportedOpError(f"{ctx.op}: Jacobians through minimum/maximum")
+        bk = ctx.backend
+        shape = np.broadcast_shapes(a.shape, b.shape)
+        av, bv = _broadcast_data(a, shape), _broadcast_data(b, shape)
+        out = [bk.greater(u, v, (lambda _, u=u, v=v: u if take_larger else v),
+                          (lambda _, u=u, v=v: v if take_larger else u))
+               for u, v in zip(av, bv, strict=True)]
+        return RTensor(out, shape, bk)
+    return impl
+
+
+register_op(aten.maximum)(_extremum(True))
+register_op(aten.minimum)(_extremum(False))
+
+
+def _erf(bk: Backend, v: Scalar) -> Scalar:
+    return v.erf() if bk.kind == "arb" else mpmath.erf(v)
+
+
+def _gelu_exact(bk: Backend, v: Scalar) -> Scalar:
+    """``x Phi(x) = x (1 + erf(x / sqrt 2)) / 2``."""
+    return v * (1 + _erf(bk, v / bk.sqrt(bk.from_floats([2.0])[0]))) / 2
+
+
+def _dgelu_exact(bk: Backend, v: Scalar) -> Scalar:
+    """``Phi(x) + x phi(x)``."""
+    two = bk.from_floats([2.0])[0]
+    phi = bk.exp(-v * v / 2) / bk.sqrt(two * bk.pi())
+    return (1 + _erf(bk, v / bk.sqrt(two))) / 2 + v * phi
+
+
+GELU = Elementwise("gelu", _gelu_exact, _dgelu_exact)
+
+
+@register_op(aten.gelu)
+def _gelu(ctx: Context, x: Any, approximate: str = "none") -> Any:
+    """torch's GELU, ``approximate="none"``: ``x Phi(x)``; ``"tanh"``:
+    ``x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) / 2``."""
+    if approximate == "none":
+        return ctx.elementwise(x, GELU)
+    x = ctx.tensor(x)
+    bk = ctx.backend
+    with bk.active():
+        c = RTensor([bk.sqrt(2 / bk.pi())], (), bk)
+    inner = c * (x + ctx.tensor(0.044715) * x * x * x)
+    return x * (inner.apply(fn.TANH) + ctx.tensor(1.0)) / ctx.tensor(2.0)

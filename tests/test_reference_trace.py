@@ -279,3 +279,24 @@ def test_verify_cli_on_a_saved_zuko_flow(tmp_path, capsys):
     assert "ZukoBlock(" in out  # the per-block trace names the adapted steps
     verdict = out.split("verdict: ")[1].splitlines()[0]
     assert verdict == "rounding"  # a well-conditioned float32 flow: its error is rounding
+
+
+@pytest.mark.parametrize("activation", [nn.GELU(), nn.GELU("tanh"), nn.Hardtanh(-0.5, 0.5),
+                                        nn.Mish(), nn.LogSigmoid()])
+def test_oracle_falls_back_to_tracing_for_layers_without_a_reference(activation):
+    """A lipbound coupling whose sub-network has a layer with no hand-written reference gets the
+    traced oracle; lipbound's own blocks keep the hand-written one."""
+    from lipbound.blocks import AdditiveCoupling, halves
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 8), activation, nn.Linear(8, 2))
+    model = AdditiveCoupling(halves(4), net).double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    ref = reference.oracle(model, PREC)
+    assert isinstance(ref, reference.TracedModel)
+    with torch.no_grad():
+        y64 = model.forward(x)
+    y = ref.forward(x)
+    assert np.abs(y.to_numpy() - y64.numpy()).max() <= 1e-14
+    assert np.abs(ref.inverse(y).to_numpy() - x.numpy()).max() <= 1e-25
+    assert type(reference.oracle(figure1_chain(2).double(), PREC)) is reference.ReferenceModel
