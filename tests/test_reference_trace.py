@@ -18,9 +18,11 @@ from torch import nn
 import reference
 from lipbound.adapters import adapt
 from lipbound.blocks import (
+    AffineCoupling,
     DiagonalScaling,
     Invertible1x1Conv,
     Permutation,
+    checkerboard,
     coupling_mlp,
     figure1_chain,
     glow_like,
@@ -43,6 +45,8 @@ def _blocks():
         "coupling_mlp_affine": (coupling_mlp(4, 1, 8, "affine", actnorm=True), vec),
         "coupling_mlp_additive": (coupling_mlp(4, 2, 8, "additive", activation="tanh"), vec),
         "coupling_mlp_softclamp": (coupling_mlp(4, 1, 8, "affine", scale="softclamp"), vec),
+        "coupling_mlp_exp": (coupling_mlp(4, 1, 8, "affine", scale="exp"), vec),
+        "checkerboard_coupling": (AffineCoupling(checkerboard((2, 4, 4)), 0.5, 1.5), img),
         "figure1_chain": (figure1_chain(2, "affine"), vec[:, :2]),
         "DiagonalScaling": (DiagonalScaling(torch.rand(4) + 0.5), vec),
         "Permutation": (Permutation(4, "random"), vec),
