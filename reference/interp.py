@@ -121,10 +121,12 @@ def lookup(target: Any) -> OpImpl:
 # -- the evaluation context ------------------------------------------------------------------
 
 def _mp_undecided(bk: Backend, diff: Scalar, a: Scalar, b: Scalar) -> bool:
-    """mpmath has no radius: a difference within ``2^(16 - prec)`` of the operands' size is
-    treated as undecided (the comparison could go either way after rounding)."""
+    """mpmath has no radius: a difference within ``2^(8 - prec)`` of the operands' size, 0
+    included, is treated as undecided (the comparison could go either way after rounding; a
+    difference of exactly 0 may be rounding too). An estimate, not a proof: arb decides with
+    certainty."""
     size = max(abs(a), abs(b))
-    return abs(diff) <= size * mpmath.ldexp(1, 16 - bk.prec)
+    return abs(diff) <= size * mpmath.ldexp(1, 8 - bk.prec)
 
 
 class Context:
@@ -182,8 +184,7 @@ class Context:
                 else:
                     out[k] = 2
             else:
-                out[k] = 2 if (v != 0 and _mp_undecided(bk, v, av[k], bv[k])) else (
-                    1 if v > 0 else (-1 if v < 0 else 0))
+                out[k] = 2 if _mp_undecided(bk, v, av[k], bv[k]) else (1 if v > 0 else -1)
         if (out == 2).any():
             k = int(np.argmax(out == 2))
             raise UndecidedComparisonError(

@@ -28,9 +28,12 @@ leaf block's forward and inverse are traced (once per input shape) and evaluated
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -87,6 +90,19 @@ def _describe(fn: Any) -> str:
 CAPTURES = ("auto", "export", "make_fx")
 
 
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """torch's own messages (a failed export prints the partial graph and log records) held
+    back while capturing: a failure reaches the caller as one :class:`TraceError`."""
+    previous = logging.root.manager.disable
+    with contextlib.redirect_stderr(io.StringIO()):
+        logging.disable(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
 def _capture(fn: Callable[[Tensor], Any], example: Tensor, capture: str = "auto"
              ) -> tuple[torch.fx.GraphModule, dict[str, Tensor], list[str], str]:
     """``(graph module, tensors of the non-input placeholders and attributes, names of the user
@@ -94,7 +110,7 @@ def _capture(fn: Callable[[Tensor], Any], example: Tensor, capture: str = "auto"
     if capture not in CAPTURES:
         raise InputError(f"capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
     module = _Call(fn)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_torch():
         warnings.simplefilter("ignore")
         if capture == "make_fx":
             return _capture_make_fx(module, example)

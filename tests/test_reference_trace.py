@@ -160,6 +160,13 @@ def test_straddled_comparison_refused_after_the_precision_cap():
     assert isinstance(info.value, LipboundError) and info.value.op == "aten.gt.Scalar"
 
 
+def test_mp_comparison_near_its_threshold_is_undecided():
+    """mpmath has no radius: ``(1 / 3) * 3`` lands within a few ulps of 1, too close to decide."""
+    f = reference.trace(_Threshold(), torch.zeros(1, 2, dtype=torch.float64))
+    with pytest.raises(reference.UndecidedComparisonError, match="aten.gt.Scalar"):
+        f.evaluate(torch.tensor([[1.0, 2.0]], dtype=torch.float64), "mp:64", max_prec=128)
+
+
 def test_undecided_comparison_retried_at_higher_precision():
     """``x = 1 + 2^-52``: ``(x / 3) * 3 > 1`` straddles at 32 bits, is decided at 64."""
     f = reference.trace(_Threshold(), torch.zeros(1, 1, dtype=torch.float64))
@@ -225,6 +232,17 @@ def test_make_fx_capture_gives_the_same_map():
     fx = reference.trace(leaf.forward, x, capture="make_fx")
     assert (exported.captured_with, fx.captured_with) == ("torch.export", "make_fx")
     _agree(exported.evaluate(x, PREC), fx.evaluate(x, PREC))
+
+
+def test_data_dependent_loop_is_a_trace_error_without_torch_noise(capsys):
+    """The i-ResNet inverse iterates until a data-dependent test holds: no graph to capture."""
+    from lipbound.blocks import residual_flow
+
+    leaf = residual_flow((2,), n_blocks=1, hidden=4).double().eval().flat_blocks()[0]
+    with pytest.raises(reference.TraceError, match="cannot capture the graph of "
+                                                   "InvertibleResidual.inverse"):
+        reference.trace(leaf.inverse, torch.zeros(1, 2, dtype=torch.float64))
+    assert capsys.readouterr().err == ""
 
 
 def test_bad_inputs():
