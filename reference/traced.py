@@ -187,7 +187,7 @@ class TracedFunction:
         example = torch.zeros_like(example_input)  # only its shape and dtype matter (fake run)
         gm, self._tensors, self._outputs, self.captured_with = _capture(fn, example, capture)
         self.graph = gm.graph
-        self._converted: dict[str, dict[str, Any]] = {}
+        self._converted: dict[str, tuple[tuple[int, ...], dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         return (f"TracedFunction({self.name}, input_shape={self.input_shape}, "
@@ -199,22 +199,23 @@ class TracedFunction:
 
     def _constants(self, backend: Backend) -> dict[str, Any]:
         """Parameters, buffers and constants, exactly: floats as RTensors (exact at any
-        precision of the backend kind, so converted once per kind), integers and booleans as
-        numpy arrays."""
+        precision of the backend kind, so converted once per kind and reconverted when a
+        tensor changed in place since), integers and booleans as numpy arrays."""
+        versions = tuple(t._version for t in self._tensors.values() if isinstance(t, Tensor))
         cached = self._converted.get(backend.kind)
-        if cached is None:
-            cached = {}
+        if cached is None or cached[0] != versions:
+            values: dict[str, Any] = {}
             for name, t in self._tensors.items():
                 if t is None or not isinstance(t, Tensor):
-                    cached[name] = t
+                    values[name] = t
                 elif t.is_floating_point():
-                    cached[name] = RTensor.from_array(t, backend)
+                    values[name] = RTensor.from_array(t, backend)
                 elif t.is_complex():
                     raise InputTypeError(f"{self.name}: complex tensor {name} is not supported")
                 else:
-                    cached[name] = t.detach().cpu().numpy().copy()
-            self._converted[backend.kind] = cached
-        return cached
+                    values[name] = t.detach().cpu().numpy().copy()
+            cached = self._converted[backend.kind] = (versions, values)
+        return cached[1]
 
     def run(self, x: Any, backend: Backend | str) -> Any:
         """The graph at ``backend``'s precision (no retry): one RTensor for one output."""

@@ -245,6 +245,18 @@ def test_data_dependent_loop_is_a_trace_error_without_torch_noise(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_parameters_changed_in_place_are_read_again():
+    layer = nn.Linear(2, 2).double()
+    f = reference.trace(layer, torch.zeros(1, 2, dtype=torch.float64))
+    x = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    before = f.evaluate(x, PREC).to_numpy()
+    with torch.no_grad():
+        layer.weight.mul_(2)
+        expected = layer(x).numpy()
+    after = f.evaluate(x, PREC).to_numpy()
+    assert np.abs(after - expected).max() <= 1e-15 and np.abs(after - before).max() > 1e-3
+
+
 def test_bad_inputs():
     with pytest.raises(InputTypeError, match="example_input must be a floating-point"):
         reference.trace(nn.Tanh(), [1.0, 2.0])
