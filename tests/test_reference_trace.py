@@ -334,3 +334,16 @@ def test_oracle_falls_back_to_tracing_for_layers_without_a_reference(activation)
     assert np.abs(y.to_numpy() - y64.numpy()).max() <= 1e-14
     assert np.abs(ref.inverse(y).to_numpy() - x.numpy()).max() <= 1e-25
     assert type(reference.oracle(figure1_chain(2).double(), PREC)) is reference.ReferenceModel
+
+
+def test_verify_cli_unsupported_op_is_one_line(tmp_path, capsys):
+    from lipbound.blocks import AdditiveCoupling, halves
+    from lipbound.cli import main
+
+    model = AdditiveCoupling(halves(2), nn.Sequential(nn.Linear(1, 1), _Cosine()))
+    torch.save(model, tmp_path / "model.pt")
+    torch.save(torch.randn(2, 2), tmp_path / "x.pt")
+    code = main(["verify", str(tmp_path / "model.pt"), str(tmp_path / "x.pt"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "aten.cos.default" in err[0] and "register_op" in err[0], err
