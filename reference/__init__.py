@@ -2,8 +2,11 @@
 
 It reads a torch model's stored parameters, converted exactly (every float is a dyadic
 rational), and implements each block's map itself; it never calls the torch code it checks.
-Two backends behind one interface: python-flint ``arb`` balls (``"arb:<bits>"``, fast, each value
-with a certified radius) and mpmath (``"mp:<bits>"``, pure Python, the independent cross-check).
+Models without a hand-written reference (those of other libraries) get the traced oracle:
+:func:`compile_traced` captures their ATen graphs and evaluates them in the same arithmetic
+(:mod:`reference.traced`, :mod:`reference.interp`). Two backends behind one interface:
+python-flint ``arb`` balls (``"arb:<bits>"``, fast, each value with a certified radius)
+and mpmath (``"mp:<bits>"``, pure Python, the independent cross-check).
 
 >>> import torch, reference
 >>> from lipbound.blocks import figure1_chain
@@ -15,11 +18,13 @@ with a certified radius) and mpmath (``"mp:<bits>"``, pure Python, the independe
 
 from .backends import ArbBackend, Backend, MpBackend, make_backend
 from .certify import CertificationError, Certified, certified_forward, certified_inverse
+from .interp import UndecidedComparisonError, UnsupportedOpError, register_op, registered_ops
 from .linalg import SingularValues, certified_singular_values, singular_values
 from .model import ReferenceModel, as_backend, compile
 from .registry import Compiler, UnknownLayerError, register, registered_types
 from .tensor import DualTensor, Elementwise, RTensor
 from .toy import figure1_reference
+from .traced import TracedFunction, TracedModel, TraceError, compile_traced, oracle, trace
 
 __all__ = [
     "ArbBackend",
@@ -33,15 +38,25 @@ __all__ = [
     "RTensor",
     "ReferenceModel",
     "SingularValues",
+    "TraceError",
+    "TracedFunction",
+    "TracedModel",
+    "UndecidedComparisonError",
     "UnknownLayerError",
+    "UnsupportedOpError",
     "as_backend",
     "certified_forward",
     "certified_inverse",
     "certified_singular_values",
     "compile",
+    "compile_traced",
     "figure1_reference",
     "make_backend",
+    "oracle",
     "register",
+    "register_op",
+    "registered_ops",
     "registered_types",
     "singular_values",
+    "trace",
 ]

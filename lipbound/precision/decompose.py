@@ -30,7 +30,9 @@ converged map).
 1. ``wrong in exact arithmetic``: the float error does not shrink with the precision (the same
    run at a second float precision ``q`` has an error within a factor ``sqrt(u_p / u_q)`` of it,
    where rounding would shrink it by ``u_p / u_q``), or the truncation of an iterative inverse
-   accounts for most of the error: a bug, inconsistent parameters, an unconverged iteration;
+   accounts for most of the error, or the exact inverse misses ``x`` on the exact ``F(x)``
+   (``||x - F^-1(F(x))||``, certified from below) by most of the error: a bug, inconsistent
+   parameters, an unconverged iteration;
 2. ``range``: the float run has NaN or Inf, or exact intermediate values outside the dtype's
    normal range (overflow, underflow), and the run with the same significand and no exponent
    limit (``mp:<bits>``, when run) does not share the failure;
@@ -53,6 +55,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 import reference
+from lipbound.adapters import adapt
 from lipbound.autodiff import batch_jacobian
 from lipbound.blocks import InvertibleBlock
 
@@ -237,7 +240,7 @@ def _runs(model: InvertibleBlock, x: Tensor, p: Precision, reference_name: str, 
     fwd = run_forward(model_p, xp, p.name, trace=trace, copy_model=False)
     inv = run_inverse(model_p, torch.from_numpy(fwd.values).to(p.dtype), p.name, trace=trace,
                       copy_model=False)
-    ref = reference.compile(model_p, reference_name)
+    ref = reference.oracle(model_p, reference_name)
     exact_fwd = ref.trace_forward(x64)
     z = reference.certified_forward(ref, x64, tol=EXACT_TOL).value
     x1, x1_exact = _exact_inverse(ref, fwd.values)
@@ -338,7 +341,8 @@ def _same_significand(r: _Runs) -> dict[str, Any]:
     """The round trip at ``mp:<bits>`` with ``p``'s significand and no exponent range: its
     ``||delta||`` and total, against the exact values."""
     mp_name = r.p.same_mantissa_reference()
-    ref_mp = reference.compile(r.model_p, mp_name)
+    ref_mp = (r.ref.with_backend(mp_name) if isinstance(r.ref, reference.TracedModel)
+              else reference.compile(r.model_p, mp_name))  # traced: the same captured graphs
     z_mp = ref_mp.forward(r.x64)
     rec_mp = ref_mp.inverse(z_mp).to_numpy()
     return {"precision": mp_name,
@@ -353,7 +357,7 @@ def _errors_at(model: InvertibleBlock, x: np.ndarray, name: str, reference_name:
     p = parse_precision(name)
     xp = torch.from_numpy(x).to(p.dtype)
     fwd = run_forward(model, xp, name)
-    ref = reference.compile(cast_model(model, p.dtype), reference_name)
+    ref = reference.oracle(cast_model(model, p.dtype), reference_name)
     z = reference.certified_forward(ref, xp, tol=EXACT_TOL).value
     zp = torch.from_numpy(fwd.values).to(p.dtype)
     inv = run_inverse(model, zp, name)
@@ -410,10 +414,28 @@ def _truncation(r: _Runs, reference_name: str, total: float
     return {"forward": t_fwd, "inverse": t_inv}, reasons
 
 
+def _inconsistent_inverse(r: _Runs, total: float) -> list[str]:
+    """The reason for "wrong in exact arithmetic" when the exact inverse does not invert the
+    exact forward: ``||x - F^-1(F(x))||``, both maps exact (a certified lower bound: each entry's
+    distance minus its radius), accounts for most of the ``total`` (a model whose stored inverse
+    is not the inverse of its stored forward, such as inconsistent parameters)."""
+    if not math.isfinite(total) or total == 0:
+        return []
+    back = reference.certified_inverse(r.ref, r.z, tol=EXACT_TOL).value
+    with r.ref.backend.active():
+        diff = back - r.ref.convert(r.x64)
+    low = np.maximum(np.abs(diff.to_numpy()) - diff.radii(), 0.0)
+    gap = _worst(row_norms(low))
+    if gap > 0.5 * total:
+        return [f"the exact inverse does not invert the exact forward: ||x - F^-1(F(x))|| >= "
+                f"{gap:.3g} in exact arithmetic, most of the total {total:.3g}"]
+    return []
+
+
 def _parameter_rounding(model: InvertibleBlock, r: _Runs, reference_name: str) -> float:
     """``||F_64(x) - F(x)||``: the exact maps with float64 master weights against the weights
     cast to ``p`` (worst sample)."""
-    ref64 = reference.compile(cast_model(model, torch.float64), reference_name)
+    ref64 = reference.oracle(cast_model(model, torch.float64), reference_name)
     return _worst(row_norms(_exact_minus(r.ref, ref64.forward(r.x64), r.z)))
 
 
@@ -481,7 +503,7 @@ def _verdict(r: _Runs, reasons: list[str], exact_trace: list[np.ndarray],
     return "rounding", reasons
 
 
-def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
+def decompose(model: Any, x: Tensor, precision: str = "float32",
               reference_name: str = "arb:256", parameter_rounding: bool = False,
               same_mantissa: bool | None = None, max_reference_jacobian_dim: int = 64,
               max_float_jacobian_dim: int = 4096, trace: bool = True,
@@ -494,8 +516,14 @@ def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
     :func:`_block_trace`, :func:`_same_significand`, :func:`_second_precision`,
     :func:`_truncation`, :func:`_parameter_rounding` and :func:`_verdict`.
 
+    The oracle is the hand-written reference where every block type has one, else the traced
+    one (:func:`reference.oracle`): models of other libraries are adapted
+    (:func:`lipbound.adapters.adapt`) and their captured ATen graphs run in the reference
+    arithmetic.
+
     Args:
-        model: an invertible block (not modified).
+        model: an invertible block, or any model :func:`lipbound.adapters.adapt` accepts (not
+            modified).
         x: a finite batch of inputs, cast to ``precision`` first.
         precision: ``float16``, ``bfloat16``, ``float32`` or ``float64``.
         reference_name: the oracle, ``mp:<bits>`` or ``arb:<bits>``.
@@ -509,6 +537,7 @@ def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
             minutes for a large image model).
     """
     p = _check_arguments(precision, reference_name, x)
+    model = adapt(model)
     bar = tqdm(total=8, desc=f"verify {p.name}", disable=not progress, unit="stage")
 
     def stage(name: str) -> None:
@@ -545,6 +574,7 @@ def decompose(model: InvertibleBlock, x: Tensor, precision: str = "float32",
     stage("truncation")
     total = _worst(terms.total)
     truncation, why = _truncation(r, reference_name, total)
+    why = why + _inconsistent_inverse(r, total)
 
     stage("parameter rounding")
     param_round = _parameter_rounding(model, r, reference_name) if parameter_rounding else None

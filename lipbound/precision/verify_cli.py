@@ -1,14 +1,17 @@
 """``lipbound verify MODEL INPUTS``: the rounding-versus-instability decomposition.
 
-MODEL is a whole module saved with :func:`lipbound.io.save_model` (``torch.save``; load only
-files you trust); INPUTS a ``.pt`` tensor or an ``.npy``/``.npz`` array, batch first.
+MODEL is a whole module saved with :func:`lipbound.io.save_model` or ``torch.save`` (load only
+files you trust): a lipbound block or any model :func:`lipbound.adapters.adapt` accepts (FrEIA,
+nflows, zuko, normflows, memcnn), whose oracle is then the traced one; INPUTS a ``.pt`` tensor
+or an ``.npy``/``.npz`` array, batch first.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from lipbound.io import check_output_path, load_inputs, load_model
+from lipbound.adapters import adapt
+from lipbound.io import check_output_path, load_inputs, load_saved
 
 from ..jsonio import dump_json
 from ..shape import check_batch, output_shape
@@ -22,7 +25,8 @@ PRECISION_KINDS, REFERENCE_KINDS = ("torch",), ("mp", "arb")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="saved model (lipbound.io.save_model); required")
+    parser.add_argument("model", help="saved model (lipbound.io.save_model, or torch.save of a "
+                                      "FrEIA, nflows, zuko, normflows or memcnn model); required")
     parser.add_argument("inputs", metavar="INPUTS",
                         help="inputs, batch first, of real numbers: .pt, .npy or .npz (its array "
                              "x, or its only array); required")
@@ -48,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     parse_precision(args.reference, REFERENCE_KINDS, "--reference")
     if args.json:
         check_output_path(args.json, "--json")
-    model = load_model(args.model)
+    model = adapt(load_saved(args.model))
     x = load_inputs(args.inputs)
     name = f"INPUTS {args.inputs!r}"
     check_batch(x, name)
