@@ -192,6 +192,32 @@ def test_gradients_arrive_through_autograd_hooks_and_optimizers():
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
 
+@pytest.mark.parametrize("tol", [None, 1e-300], ids=["memory_saving", "fallback"])
+def test_parameter_hooks_fire_once(tol):
+    """A hook on a parameter sees its whole gradient once, as with plain autograd (not each
+    block's part again, which doubled ``lambda g: 2 * g`` into 4 g)."""
+    model = _noisy(coupling_mlp(4, 4, 8, "affine", actnorm=True))
+    x = _images((4,), 8)
+    model(x)
+    calls = []
+    for p in model.parameters():
+        p.register_hook(lambda g: (calls.append(1), 2 * g)[1])
+
+    def run(net):
+        calls.clear()
+        model.zero_grad()
+        (net(x) * _weights(x, 3)).sum().backward()
+        return [p.grad.clone() for p in model.parameters()], len(calls)
+
+    ref, n_ref = run(model)
+    net = memory_saving(model, tol=tol)
+    got, n_got = run(net)
+    assert net.fallbacks == (tol is not None)
+    assert n_got == n_ref == len(ref)
+    for a, b in zip(ref, got):
+        assert float((a - b).norm()) <= RTOL * float(a.norm())
+
+
 def test_distributed_data_parallel_receives_the_gradients(tmp_path):
     import torch.distributed as dist
 

@@ -20,8 +20,10 @@ of one coupling, or of a run of at most :data:`MAX_RUN` blocks without sub-netwo
   checkpoint (the reconstruction that reached it is checked against it).
 * Parameters enter the pass as inputs of one :class:`torch.autograd.Function`, so their
   gradients arrive through autograd's normal path (``AccumulateGrad``): optimizers, gradient
-  clipping, hooks and ``DistributedDataParallel`` work unchanged (DDP sees only ``forward``:
-  call the wrapper through it). Double backward is not supported.
+  clipping, hooks and ``DistributedDataParallel`` work unchanged. The backward recomputes each
+  block against detached aliases of its parameters (:func:`detached_parameters`), so a
+  parameter's hooks fire once, on its whole gradient, as with plain autograd. Double backward
+  is not supported.
 * ActNorm's data-dependent initialisation runs in a plain no-grad forward before the first
   memory-saving pass (so the backward never re-initialises), and the RNG state before every block
   is saved and restored when recomputing it (as :func:`torch.utils.checkpoint.checkpoint` does),
@@ -68,7 +70,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -93,6 +95,7 @@ __all__ = [
     "MemorySavingError",
     "MemorySavingWarning",
     "ReconstructionCheck",
+    "detached_parameters",
     "fork_rng",
     "memory_saving",
     "relative_error",
@@ -181,6 +184,39 @@ def _default_tol(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) ** 0.5
 
 
+def _parameter_slots(module: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(submodule, name)`` of every parameter entry in ``module`` (shared ones repeated)."""
+    return [(m, name) for m in module.modules() for name, p in m._parameters.items()
+            if p is not None]
+
+
+@contextlib.contextmanager
+def detached_parameters(slots: Iterable[tuple[nn.Module, str]], wanted: dict[int, int]
+                        ) -> Iterator[dict[int, Tensor]]:
+    """Within the context, every parameter in ``slots`` whose ``id`` is in ``wanted`` is replaced
+    in its module by a detached leaf sharing its storage (one per parameter, also where it is
+    shared). Yields ``id(parameter) -> leaf``.
+
+    The backward recomputes the blocks against these leaves: differentiating them runs none of
+    the parameter's own hooks (``Tensor.register_hook``, DDP's), which fire once, when the
+    :class:`torch.autograd.Function` hands the summed gradients to the real parameters."""
+    aliases: dict[int, Tensor] = {}
+    swapped: dict[tuple[int, str], tuple[nn.Module, str, Tensor]] = {}
+    for m, name in slots:
+        p = m._parameters[name]
+        if p is not None and id(p) in wanted and (id(m), name) not in swapped:
+            if id(p) not in aliases:
+                aliases[id(p)] = nn.Parameter(p.detach(), requires_grad=True)
+            swapped[id(m), name] = (m, name, p)
+    try:
+        for m, name, p in swapped.values():
+            m._parameters[name] = aliases[id(p)]
+        yield aliases
+    finally:
+        for m, name, p in swapped.values():
+            m._parameters[name] = p
+
+
 class _Step:
     """One leaf block run in one direction: ``run`` maps, ``undo`` reconstructs its input."""
 
@@ -189,6 +225,7 @@ class _Step:
         # the inverse is not the forward's exact inverse: a fixed point, or an ODE solved backwards
         self.keeps_input = block.is_iterative or isinstance(block, NeuralODE)
         self.params = list(block.parameters())
+        self.slots = _parameter_slots(block)
         self.name = f"block {index} ({type(block).__name__})"
 
     def run(self, v: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
@@ -475,7 +512,10 @@ class MemorySaving(InvertibleBlock):
         k = len(steps) - 1
         while k >= 0:
             lo = _run_start(steps, k)
-            with autocast(ctx.autocast):
+            block_params = [p for i in range(lo, k + 1) for p in steps[i].params
+                            if id(p) in position]
+            slots = [slot for i in range(lo, k + 1) for slot in steps[i].slots]
+            with autocast(ctx.autocast), detached_parameters(slots, position) as alias:
                 v, inputs, leaves, recomputed, ld = _rebuild(
                     steps, lo, k, out, kept.pop() if steps[k].keeps_input else None, with_ld,
                     ctx.rng, x.device)
@@ -487,14 +527,12 @@ class MemorySaving(InvertibleBlock):
                 for i in reversed(range(lo, k + 1)):
                     errors.append((steps[i].index, _sketch_error(self._sketch_dirs, inputs[i - lo],
                                                                  sketches.pop())))
-            block_params = [p for i in range(lo, k + 1) for p in steps[i].params
-                            if id(p) in position]
             outputs, grad_outputs = [recomputed], [grad]
             if with_ld and ld.requires_grad:
                 outputs.append(ld)
                 grad_outputs.append(grad_ld)
-            found = torch.autograd.grad(outputs, leaves + block_params, grad_outputs,
-                                        allow_unused=True)
+            found = torch.autograd.grad(outputs, leaves + [alias[id(p)] for p in block_params],
+                                        grad_outputs, allow_unused=True)
             grad = None
             for g in found[:len(leaves)]:
                 grad = _add(grad, g)
@@ -568,7 +606,10 @@ def _autograd_backward(steps: list[_Step], ctx, x: Tensor, grad_z: Tensor,
                        grad_ld: Tensor | None) -> tuple[Tensor | None, list[Tensor | None]]:
     """The true gradient: the pass redone with ordinary autograd from the stored input."""
     leaf = x.detach().requires_grad_()
-    with torch.enable_grad(), autocast(ctx.autocast):
+    position = {id(p): i for i, p in enumerate(ctx.params)}
+    slots = [slot for s in steps for slot in s.slots]
+    with torch.enable_grad(), autocast(ctx.autocast), \
+            detached_parameters(slots, position) as alias:
         z, total = leaf, zeros_log_det(leaf) if ctx.with_log_det else None
         for k, s in enumerate(steps):
             if ctx.rng:
@@ -576,11 +617,12 @@ def _autograd_backward(steps: list[_Step], ctx, x: Tensor, grad_z: Tensor,
             z, ld = s.run(z, ctx.with_log_det)
             if total is not None:
                 total = total + ld
-    outputs, grad_outputs = [z], [grad_z]
-    if total is not None and total.requires_grad:
-        outputs.append(total)
-        grad_outputs.append(grad_ld)
-    found = torch.autograd.grad(outputs, [leaf, *ctx.params], grad_outputs, allow_unused=True)
+        outputs, grad_outputs = [z], [grad_z]
+        if total is not None and total.requires_grad:
+            outputs.append(total)
+            grad_outputs.append(grad_ld)
+        found = torch.autograd.grad(outputs, [leaf, *(alias.get(id(p), p) for p in ctx.params)],
+                                    grad_outputs, allow_unused=True)
     return found[0], list(found[1:])
 
 
