@@ -277,11 +277,37 @@ def test_dropout_masks_are_replayed():
     for a, b in zip(ref, got):
         assert float((a - b).norm()) <= RTOL * float(a.norm())
     torch.testing.assert_close(after_ref, after_got)  # the caller's RNG stream is unchanged
-    # without replay the reconstruction uses other masks and the check catches it
+    # the dropout layers' own mode decides, not the wrapper's
+    net.eval()
+    model.train()
     torch.manual_seed(11)
+    got = _grads(net, params, x, "log_det")
+    assert net.fallbacks == 0
+    for a, b in zip(ref, got):
+        assert float((a - b).norm()) <= RTOL * float(a.norm())
+
+
+def test_dropout_without_replay_falls_back_to_the_forwards_masks():
+    """With ``preserve_rng=False`` the recomputation draws other masks: the check fails, and the
+    fallback replays the forward's masks, giving autograd's gradient of the same forward."""
+    model = _noisy(_dropout_model())
+    params, x = list(model.parameters()), _images((4,), 8)
+    torch.manual_seed(11)
+    ref = _grads(model, params, x, "log_det")
     off = memory_saving(model, preserve_rng=False)
-    _grads(off, params, x, "log_det")
-    assert off.fallbacks == 1
+    torch.manual_seed(11)
+    got = _grads(off, params, x, "log_det")
+    assert off.fallbacks == 1 and not off.last_check.passed
+    for a, b in zip(ref, got):
+        assert float((a - b).norm()) <= RTOL * float(a.norm())
+    with pytest.raises(MemorySavingError, match="preserve_rng=False but dropout layers are in "
+                                                "training mode"):
+        _grads(memory_saving(model, "raise", preserve_rng=False), params, x, "log_det")
+    model.eval()  # no random numbers drawn: nothing to replay
+    quiet = memory_saving(model, "raise", preserve_rng=False)
+    assert_same_gradients(model, x, "log_det", preserve_rng=False)
+    _grads(quiet, params, x, "map")
+    assert quiet.fallbacks == 0
 
 
 class _Pick(nn.Module):

@@ -25,10 +25,14 @@ of one coupling, or of a run of at most :data:`MAX_RUN` blocks without sub-netwo
   parameter's hooks fire once, on its whole gradient, as with plain autograd. Double backward
   is not supported.
 * ActNorm's data-dependent initialisation runs in a plain no-grad forward before the first
-  memory-saving pass (so the backward never re-initialises), and the RNG state before every block
-  is saved and restored when recomputing it (as :func:`torch.utils.checkpoint.checkpoint` does),
-  so dropout in sub-networks draws the same masks; by default only when the model has dropout
-  layers in training mode (the CPU state is about 5 KB per block). Spectral normalisation
+  memory-saving pass (so the backward never re-initialises). The RNG state before every block
+  whose dropout layers are in training mode (their own mode, not the wrapper's) is saved and
+  restored when recomputing it (as :func:`torch.utils.checkpoint.checkpoint` does), so dropout
+  in sub-networks draws the same masks (the CPU state is about 5 KB per block). The state before
+  the first block is always saved, so the fallback replays the forward exactly. With
+  ``preserve_rng=False`` and dropout in training mode the recomputation draws other masks and
+  cannot be right: every such backward fails the check (``"fallback"`` then gives the true
+  gradient, ``"raise"`` raises). Spectral normalisation
   (i-ResNet) is frozen while recomputing, so the power iteration the forward advanced is not
   advanced again. BatchNorm in sub-networks updates its running statistics again when a block is
   recomputed (as with ``torch.utils.checkpoint``). A pass run under ``torch.autocast`` (mixed
@@ -226,6 +230,8 @@ class _Step:
         self.keeps_input = block.is_iterative or isinstance(block, NeuralODE)
         self.params = list(block.parameters())
         self.slots = _parameter_slots(block)
+        self.dropouts = [m for m in block.modules()
+                         if isinstance(m, nn.modules.dropout._DropoutNd)]
         self.name = f"block {index} ({type(block).__name__})"
 
     def run(self, v: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
@@ -235,6 +241,12 @@ class _Step:
     def undo(self, v: Tensor) -> Tensor:
         b = self.block
         return (b._forward(v, False) if self.inverse else b._inverse(v, False))[0]
+
+    @property
+    def random(self) -> bool:
+        """Whether the block draws random numbers now: a dropout layer in training mode (its own
+        mode, whatever the wrapper's)."""
+        return any(m.training and m.p > 0 for m in self.dropouts)
 
     @property
     def fused(self) -> bool:
@@ -266,8 +278,7 @@ def _rebuild(steps: list[_Step], lo: int, hi: int, out: Tensor, kept: Tensor | N
 
     Returns the input of step ``lo`` (no graph), the inputs of steps ``lo..hi``, the leaves whose
     gradients sum to the input gradient, and the recomputed output and log-det (with graph)."""
-    if rng:
-        set_rng_state(rng[hi], device)
+    _replay(rng[hi], device)
     s = steps[hi]
     if s.fused:
         # x_{I1} = y_{I1}: one evaluation of the sub-networks inverts and rebuilds.
@@ -288,15 +299,13 @@ def _rebuild(steps: list[_Step], lo: int, hi: int, out: Tensor, kept: Tensor | N
     else:
         with torch.no_grad():
             for i in reversed(range(lo, hi + 1)):
-                if rng:
-                    set_rng_state(rng[i], device)
+                _replay(rng[i], device)
                 inputs.insert(0, steps[i].undo(inputs[0]))
     leaf = inputs[0].detach().requires_grad_()
     recomputed, total = leaf, None
     with torch.enable_grad():
         for i in range(lo, hi + 1):
-            if rng:
-                set_rng_state(rng[i], device)
+            _replay(rng[i], device)
             recomputed, ld = steps[i].run(recomputed, with_log_det)
             total = ld if total is None else total + ld
     return inputs[0], inputs[:-1], [leaf], recomputed, total
@@ -338,6 +347,11 @@ def set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> 
         torch.cuda.set_rng_state(state[1], device)
 
 
+def _replay(state: tuple[Tensor, Tensor | None] | None, device: torch.device) -> None:
+    if state is not None:
+        set_rng_state(state, device)
+
+
 def fork_rng(device: torch.device, enabled: bool = True):
     """Restore the caller's RNG state after the backward replayed the forward's."""
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
@@ -358,14 +372,16 @@ class _MemorySavingPass(torch.autograd.Function):
     def forward(ctx, wrapper: MemorySaving, inverse: bool, with_log_det: bool, x: Tensor,
                 *params: Tensor):
         steps = wrapper._steps(inverse)
-        preserve = wrapper._preserves_rng()
+        random = [s.random for s in steps]
+        preserve = wrapper.preserve_rng
         sketching = wrapper._check_due()
         rng, kept, sketches = [], [], []
         total = zeros_log_det(x) if with_log_det else None
         z = x
-        for s in steps:
-            if preserve:
-                rng.append(rng_state(z.device))
+        # the fallback replays the whole pass from here, with the forward's dropout masks
+        ctx.rng_start = rng_state(x.device)
+        for s, r in zip(steps, random, strict=True):
+            rng.append(rng_state(z.device) if preserve or (preserve is None and r) else None)
             if s.keeps_input:
                 kept.append(z)
             elif sketching:
@@ -375,6 +391,8 @@ class _MemorySavingPass(torch.autograd.Function):
                 total = total + ld
         ctx.wrapper, ctx.inverse, ctx.with_log_det = wrapper, inverse, with_log_det
         ctx.params, ctx.rng, ctx.n_kept = params, rng, len(kept)
+        # dropout drew masks that the recomputation cannot draw again
+        ctx.unreplayed = preserve is False and any(random)
         ctx.autocast = autocast_state(x.device)
         ctx.save_for_backward(x, z, *kept, *sketches)
         return (z, total) if with_log_det else z
@@ -387,7 +405,7 @@ class _MemorySavingPass(torch.autograd.Function):
         # the forward advanced the spectral norms' power iterations: recompute the same maps
         frozen = (frozen_spectral_norm(ctx.wrapper.model) if ctx.wrapper._has_spectral_norm
                   else contextlib.nullcontext())
-        with fork_rng(x.device, bool(ctx.rng)), frozen:
+        with fork_rng(x.device), frozen:
             grad_x, grad_params = ctx.wrapper._backward(ctx, x, z, kept, sketches, grad_z,
                                                         grad_ld)
         return (None, None, None, grad_x, *grad_params)
@@ -425,7 +443,6 @@ class MemorySaving(InvertibleBlock):
         modules = list(model.modules())
         self._actnorms = [m for m in modules if isinstance(m, ActNorm)]
         self._actnorms_ready = not self._actnorms
-        self._has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in modules)
         self._has_spectral_norm = any(isinstance(m, (SpectralNormLinear, SpectralNormConv2d))
                                       for m in modules)
         self.fallbacks = 0
@@ -465,14 +482,9 @@ class MemorySaving(InvertibleBlock):
         self.passes += 1
         return self.check_every > 0 and self.passes % self.check_every == 0
 
-    def _preserves_rng(self) -> bool:
-        if self.preserve_rng is not None:
-            return self.preserve_rng
-        return self._has_dropout and self.training
-
     def _initialize_actnorm(self, v: Tensor, inverse: bool) -> None:
         """Run ActNorm's data-dependent initialisation in a plain no-grad forward, once."""
-        if self._actnorms_ready or not self.training:
+        if self._actnorms_ready or not any(m.training for m in self._actnorms):
             return
         if all(bool(m.initialized) for m in self._actnorms):
             self._actnorms_ready = True
@@ -543,7 +555,7 @@ class MemorySaving(InvertibleBlock):
             out, k = v, lo - 1
         errors.append((-1, relative_error(out, x)))
         _, amp, amp_dtype = ctx.autocast
-        check = self._judge(ctx.inverse, errors, amp_dtype if amp else x.dtype)
+        check = self._judge(ctx.inverse, errors, amp_dtype if amp else x.dtype, ctx.unreplayed)
         if check.passed:
             return grad, grads
         self.failures += 1
@@ -551,19 +563,29 @@ class MemorySaving(InvertibleBlock):
             self.fallbacks += 1
             self.last_check = ReconstructionCheck(**{**check.__dict__, "fell_back": True})
             return _autograd_backward(steps, ctx, x, grad_z, grad_ld)
-        message = self._diagnose(steps, ctx, x, z, ctx.saved_tensors[2:2 + ctx.n_kept], check.tol)
+        if ctx.unreplayed:
+            message = (
+                f"memory-saving backward of the {check.direction} pass: preserve_rng=False but "
+                "dropout layers are in training mode, so the recomputation drew other dropout "
+                "masks than the forward and its gradient is not the true one; use "
+                "preserve_rng=None (the default) or policy='fallback'"
+            )
+        else:
+            message = self._diagnose(steps, ctx, x, z, ctx.saved_tensors[2:2 + ctx.n_kept],
+                                     check.tol)
         if self.policy == "raise":
             raise MemorySavingError(message)
         warnings.warn(message, MemorySavingWarning, stacklevel=2)
         return grad, grads
 
-    def _judge(self, inverse: bool, errors: list[tuple[int, Tensor]],
-               dtype: torch.dtype) -> ReconstructionCheck:
-        """Bring the errors to the host (the one sync of a backward) and apply ``tol``."""
+    def _judge(self, inverse: bool, errors: list[tuple[int, Tensor]], dtype: torch.dtype,
+               unreplayed: bool = False) -> ReconstructionCheck:
+        """Bring the errors to the host (the one sync of a backward) and apply ``tol``; a pass
+        whose dropout masks were not kept (``unreplayed``) fails whatever it measured."""
         tol = self.tol if self.tol is not None else _default_tol(dtype)
         values = torch.stack([e.to(torch.float64) for _, e in errors]).tolist()
         blocks = {i: v for (i, _), v in zip(errors[:-1], values[:-1])}
-        passed = all(v <= tol for v in values)  # False for NaN
+        passed = not unreplayed and all(v <= tol for v in values)  # False for NaN
         check = ReconstructionCheck("inverse" if inverse else "forward", values[-1], blocks, tol,
                                     passed)
         self.last_check = check
@@ -578,14 +600,12 @@ class MemorySaving(InvertibleBlock):
         with torch.no_grad(), autocast(ctx.autocast):
             true = [x]
             for k, s in enumerate(steps):
-                if ctx.rng:
-                    set_rng_state(ctx.rng[k], x.device)
+                _replay(ctx.rng[k], x.device)
                 true.append(s.run(true[-1], False)[0])
             rec, above = z, 0.0
             for k in reversed(range(len(steps))):
                 s = steps[k]
-                if ctx.rng:
-                    set_rng_state(ctx.rng[k], x.device)
+                _replay(ctx.rng[k], x.device)
                 rec = kept.pop() if s.keeps_input else s.undo(rec)
                 err = float(relative_error(rec, true[k]))
                 if not err <= tol:
@@ -611,9 +631,8 @@ def _autograd_backward(steps: list[_Step], ctx, x: Tensor, grad_z: Tensor,
     with torch.enable_grad(), autocast(ctx.autocast), \
             detached_parameters(slots, position) as alias:
         z, total = leaf, zeros_log_det(leaf) if ctx.with_log_det else None
-        for k, s in enumerate(steps):
-            if ctx.rng:
-                set_rng_state(ctx.rng[k], x.device)
+        set_rng_state(ctx.rng_start, x.device)
+        for s in steps:
             z, ld = s.run(z, ctx.with_log_det)
             if total is not None:
                 total = total + ld
@@ -640,8 +659,9 @@ def memory_saving(model: InvertibleBlock, policy: str = "fallback", tol: float |
         check_every: sketch and check every block's reconstructed input on every
             ``check_every``-th pass (default 10; 1: always, 0: never); the network input, and the
             output of every block that keeps its input, are checked on every backward.
-        preserve_rng: save and restore the RNG state per block; ``None``: when the model has
-            dropout layers and is in training mode.
+        preserve_rng: save and restore the RNG state per block; ``None`` (default): for the
+            blocks whose dropout layers are in training mode (their own mode); ``False``: never,
+            and then a pass with dropout in training mode fails the check (see above).
 
     Returns:
         a :class:`MemorySaving` module with the model's ``forward``, ``inverse``,
