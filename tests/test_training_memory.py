@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import pytest
@@ -157,9 +158,11 @@ def test_iterative_blocks_keep_their_input(what):
 
 
 def test_saved_activations_do_not_grow_with_depth():
-    def saved_bytes(depth, wrap):
+    """The wrapper keeps x and z; the check's sketches add 3 numbers per sample and block
+    (every block on a checked pass, the first block's output on the others)."""
+    def saved_bytes(depth, wrap, check_every=1):
         model = _noisy(coupling_mlp(4, depth, 16, "affine", actnorm=True))
-        net = memory_saving(model) if wrap else model
+        net = memory_saving(model, check_every=check_every) if wrap else model
         sizes = []
 
         def pack(t):
@@ -171,7 +174,12 @@ def test_saved_activations_do_not_grow_with_depth():
         (z.sum() + ld.sum()).backward()
         return sum(sizes)
 
-    assert saved_bytes(2, True) == saved_bytes(16, True) == 2 * 16 * 4 * 8
+    x_and_z, sketch = 2 * 16 * 4 * 8, 16 * 3 * 8
+    assert saved_bytes(2, True, 0) == saved_bytes(16, True, 0) == x_and_z
+    assert saved_bytes(2, True, 5) == saved_bytes(16, True, 5) == x_and_z + sketch
+    for depth in (2, 16):
+        blocks = len(coupling_mlp(4, depth, 16, "affine", actnorm=True).flat_blocks())
+        assert saved_bytes(depth, True) == x_and_z + blocks * sketch
     assert saved_bytes(16, False) > 4 * saved_bytes(2, False)
 
 
@@ -445,13 +453,46 @@ def test_sketch_catches_a_block_whose_error_the_network_input_hides():
         _square_loss_grads(memory_saving(model(), "raise", check_every=1), [], x)
 
 
+def _actnorm_centring_case():
+    """ActNorm first, centring data of mean 1e6 and scaling by 30, then 8 affine couplings: the
+    couplings' reconstruction error is ~1e-3 relative to their inputs but ~1e-8 relative to the
+    network input, which the network-input check alone passes."""
+    torch.manual_seed(0)
+    d = 8
+    blocks = [ActNorm(d)] + [AffineCoupling(halves(d, flip=i % 2 == 1), mlp(4, 4, 32, 1),
+                                            mlp(4, 4, 32, 1)) for i in range(8)]
+    model = InvertibleSequential(*blocks).train()
+    x = 1e6 + torch.randn(64, d, generator=torch.Generator().manual_seed(1))
+    model(x)
+    with torch.no_grad():
+        model[0].log_scale += math.log(30)
+    return model, x
+
+
+@pytest.mark.parametrize("check_every", [1, 10])
+def test_first_block_output_is_checked_on_every_pass(check_every):
+    model, x = _actnorm_centring_case()
+    params = list(model.parameters())
+    ref = _square_loss_grads(model, params, x)
+    blind = memory_saving(model, check_every=0)
+    raw = _square_loss_grads(blind, params, x)
+    assert blind.last_check.passed and blind.last_check.input_error < 1e-7
+    assert max(float((a - b).norm() / a.norm()) for a, b in zip(ref, raw)) > 1e-5
+    net = memory_saving(model, check_every=check_every)  # 10: the first pass is not a checked one
+    got = _square_loss_grads(net, params, x)
+    assert net.fallbacks == 1 and net.last_check.block_errors[1] > net.last_check.tol
+    for a, b in zip(ref, got):
+        assert float((a - b).norm()) <= RTOL * float(a.norm())
+
+
 def test_tolerance_and_schedule():
     model = _noisy(coupling_mlp(4, 4, 8, "affine"))
     net = memory_saving(model, check_every=2)
     x = _images((4,), 4).requires_grad_()
     for k in range(1, 4):
         net(x).sum().backward()
-        assert bool(net.last_check.block_errors) == (k % 2 == 0)
+        checked = set(net.last_check.block_errors)
+        assert 1 in checked and (len(checked) > 1) == (k % 2 == 0)  # the first block's output
         assert net.last_check.input_error < 1e-14
     tight = memory_saving(model, tol=1e-300)  # every rounding error fails
     tight(x).sum().backward()

@@ -42,14 +42,18 @@ of one coupling, or of a run of at most :data:`MAX_RUN` blocks without sub-netwo
 **The self-check.** Memory-saving backprop is only right where the inverse is accurate. Every
 backward measures the relative reconstruction error of the network input,
 ``max_i ||x_i - xhat_i|| / ||x_i||`` (free: the walk ends there), and of the output of every block
-that keeps its input (free: the kept input recomputes it). On every ``check_every``-th pass it
-also measures the reconstructed input of every block, although the pass keeps no activations:
+that keeps its input (free: the kept input recomputes it). On every ``check_every``-th pass
+(default: every pass) it also measures the reconstructed input of every block, although the pass
+keeps no activations:
 the forward stores a sketch of each block's input, ``m = 2`` random projections
 ``<x_{k,i}, w_j>`` with ``w_j ~ N(0, I)`` and the norm ``||x_{k,i}||`` per sample
 (``3 B`` numbers per block, not the activations), and the backward estimates
 ``||xhat_k - x_k|| ~ sqrt(mean_j <xhat_k - x_k, w_j>^2)`` (exact in expectation; a large error
-escapes only if it is nearly orthogonal to both directions). All of them reach the host in one
-transfer. Above ``tol``, or NaN or Inf, the ``policy`` decides:
+escapes only if it is nearly orthogonal to both directions). The output of the first block is
+sketched and checked on every pass whatever ``check_every`` (unless 0): a first block that
+rescales, such as ActNorm centring data of large mean, makes the network input's relative error
+blind to errors above it. All of them reach the host in one transfer. Above ``tol``, or NaN or
+Inf, the ``policy`` decides:
 
 ``"fallback"`` (default)
     discard the memory-saving gradients and redo the step with ordinary autograd from the stored
@@ -375,22 +379,27 @@ class _MemorySavingPass(torch.autograd.Function):
         random = [s.random for s in steps]
         preserve = wrapper.preserve_rng
         sketching = wrapper._check_due()
-        rng, kept, sketches = [], [], []
+        rng, kept, sketches, sketched = [], [], [], []
         total = zeros_log_det(x) if with_log_det else None
         z = x
         # the fallback replays the whole pass from here, with the forward's dropout masks
         ctx.rng_start = rng_state(x.device)
-        for s, r in zip(steps, random, strict=True):
+        for i, (s, r) in enumerate(zip(steps, random, strict=True)):
             rng.append(rng_state(z.device) if preserve or (preserve is None and r) else None)
+            # the first block's output on every pass: a first block that rescales (ActNorm
+            # centring data of large mean) hides the error of everything above it from the
+            # network input's relative error
+            sketched.append(not s.keeps_input
+                            and (sketching or (i == 1 and wrapper.check_every > 0)))
             if s.keeps_input:
                 kept.append(z)
-            elif sketching:
+            elif sketched[-1]:
                 sketches.append(_sketch(wrapper._sketch_dirs, z))
             z, ld = s.run(z, with_log_det)
             if total is not None:
                 total = total + ld
         ctx.wrapper, ctx.inverse, ctx.with_log_det = wrapper, inverse, with_log_det
-        ctx.params, ctx.rng, ctx.n_kept = params, rng, len(kept)
+        ctx.params, ctx.rng, ctx.n_kept, ctx.sketched = params, rng, len(kept), sketched
         # dropout drew masks that the recomputation cannot draw again
         ctx.unreplayed = preserve is False and any(random)
         ctx.autocast = autocast_state(x.device)
@@ -423,7 +432,7 @@ class MemorySaving(InvertibleBlock):
     """
 
     def __init__(self, model: InvertibleBlock, policy: str = "fallback", tol: float | None = None,
-                 check_every: int = 10, preserve_rng: bool | None = None) -> None:
+                 check_every: int = 1, preserve_rng: bool | None = None) -> None:
         super().__init__()
         require_block(model)
         if policy not in POLICIES:
@@ -535,10 +544,10 @@ class MemorySaving(InvertibleBlock):
                 # the kept input recomputes the true output: the reconstruction that reached it
                 # (by the block above) is measured exactly
                 errors.append((steps[k + 1].index, relative_error(out, recomputed.detach())))
-            elif sketches and not steps[k].keeps_input:
-                for i in reversed(range(lo, k + 1)):
-                    errors.append((steps[i].index, _sketch_error(self._sketch_dirs, inputs[i - lo],
-                                                                 sketches.pop())))
+            elif not steps[k].keeps_input:
+                errors.extend((steps[i].index, _sketch_error(self._sketch_dirs, inputs[i - lo],
+                                                             sketches.pop()))
+                              for i in reversed(range(lo, k + 1)) if ctx.sketched[i])
             outputs, grad_outputs = [recomputed], [grad]
             if with_ld and ld.requires_grad:
                 outputs.append(ld)
@@ -646,7 +655,7 @@ def _autograd_backward(steps: list[_Step], ctx, x: Tensor, grad_z: Tensor,
 
 
 def memory_saving(model: InvertibleBlock, policy: str = "fallback", tol: float | None = None,
-                  check_every: int = 10, preserve_rng: bool | None = None) -> MemorySaving:
+                  check_every: int = 1, preserve_rng: bool | None = None) -> MemorySaving:
     """Wrap ``model`` for memory-saving gradients with a self-check (see the module docstring).
 
     Args:
@@ -657,8 +666,9 @@ def memory_saving(model: InvertibleBlock, policy: str = "fallback", tol: float |
             input's dtype (about 3.5e-4 in float32, 1.5e-8 in float64), or of the autocast dtype
             when the pass ran under ``torch.autocast`` (0.088 in bfloat16, 0.031 in float16).
         check_every: sketch and check every block's reconstructed input on every
-            ``check_every``-th pass (default 10; 1: always, 0: never); the network input, and the
-            output of every block that keeps its input, are checked on every backward.
+            ``check_every``-th pass (default 1: always; 0: never); the network input, the
+            output of every block that keeps its input, and (unless 0) the first block's output
+            are checked on every backward.
         preserve_rng: save and restore the RNG state per block; ``None`` (default): for the
             blocks whose dropout layers are in training mode (their own mode); ``False``: never,
             and then a pass with dropout in training mode fails the check (see above).
