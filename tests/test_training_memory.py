@@ -226,6 +226,17 @@ def test_parameter_hooks_fire_once(tol):
         assert float((a - b).norm()) <= RTOL * float(a.norm())
 
 
+def test_double_backward_raises():
+    """A gradient penalty needs the gradient's own graph (create_graph=True), which the
+    memory-saving backward does not build: it raises instead of returning part of it."""
+    model = _noisy(coupling_mlp(4, 4, 8, "affine"))
+    x = _images((4,), 8).requires_grad_()
+    loss = (memory_saving(model)(x) * _weights(x, 3)).sum()
+    with pytest.raises(MemorySavingError, match=r"do not support double backward "
+                                                r"\(create_graph=True\); use the plain model"):
+        torch.autograd.grad(loss, x, create_graph=True)
+
+
 def test_distributed_data_parallel_receives_the_gradients(tmp_path):
     import torch.distributed as dist
 

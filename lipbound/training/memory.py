@@ -23,7 +23,7 @@ of one coupling, or of a run of at most :data:`MAX_RUN` blocks without sub-netwo
   clipping, hooks and ``DistributedDataParallel`` work unchanged. The backward recomputes each
   block against detached aliases of its parameters (:func:`detached_parameters`), so a
   parameter's hooks fire once, on its whole gradient, as with plain autograd. Double backward
-  is not supported.
+  (``create_graph=True``, as gradient penalties need) raises :class:`MemorySavingError`.
 * ActNorm's data-dependent initialisation runs in a plain no-grad forward before the first
   memory-saving pass (so the backward never re-initialises). The RNG state before every block
   whose dropout layers are in training mode (their own mode, not the wrapper's) is saved and
@@ -83,7 +83,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from ..blocks import (
     ActNorm,
@@ -407,8 +406,12 @@ class _MemorySavingPass(torch.autograd.Function):
         return (z, total) if with_log_det else z
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_z: Tensor, grad_ld: Tensor | None = None):
+        if torch.is_grad_enabled():  # create_graph=True: the gradient would need its own graph
+            raise MemorySavingError(
+                "memory-saving gradients do not support double backward (create_graph=True); "
+                "use the plain model for gradient penalties"
+            )
         x, z, *rest = ctx.saved_tensors
         kept, sketches = rest[:ctx.n_kept], rest[ctx.n_kept:]
         # the forward advanced the spectral norms' power iterations: recompute the same maps
