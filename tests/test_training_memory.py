@@ -8,6 +8,8 @@ import warnings
 
 import pytest
 import torch
+import torch.multiprocessing as mp
+from ddp_helpers import LOSSES, ddp_data, ddp_model, ddp_worker
 from torch import nn
 
 from lipbound.blocks import (
@@ -249,10 +251,31 @@ def test_distributed_data_parallel_receives_the_gradients(tmp_path):
     try:
         ddp = nn.parallel.DistributedDataParallel(memory_saving(model))
         (ddp(x) * _weights(x, 3)).sum().backward()
+        agree = gradient_agreement(ddp, lambda net, b: nf_loss(net, b).loss, [x])
+        assert agree.angles_deg[0] < 1e-6
     finally:
         dist.destroy_process_group()
     for a, p in zip(ref[1:], model.parameters()):
         assert float((a - p.grad).norm()) <= RTOL * float(a.norm())
+
+
+def test_distributed_data_parallel_averages_nf_and_fd_gradients(tmp_path):
+    """Two gloo processes on the CPU: nf_loss and fd_regularizer (which need the log-determinant
+    and the inverse) run through DDP's call, so both ranks get the average of their gradients."""
+    mp.spawn(ddp_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2)
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    flow = ddp_model()
+    flow(ddp_data(0))
+    params = list(flow.parameters())
+    for name, loss in LOSSES.items():
+        per_rank = [torch.cat([g.flatten() for g in torch.autograd.grad(loss(flow, ddp_data(r)),
+                                                                        params)])
+                    for r in range(2)]
+        mean = (per_rank[0] + per_rank[1]) / 2
+        assert float((per_rank[0] - per_rank[1]).norm()) > 0.1 * float(mean.norm())
+        for r in range(2):
+            ddp_grad = torch.cat([g.flatten() for g in got[r][name]])
+            assert float((ddp_grad - mean).norm()) <= RTOL * float(mean.norm()), (name, r)
 
 
 def test_actnorm_initialises_in_the_forward_before_memory_saving():

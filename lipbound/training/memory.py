@@ -20,7 +20,10 @@ of one coupling, or of a run of at most :data:`MAX_RUN` blocks without sub-netwo
   checkpoint (the reconstruction that reached it is checked against it).
 * Parameters enter the pass as inputs of one :class:`torch.autograd.Function`, so their
   gradients arrive through autograd's normal path (``AccumulateGrad``): optimizers, gradient
-  clipping, hooks and ``DistributedDataParallel`` work unchanged. The backward recomputes each
+  clipping, hooks and ``DistributedDataParallel`` work unchanged (DDP averages only what runs
+  through its call: use ``ddp(x, with_log_det=True)`` and ``ddp(y, inverse=True)``, as
+  :func:`~lipbound.training.nf_loss` and :func:`~lipbound.training.fd_regularizer` do, not
+  ``ddp.module.forward_and_log_det``; :mod:`lipbound.training.ddp`). The backward recomputes each
   block against detached aliases of its parameters (:func:`detached_parameters`), so a
   parameter's hooks fire once, on its whole gradient, as with plain autograd. Double backward
   (``create_graph=True``, as gradient penalties need) raises :class:`MemorySavingError`.
