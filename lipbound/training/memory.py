@@ -469,6 +469,16 @@ class MemorySaving(InvertibleBlock):
     def extra_repr(self) -> str:
         return f"policy={self.policy!r}, tol={self.tol}, check_every={self.check_every}"
 
+    def counts(self) -> dict[str, int]:
+        """``passes``, ``failures`` and ``fallbacks`` so far (``passes`` sets the schedule of
+        ``check_every``): what a checkpoint keeps for an exact resumption."""
+        return {"passes": self.passes, "failures": self.failures, "fallbacks": self.fallbacks}
+
+    def load_counts(self, counts: dict[str, int]) -> None:
+        """Restore :meth:`counts`."""
+        self.passes, self.failures, self.fallbacks = (
+            int(counts["passes"]), int(counts["failures"]), int(counts["fallbacks"]))
+
     # -- the InvertibleBlock contract ---------------------------------------------------------
 
     def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
