@@ -181,13 +181,20 @@ def _sketch(cache: dict, v: Tensor) -> Tensor:
     return torch.cat([flat @ w, torch.linalg.vector_norm(flat, dim=1, keepdim=True)], dim=1)
 
 
-def _sketch_error(cache: dict, v: Tensor, sketch: Tensor) -> Tensor:
-    """Estimated ``max_i ||v_i - x_i|| / ||x_i||`` from the sketch of ``x`` (0-dim, on device)."""
+def _project(cache: dict, v: Tensor) -> Tensor:
+    """``(B, m)``: the projections of each sample of ``v`` on the sketch's directions."""
     w = _sketch_matrix(cache, v)
-    diff = v.flatten(1).to(w.dtype) @ w - sketch[:, :-1]
-    norm = sketch[:, -1]
-    est = diff.pow(2).mean(dim=1).sqrt()
-    return (est / torch.where(norm > 0, norm, torch.ones_like(norm))).max()
+    return v.flatten(1).to(w.dtype) @ w
+
+
+def _sketch_errors(projections: list[Tensor], sketches: list[Tensor]) -> Tensor:
+    """Estimated ``max_i ||v_i - x_i|| / ||x_i||`` for each of ``L`` blocks, shape ``(L,)`` on
+    the device, from the projections of ``v`` (:func:`_project`) and the sketches of ``x``
+    (:func:`_sketch`): one evaluation for all blocks."""
+    sketch = torch.stack(sketches)
+    est = (torch.stack(projections) - sketch[..., :-1]).pow(2).mean(dim=2).sqrt()
+    norm = sketch[..., -1]
+    return (est / torch.where(norm > 0, norm, torch.ones_like(norm))).amax(dim=1)
 
 
 def _default_tol(dtype: torch.dtype) -> float:
@@ -544,7 +551,8 @@ class MemorySaving(InvertibleBlock):
         kept, sketches = list(kept), list(sketches)
         position = {id(p): i for i, p in enumerate(params)}
         grads: list[Tensor | None] = [None] * len(params)
-        errors: list[tuple[int, Tensor]] = []
+        errors: list[tuple[int | list[int], Tensor]] = []
+        sketched: tuple[list[int], list[Tensor], list[Tensor]] = ([], [], [])
         grad, out = grad_z, z.detach()
         k = len(steps) - 1
         while k >= 0:
@@ -561,9 +569,11 @@ class MemorySaving(InvertibleBlock):
                 # (by the block above) is measured exactly
                 errors.append((steps[k + 1].index, relative_error(out, recomputed.detach())))
             elif not steps[k].keeps_input:
-                errors.extend((steps[i].index, _sketch_error(self._sketch_dirs, inputs[i - lo],
-                                                             sketches.pop()))
-                              for i in reversed(range(lo, k + 1)) if ctx.sketched[i])
+                for i in reversed(range(lo, k + 1)):
+                    if ctx.sketched[i]:
+                        sketched[0].append(steps[i].index)
+                        sketched[1].append(_project(self._sketch_dirs, inputs[i - lo]))
+                        sketched[2].append(sketches.pop())
             outputs, grad_outputs = [recomputed], [grad]
             if with_ld and ld.requires_grad:
                 outputs.append(ld)
@@ -580,6 +590,8 @@ class MemorySaving(InvertibleBlock):
             out, k = v, lo - 1
         errors.append((-1, relative_error(out, x)))
         _, amp, amp_dtype = ctx.autocast
+        if sketched[0]:
+            errors.insert(-1, (sketched[0], _sketch_errors(sketched[1], sketched[2])))
         check = self._judge(ctx.inverse, errors, amp_dtype if amp else x.dtype, ctx.unreplayed)
         if check.passed:
             return grad, grads
@@ -603,13 +615,15 @@ class MemorySaving(InvertibleBlock):
         warnings.warn(message, MemorySavingWarning, stacklevel=2)
         return grad, grads
 
-    def _judge(self, inverse: bool, errors: list[tuple[int, Tensor]], dtype: torch.dtype,
-               unreplayed: bool = False) -> ReconstructionCheck:
-        """Bring the errors to the host (the one sync of a backward) and apply ``tol``; a pass
-        whose dropout masks were not kept (``unreplayed``) fails whatever it measured."""
+    def _judge(self, inverse: bool, errors: list[tuple[int | list[int], Tensor]],
+               dtype: torch.dtype, unreplayed: bool = False) -> ReconstructionCheck:
+        """Bring the errors (block index and 0-dim error, or indices and their errors; the
+        network input's last) to the host, the one sync of a backward, and apply ``tol``; a
+        pass whose dropout masks were not kept (``unreplayed``) fails whatever it measured."""
         tol = self.tol if self.tol is not None else _default_tol(dtype)
-        values = torch.stack([e.to(torch.float64) for _, e in errors]).tolist()
-        blocks = {i: v for (i, _), v in zip(errors[:-1], values[:-1])}
+        values = torch.cat([e.reshape(-1).to(torch.float64) for _, e in errors]).tolist()
+        indices = [j for i, _ in errors[:-1] for j in (i if isinstance(i, list) else [i])]
+        blocks = dict(zip(indices, values[:-1], strict=True))
         passed = not unreplayed and all(v <= tol for v in values)  # False for NaN
         check = ReconstructionCheck("inverse" if inverse else "forward", values[-1], blocks, tol,
                                     passed)
