@@ -294,6 +294,21 @@ def test_non_finite_parameters_are_refused():
         block.validate()
 
 
+def test_actnorm_initialisation_follows_load_state_dict():
+    """The host-side copy of ``initialized`` (no device read per forward) follows the buffer."""
+    x = 3.0 + 2.0 * _img(4, 5, 5, 8)
+    act = ActNorm(4)
+    act(x)
+    act.load_state_dict(ActNorm(4).state_dict())  # an uninitialised state
+    y = act(x + 10)  # initialises again, on this batch
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-12, rtol=0)
+    loaded = ActNorm(4)
+    loaded.load_state_dict(act.state_dict())
+    bias = loaded.bias.clone()
+    loaded(x)  # initialised by the load: no re-initialisation
+    torch.testing.assert_close(loaded.bias, bias, rtol=0, atol=0)
+
+
 def test_singular_parameters_are_refused():
     with pytest.raises(ValueError, match="singular"):
         Invertible1x1Conv(3, weight=torch.tensor([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0, 0, 1.0]]))

@@ -73,6 +73,26 @@ def test_resume_after_ctrl_c_is_bit_for_bit(tmp_path, task):
     assert states_equal(model.state_dict(), b["flow"])
 
 
+def test_resume_with_memory_saving_and_fd_is_bit_for_bit(tmp_path):
+    """The memory-saving counters (passes set the check schedule) are part of the checkpoint."""
+    cfg = tiny("regression", memory_saving=True, regularizer="fd", every=2, coeff=1e-3,
+               monitor_every=0)
+    full = Trainer(cfg, tmp_path / "full", progress=False)
+    full.fit()
+    part = Trainer(cfg, tmp_path / "part", progress=False, callbacks=(interrupt_at(3),))
+    assert part.fit().status == "interrupted"
+    resumed = Trainer(cfg, tmp_path / "part", progress=False)
+    resumed.resume()
+    assert resumed.fit().status == "done"
+    assert resumed.train_flow.counts() == full.train_flow.counts()
+    assert full.train_flow.passes > 7
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert states_equal(a["flow"], b["flow"])
+    assert a["memory_saving"] == b["memory_saving"] == full.train_flow.counts()
+    assert records(tmp_path / "full") == records(tmp_path / "part")
+
+
 def test_resume_after_crash_drops_log_lines_after_the_checkpoint(tmp_path):
     cfg = tiny("density")
     train(cfg, tmp_path / "full", progress=False)

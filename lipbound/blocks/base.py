@@ -5,7 +5,9 @@ A block is a :class:`torch.nn.Module` mapping a batch ``x`` to ``y = F(x)`` with
 * ``forward(x) -> y`` and ``inverse(y) -> x``;
 * ``forward_and_log_det(x) -> (y, log|det J_F(x)|)`` and
   ``inverse_and_log_det(y) -> (x, log|det J_{F^-1}(y)|)``, the log-abs-determinant given per sample,
-  shape ``(batch,)``, computed in the same pass as the map.
+  shape ``(batch,)``, computed in the same pass as the map;
+* all four through the module's call, ``block(x, inverse=False, with_log_det=False)``, for
+  wrappers that route only ``__call__`` (``torch.nn.parallel.DistributedDataParallel``).
 
 Vectors are ``(batch, d)``; images are ``(batch, C, H, W)``. Subclasses implement
 :meth:`InvertibleBlock._forward` and :meth:`InvertibleBlock._inverse`, which receive
@@ -119,8 +121,12 @@ class InvertibleBlock(nn.Module):
     def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - documented in the module docstring
-        return self._forward(x, False)[0]
+    def forward(self, x: Tensor, *, inverse: bool = False,
+                with_log_det: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Return ``F(x)``, or ``F^-1(x)`` with ``inverse``; with ``with_log_det`` the pair
+        (output, log-abs-determinant of that direction per sample)."""
+        out, ld = (self._inverse if inverse else self._forward)(x, with_log_det)
+        return (out, ld) if with_log_det else out
 
     def inverse(self, y: Tensor) -> Tensor:
         """Return ``F^-1(y)``."""

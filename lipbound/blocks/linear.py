@@ -85,9 +85,15 @@ class ActNorm(InvertibleBlock):
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.log_scale = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("initialized", torch.tensor(False))
+        # a host copy of the buffer once it is True, so a forward does not read the device
+        self._initialized = False
 
     def extra_repr(self) -> str:
         return f"{self.num_features}"
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._initialized = bool(self.initialized)
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -98,14 +104,18 @@ class ActNorm(InvertibleBlock):
         self.bias.copy_(-xc.mean(dim=1))
         self.log_scale.copy_(-torch.log(xc.std(dim=1) + self.eps))
         self.initialized.fill_(True)
+        self._initialized = True
 
     def _log_det(self, x: Tensor) -> Tensor:
         return (spatial_size(x) * self.log_scale.sum()).expand(x.shape[0])
 
     def _forward(self, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         check_dim1(x, "x", self.num_features)
-        if self.training and not bool(self.initialized):
-            self.initialize(x)
+        if self.training and not self._initialized:
+            # reads the buffer until it is True (set directly, e.g. by randomize_parameters)
+            self._initialized = bool(self.initialized)
+            if not self._initialized:
+                self.initialize(x)
         y = (x + _per_channel(self.bias, x)) * _per_channel(torch.exp(self.log_scale), x)
         return y, self._log_det(x) if with_log_det else None
 
@@ -203,10 +213,13 @@ class Invertible1x1Conv(InvertibleBlock):
     def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         check_dim1(y, "y", self.num_channels)
         w = self.matrix()
-        try:
-            w_inv = torch.linalg.inv(linalg_dtype(w)).to(w.dtype)
-        except torch.linalg.LinAlgError as err:
-            raise InputError(f"Invertible1x1Conv: weight is singular, no inverse ({err})") from err
+        w_inv, info = torch.linalg.inv_ex(linalg_dtype(w))
+        # checked on the CPU only: on a GPU the check would wait for the device on every inverse;
+        # there a singular weight gives non-finite outputs (counted by the reconstruction checks)
+        if w.device.type == "cpu" and int(info) != 0:
+            raise InputError(f"Invertible1x1Conv: weight is singular, no inverse (zero pivot "
+                             f"{int(info)} in its LU factorisation)")
+        w_inv = w_inv.to(w.dtype)
         x = self._mix_channels(w_inv, y)
         ld = (-spatial_size(y) * self._log_abs_det_w()).expand(y.shape[0]) if with_log_det else None
         return x, ld

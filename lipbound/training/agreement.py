@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..blocks import InvertibleBlock, require_block
+from ..blocks import InvertibleBlock
 from ..errors import InputError, InputTypeError
+from .ddp import unwrap
 from .memory import MemorySaving, MemorySavingWarning, fork_rng, rng_state, set_rng_state
 
 __all__ = ["GradientAgreement", "gradient_agreement"]
@@ -89,16 +90,18 @@ def gradient_agreement(model: InvertibleBlock,
 
     Args:
         model: the network (a plain model, or a :class:`MemorySaving` wrapper whose model is
-            used); parameters that require grad are compared.
+            used, or either inside ``DistributedDataParallel``, whose module is used: the
+            gradients compared are this process's own); parameters that require grad are
+            compared.
         loss_fn: ``loss_fn(net, batch) -> scalar``, called with the plain model and with its
             memory-saving view, e.g. ``lambda net, x: nf_loss(net, x).loss``.
         batches: an iterable of batches handed to ``loss_fn`` as they are.
         tol, check_every: of the memory-saving check (see :func:`memory_saving`); the check
             only reports here, it never changes the gradient.
     """
+    model = unwrap(model)  # the comparison is local to this process
     if isinstance(model, MemorySaving):
         model = model.model
-    require_block(model)
     if not callable(loss_fn):
         raise InputTypeError(f"loss_fn must be callable as loss_fn(net, batch), got {loss_fn!r}")
     params = [p for p in model.parameters() if p.requires_grad]

@@ -31,6 +31,7 @@ from torch import Tensor
 from ..blocks import InvertibleBlock
 from ..blocks.base import sum_per_sample
 from ..errors import InputError, InputTypeError
+from .ddp import call, unwrap
 
 __all__ = ["NFLoss", "nf_loss", "standard_normal_log_prob"]
 
@@ -66,7 +67,9 @@ def nf_loss(model: InvertibleBlock, x: Tensor, coeff: float = 1.0, n_bins: int |
     """``coeff * NLL`` of ``x`` under ``model`` with a standard normal base (eq. 7).
 
     Args:
-        model: the flow ``F`` (a block, a :func:`~lipbound.training.memory_saving` wrapper).
+        model: the flow ``F`` (a block, a :func:`~lipbound.training.memory_saving` wrapper, or
+            either inside ``DistributedDataParallel``, called through it so that the gradients
+            are averaged across processes).
         x: a batch ``(B, ...)``.
         coeff: the factor on the NLL.
         n_bins: quantisation levels of the data for bits per dimension (256 for 8-bit images),
@@ -84,8 +87,9 @@ def nf_loss(model: InvertibleBlock, x: Tensor, coeff: float = 1.0, n_bins: int |
         raise InputError(f"data_range must be positive, got {data_range!r}")
     if (z is None) != (log_det is None):
         raise InputError("give both z and log_det (a pass already made) or neither")
+    unwrap(model)
     if z is None:
-        z, log_det = model.forward_and_log_det(x)
+        z, log_det = call(model, x, with_log_det=True)
     elif z.shape[0] != x.shape[0] or log_det.shape != (x.shape[0],):
         raise InputError(
             f"z and log_det must hold one entry per sample of x ({x.shape[0]}), got shapes "

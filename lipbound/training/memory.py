@@ -20,13 +20,22 @@ of one coupling, or of a run of at most :data:`MAX_RUN` blocks without sub-netwo
   checkpoint (the reconstruction that reached it is checked against it).
 * Parameters enter the pass as inputs of one :class:`torch.autograd.Function`, so their
   gradients arrive through autograd's normal path (``AccumulateGrad``): optimizers, gradient
-  clipping, hooks and ``DistributedDataParallel`` work unchanged (DDP sees only ``forward``:
-  call the wrapper through it). Double backward is not supported.
+  clipping, hooks and ``DistributedDataParallel`` work unchanged (DDP averages only what runs
+  through its call: use ``ddp(x, with_log_det=True)`` and ``ddp(y, inverse=True)``, as
+  :func:`~lipbound.training.nf_loss` and :func:`~lipbound.training.fd_regularizer` do, not
+  ``ddp.module.forward_and_log_det``; :mod:`lipbound.training.ddp`). The backward recomputes each
+  block against detached aliases of its parameters (:func:`detached_parameters`), so a
+  parameter's hooks fire once, on its whole gradient, as with plain autograd. Double backward
+  (``create_graph=True``, as gradient penalties need) raises :class:`MemorySavingError`.
 * ActNorm's data-dependent initialisation runs in a plain no-grad forward before the first
-  memory-saving pass (so the backward never re-initialises), and the RNG state before every block
-  is saved and restored when recomputing it (as :func:`torch.utils.checkpoint.checkpoint` does),
-  so dropout in sub-networks draws the same masks; by default only when the model has dropout
-  layers in training mode (the CPU state is about 5 KB per block). Spectral normalisation
+  memory-saving pass (so the backward never re-initialises). The RNG state before every block
+  whose dropout layers are in training mode (their own mode, not the wrapper's) is saved and
+  restored when recomputing it (as :func:`torch.utils.checkpoint.checkpoint` does), so dropout
+  in sub-networks draws the same masks (the CPU state is about 5 KB per block). The state before
+  the first block is always saved, so the fallback replays the forward exactly. With
+  ``preserve_rng=False`` and dropout in training mode the recomputation draws other masks and
+  cannot be right: every such backward fails the check (``"fallback"`` then gives the true
+  gradient, ``"raise"`` raises). Spectral normalisation
   (i-ResNet) is frozen while recomputing, so the power iteration the forward advanced is not
   advanced again. BatchNorm in sub-networks updates its running statistics again when a block is
   recomputed (as with ``torch.utils.checkpoint``). A pass run under ``torch.autocast`` (mixed
@@ -36,14 +45,18 @@ of one coupling, or of a run of at most :data:`MAX_RUN` blocks without sub-netwo
 **The self-check.** Memory-saving backprop is only right where the inverse is accurate. Every
 backward measures the relative reconstruction error of the network input,
 ``max_i ||x_i - xhat_i|| / ||x_i||`` (free: the walk ends there), and of the output of every block
-that keeps its input (free: the kept input recomputes it). On every ``check_every``-th pass it
-also measures the reconstructed input of every block, although the pass keeps no activations:
+that keeps its input (free: the kept input recomputes it). On every ``check_every``-th pass
+(default: every pass) it also measures the reconstructed input of every block, although the pass
+keeps no activations:
 the forward stores a sketch of each block's input, ``m = 2`` random projections
 ``<x_{k,i}, w_j>`` with ``w_j ~ N(0, I)`` and the norm ``||x_{k,i}||`` per sample
 (``3 B`` numbers per block, not the activations), and the backward estimates
 ``||xhat_k - x_k|| ~ sqrt(mean_j <xhat_k - x_k, w_j>^2)`` (exact in expectation; a large error
-escapes only if it is nearly orthogonal to both directions). All of them reach the host in one
-transfer. Above ``tol``, or NaN or Inf, the ``policy`` decides:
+escapes only if it is nearly orthogonal to both directions). The output of the first block is
+sketched and checked on every pass whatever ``check_every`` (unless 0): a first block that
+rescales, such as ActNorm centring data of large mean, makes the network input's relative error
+blind to errors above it. All of them reach the host in one transfer. Above ``tol``, or NaN or
+Inf, the ``policy`` decides:
 
 ``"fallback"`` (default)
     discard the memory-saving gradients and redo the step with ordinary autograd from the stored
@@ -68,12 +81,11 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from ..blocks import (
     ActNorm,
@@ -93,6 +105,7 @@ __all__ = [
     "MemorySavingError",
     "MemorySavingWarning",
     "ReconstructionCheck",
+    "detached_parameters",
     "fork_rng",
     "memory_saving",
     "relative_error",
@@ -168,17 +181,57 @@ def _sketch(cache: dict, v: Tensor) -> Tensor:
     return torch.cat([flat @ w, torch.linalg.vector_norm(flat, dim=1, keepdim=True)], dim=1)
 
 
-def _sketch_error(cache: dict, v: Tensor, sketch: Tensor) -> Tensor:
-    """Estimated ``max_i ||v_i - x_i|| / ||x_i||`` from the sketch of ``x`` (0-dim, on device)."""
+def _project(cache: dict, v: Tensor) -> Tensor:
+    """``(B, m)``: the projections of each sample of ``v`` on the sketch's directions."""
     w = _sketch_matrix(cache, v)
-    diff = v.flatten(1).to(w.dtype) @ w - sketch[:, :-1]
-    norm = sketch[:, -1]
-    est = diff.pow(2).mean(dim=1).sqrt()
-    return (est / torch.where(norm > 0, norm, torch.ones_like(norm))).max()
+    return v.flatten(1).to(w.dtype) @ w
+
+
+def _sketch_errors(projections: list[Tensor], sketches: list[Tensor]) -> Tensor:
+    """Estimated ``max_i ||v_i - x_i|| / ||x_i||`` for each of ``L`` blocks, shape ``(L,)`` on
+    the device, from the projections of ``v`` (:func:`_project`) and the sketches of ``x``
+    (:func:`_sketch`): one evaluation for all blocks."""
+    sketch = torch.stack(sketches)
+    est = (torch.stack(projections) - sketch[..., :-1]).pow(2).mean(dim=2).sqrt()
+    norm = sketch[..., -1]
+    return (est / torch.where(norm > 0, norm, torch.ones_like(norm))).amax(dim=1)
 
 
 def _default_tol(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) ** 0.5
+
+
+def _parameter_slots(module: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(submodule, name)`` of every parameter entry in ``module`` (shared ones repeated)."""
+    return [(m, name) for m in module.modules() for name, p in m._parameters.items()
+            if p is not None]
+
+
+@contextlib.contextmanager
+def detached_parameters(slots: Iterable[tuple[nn.Module, str]], wanted: dict[int, int]
+                        ) -> Iterator[dict[int, Tensor]]:
+    """Within the context, every parameter in ``slots`` whose ``id`` is in ``wanted`` is replaced
+    in its module by a detached leaf sharing its storage (one per parameter, also where it is
+    shared). Yields ``id(parameter) -> leaf``.
+
+    The backward recomputes the blocks against these leaves: differentiating them runs none of
+    the parameter's own hooks (``Tensor.register_hook``, DDP's), which fire once, when the
+    :class:`torch.autograd.Function` hands the summed gradients to the real parameters."""
+    aliases: dict[int, Tensor] = {}
+    swapped: dict[tuple[int, str], tuple[nn.Module, str, Tensor]] = {}
+    for m, name in slots:
+        p = m._parameters[name]
+        if p is not None and id(p) in wanted and (id(m), name) not in swapped:
+            if id(p) not in aliases:
+                aliases[id(p)] = nn.Parameter(p.detach(), requires_grad=True)
+            swapped[id(m), name] = (m, name, p)
+    try:
+        for m, name, p in swapped.values():
+            m._parameters[name] = aliases[id(p)]
+        yield aliases
+    finally:
+        for m, name, p in swapped.values():
+            m._parameters[name] = p
 
 
 class _Step:
@@ -189,6 +242,9 @@ class _Step:
         # the inverse is not the forward's exact inverse: a fixed point, or an ODE solved backwards
         self.keeps_input = block.is_iterative or isinstance(block, NeuralODE)
         self.params = list(block.parameters())
+        self.slots = _parameter_slots(block)
+        self.dropouts = [m for m in block.modules()
+                         if isinstance(m, nn.modules.dropout._DropoutNd)]
         self.name = f"block {index} ({type(block).__name__})"
 
     def run(self, v: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
@@ -198,6 +254,12 @@ class _Step:
     def undo(self, v: Tensor) -> Tensor:
         b = self.block
         return (b._forward(v, False) if self.inverse else b._inverse(v, False))[0]
+
+    @property
+    def random(self) -> bool:
+        """Whether the block draws random numbers now: a dropout layer in training mode (its own
+        mode, whatever the wrapper's)."""
+        return any(m.training and m.p > 0 for m in self.dropouts)
 
     @property
     def fused(self) -> bool:
@@ -229,8 +291,7 @@ def _rebuild(steps: list[_Step], lo: int, hi: int, out: Tensor, kept: Tensor | N
 
     Returns the input of step ``lo`` (no graph), the inputs of steps ``lo..hi``, the leaves whose
     gradients sum to the input gradient, and the recomputed output and log-det (with graph)."""
-    if rng:
-        set_rng_state(rng[hi], device)
+    _replay(rng[hi], device)
     s = steps[hi]
     if s.fused:
         # x_{I1} = y_{I1}: one evaluation of the sub-networks inverts and rebuilds.
@@ -251,15 +312,13 @@ def _rebuild(steps: list[_Step], lo: int, hi: int, out: Tensor, kept: Tensor | N
     else:
         with torch.no_grad():
             for i in reversed(range(lo, hi + 1)):
-                if rng:
-                    set_rng_state(rng[i], device)
+                _replay(rng[i], device)
                 inputs.insert(0, steps[i].undo(inputs[0]))
     leaf = inputs[0].detach().requires_grad_()
     recomputed, total = leaf, None
     with torch.enable_grad():
         for i in range(lo, hi + 1):
-            if rng:
-                set_rng_state(rng[i], device)
+            _replay(rng[i], device)
             recomputed, ld = steps[i].run(recomputed, with_log_det)
             total = ld if total is None else total + ld
     return inputs[0], inputs[:-1], [leaf], recomputed, total
@@ -301,6 +360,11 @@ def set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> 
         torch.cuda.set_rng_state(state[1], device)
 
 
+def _replay(state: tuple[Tensor, Tensor | None] | None, device: torch.device) -> None:
+    if state is not None:
+        set_rng_state(state, device)
+
+
 def fork_rng(device: torch.device, enabled: bool = True):
     """Restore the caller's RNG state after the backward replayed the forward's."""
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
@@ -321,36 +385,49 @@ class _MemorySavingPass(torch.autograd.Function):
     def forward(ctx, wrapper: MemorySaving, inverse: bool, with_log_det: bool, x: Tensor,
                 *params: Tensor):
         steps = wrapper._steps(inverse)
-        preserve = wrapper._preserves_rng()
+        random = [s.random for s in steps]
+        preserve = wrapper.preserve_rng
         sketching = wrapper._check_due()
-        rng, kept, sketches = [], [], []
+        rng, kept, sketches, sketched = [], [], [], []
         total = zeros_log_det(x) if with_log_det else None
         z = x
-        for s in steps:
-            if preserve:
-                rng.append(rng_state(z.device))
+        # the fallback replays the whole pass from here, with the forward's dropout masks
+        ctx.rng_start = rng_state(x.device)
+        for i, (s, r) in enumerate(zip(steps, random, strict=True)):
+            rng.append(rng_state(z.device) if preserve or (preserve is None and r) else None)
+            # the first block's output on every pass: a first block that rescales (ActNorm
+            # centring data of large mean) hides the error of everything above it from the
+            # network input's relative error
+            sketched.append(not s.keeps_input
+                            and (sketching or (i == 1 and wrapper.check_every > 0)))
             if s.keeps_input:
                 kept.append(z)
-            elif sketching:
+            elif sketched[-1]:
                 sketches.append(_sketch(wrapper._sketch_dirs, z))
             z, ld = s.run(z, with_log_det)
             if total is not None:
                 total = total + ld
         ctx.wrapper, ctx.inverse, ctx.with_log_det = wrapper, inverse, with_log_det
-        ctx.params, ctx.rng, ctx.n_kept = params, rng, len(kept)
+        ctx.params, ctx.rng, ctx.n_kept, ctx.sketched = params, rng, len(kept), sketched
+        # dropout drew masks that the recomputation cannot draw again
+        ctx.unreplayed = preserve is False and any(random)
         ctx.autocast = autocast_state(x.device)
         ctx.save_for_backward(x, z, *kept, *sketches)
         return (z, total) if with_log_det else z
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_z: Tensor, grad_ld: Tensor | None = None):
+        if torch.is_grad_enabled():  # create_graph=True: the gradient would need its own graph
+            raise MemorySavingError(
+                "memory-saving gradients do not support double backward (create_graph=True); "
+                "use the plain model for gradient penalties"
+            )
         x, z, *rest = ctx.saved_tensors
         kept, sketches = rest[:ctx.n_kept], rest[ctx.n_kept:]
         # the forward advanced the spectral norms' power iterations: recompute the same maps
         frozen = (frozen_spectral_norm(ctx.wrapper.model) if ctx.wrapper._has_spectral_norm
                   else contextlib.nullcontext())
-        with fork_rng(x.device, bool(ctx.rng)), frozen:
+        with fork_rng(x.device), frozen:
             grad_x, grad_params = ctx.wrapper._backward(ctx, x, z, kept, sketches, grad_z,
                                                         grad_ld)
         return (None, None, None, grad_x, *grad_params)
@@ -368,7 +445,7 @@ class MemorySaving(InvertibleBlock):
     """
 
     def __init__(self, model: InvertibleBlock, policy: str = "fallback", tol: float | None = None,
-                 check_every: int = 10, preserve_rng: bool | None = None) -> None:
+                 check_every: int = 1, preserve_rng: bool | None = None) -> None:
         super().__init__()
         require_block(model)
         if policy not in POLICIES:
@@ -388,7 +465,6 @@ class MemorySaving(InvertibleBlock):
         modules = list(model.modules())
         self._actnorms = [m for m in modules if isinstance(m, ActNorm)]
         self._actnorms_ready = not self._actnorms
-        self._has_dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) for m in modules)
         self._has_spectral_norm = any(isinstance(m, (SpectralNormLinear, SpectralNormConv2d))
                                       for m in modules)
         self.fallbacks = 0
@@ -399,6 +475,16 @@ class MemorySaving(InvertibleBlock):
 
     def extra_repr(self) -> str:
         return f"policy={self.policy!r}, tol={self.tol}, check_every={self.check_every}"
+
+    def counts(self) -> dict[str, int]:
+        """``passes``, ``failures`` and ``fallbacks`` so far (``passes`` sets the schedule of
+        ``check_every``): what a checkpoint keeps for an exact resumption."""
+        return {"passes": self.passes, "failures": self.failures, "fallbacks": self.fallbacks}
+
+    def load_counts(self, counts: dict[str, int]) -> None:
+        """Restore :meth:`counts`."""
+        self.passes, self.failures, self.fallbacks = (
+            int(counts["passes"]), int(counts["failures"]), int(counts["fallbacks"]))
 
     # -- the InvertibleBlock contract ---------------------------------------------------------
 
@@ -428,14 +514,9 @@ class MemorySaving(InvertibleBlock):
         self.passes += 1
         return self.check_every > 0 and self.passes % self.check_every == 0
 
-    def _preserves_rng(self) -> bool:
-        if self.preserve_rng is not None:
-            return self.preserve_rng
-        return self._has_dropout and self.training
-
     def _initialize_actnorm(self, v: Tensor, inverse: bool) -> None:
         """Run ActNorm's data-dependent initialisation in a plain no-grad forward, once."""
-        if self._actnorms_ready or not self.training:
+        if self._actnorms_ready or not any(m.training for m in self._actnorms):
             return
         if all(bool(m.initialized) for m in self._actnorms):
             self._actnorms_ready = True
@@ -470,12 +551,16 @@ class MemorySaving(InvertibleBlock):
         kept, sketches = list(kept), list(sketches)
         position = {id(p): i for i, p in enumerate(params)}
         grads: list[Tensor | None] = [None] * len(params)
-        errors: list[tuple[int, Tensor]] = []
+        errors: list[tuple[int | list[int], Tensor]] = []
+        sketched: tuple[list[int], list[Tensor], list[Tensor]] = ([], [], [])
         grad, out = grad_z, z.detach()
         k = len(steps) - 1
         while k >= 0:
             lo = _run_start(steps, k)
-            with autocast(ctx.autocast):
+            block_params = [p for i in range(lo, k + 1) for p in steps[i].params
+                            if id(p) in position]
+            slots = [slot for i in range(lo, k + 1) for slot in steps[i].slots]
+            with autocast(ctx.autocast), detached_parameters(slots, position) as alias:
                 v, inputs, leaves, recomputed, ld = _rebuild(
                     steps, lo, k, out, kept.pop() if steps[k].keeps_input else None, with_ld,
                     ctx.rng, x.device)
@@ -483,18 +568,18 @@ class MemorySaving(InvertibleBlock):
                 # the kept input recomputes the true output: the reconstruction that reached it
                 # (by the block above) is measured exactly
                 errors.append((steps[k + 1].index, relative_error(out, recomputed.detach())))
-            elif sketches and not steps[k].keeps_input:
+            elif not steps[k].keeps_input:
                 for i in reversed(range(lo, k + 1)):
-                    errors.append((steps[i].index, _sketch_error(self._sketch_dirs, inputs[i - lo],
-                                                                 sketches.pop())))
-            block_params = [p for i in range(lo, k + 1) for p in steps[i].params
-                            if id(p) in position]
+                    if ctx.sketched[i]:
+                        sketched[0].append(steps[i].index)
+                        sketched[1].append(_project(self._sketch_dirs, inputs[i - lo]))
+                        sketched[2].append(sketches.pop())
             outputs, grad_outputs = [recomputed], [grad]
             if with_ld and ld.requires_grad:
                 outputs.append(ld)
                 grad_outputs.append(grad_ld)
-            found = torch.autograd.grad(outputs, leaves + block_params, grad_outputs,
-                                        allow_unused=True)
+            found = torch.autograd.grad(outputs, leaves + [alias[id(p)] for p in block_params],
+                                        grad_outputs, allow_unused=True)
             grad = None
             for g in found[:len(leaves)]:
                 grad = _add(grad, g)
@@ -505,7 +590,9 @@ class MemorySaving(InvertibleBlock):
             out, k = v, lo - 1
         errors.append((-1, relative_error(out, x)))
         _, amp, amp_dtype = ctx.autocast
-        check = self._judge(ctx.inverse, errors, amp_dtype if amp else x.dtype)
+        if sketched[0]:
+            errors.insert(-1, (sketched[0], _sketch_errors(sketched[1], sketched[2])))
+        check = self._judge(ctx.inverse, errors, amp_dtype if amp else x.dtype, ctx.unreplayed)
         if check.passed:
             return grad, grads
         self.failures += 1
@@ -513,19 +600,31 @@ class MemorySaving(InvertibleBlock):
             self.fallbacks += 1
             self.last_check = ReconstructionCheck(**{**check.__dict__, "fell_back": True})
             return _autograd_backward(steps, ctx, x, grad_z, grad_ld)
-        message = self._diagnose(steps, ctx, x, z, ctx.saved_tensors[2:2 + ctx.n_kept], check.tol)
+        if ctx.unreplayed:
+            message = (
+                f"memory-saving backward of the {check.direction} pass: preserve_rng=False but "
+                "dropout layers are in training mode, so the recomputation drew other dropout "
+                "masks than the forward and its gradient is not the true one; use "
+                "preserve_rng=None (the default) or policy='fallback'"
+            )
+        else:
+            message = self._diagnose(steps, ctx, x, z, ctx.saved_tensors[2:2 + ctx.n_kept],
+                                     check.tol)
         if self.policy == "raise":
             raise MemorySavingError(message)
         warnings.warn(message, MemorySavingWarning, stacklevel=2)
         return grad, grads
 
-    def _judge(self, inverse: bool, errors: list[tuple[int, Tensor]],
-               dtype: torch.dtype) -> ReconstructionCheck:
-        """Bring the errors to the host (the one sync of a backward) and apply ``tol``."""
+    def _judge(self, inverse: bool, errors: list[tuple[int | list[int], Tensor]],
+               dtype: torch.dtype, unreplayed: bool = False) -> ReconstructionCheck:
+        """Bring the errors (block index and 0-dim error, or indices and their errors; the
+        network input's last) to the host, the one sync of a backward, and apply ``tol``; a
+        pass whose dropout masks were not kept (``unreplayed``) fails whatever it measured."""
         tol = self.tol if self.tol is not None else _default_tol(dtype)
-        values = torch.stack([e.to(torch.float64) for _, e in errors]).tolist()
-        blocks = {i: v for (i, _), v in zip(errors[:-1], values[:-1])}
-        passed = all(v <= tol for v in values)  # False for NaN
+        values = torch.cat([e.reshape(-1).to(torch.float64) for _, e in errors]).tolist()
+        indices = [j for i, _ in errors[:-1] for j in (i if isinstance(i, list) else [i])]
+        blocks = dict(zip(indices, values[:-1], strict=True))
+        passed = not unreplayed and all(v <= tol for v in values)  # False for NaN
         check = ReconstructionCheck("inverse" if inverse else "forward", values[-1], blocks, tol,
                                     passed)
         self.last_check = check
@@ -540,14 +639,12 @@ class MemorySaving(InvertibleBlock):
         with torch.no_grad(), autocast(ctx.autocast):
             true = [x]
             for k, s in enumerate(steps):
-                if ctx.rng:
-                    set_rng_state(ctx.rng[k], x.device)
+                _replay(ctx.rng[k], x.device)
                 true.append(s.run(true[-1], False)[0])
             rec, above = z, 0.0
             for k in reversed(range(len(steps))):
                 s = steps[k]
-                if ctx.rng:
-                    set_rng_state(ctx.rng[k], x.device)
+                _replay(ctx.rng[k], x.device)
                 rec = kept.pop() if s.keeps_input else s.undo(rec)
                 err = float(relative_error(rec, true[k]))
                 if not err <= tol:
@@ -568,24 +665,27 @@ def _autograd_backward(steps: list[_Step], ctx, x: Tensor, grad_z: Tensor,
                        grad_ld: Tensor | None) -> tuple[Tensor | None, list[Tensor | None]]:
     """The true gradient: the pass redone with ordinary autograd from the stored input."""
     leaf = x.detach().requires_grad_()
-    with torch.enable_grad(), autocast(ctx.autocast):
+    position = {id(p): i for i, p in enumerate(ctx.params)}
+    slots = [slot for s in steps for slot in s.slots]
+    with torch.enable_grad(), autocast(ctx.autocast), \
+            detached_parameters(slots, position) as alias:
         z, total = leaf, zeros_log_det(leaf) if ctx.with_log_det else None
-        for k, s in enumerate(steps):
-            if ctx.rng:
-                set_rng_state(ctx.rng[k], x.device)
+        set_rng_state(ctx.rng_start, x.device)
+        for s in steps:
             z, ld = s.run(z, ctx.with_log_det)
             if total is not None:
                 total = total + ld
-    outputs, grad_outputs = [z], [grad_z]
-    if total is not None and total.requires_grad:
-        outputs.append(total)
-        grad_outputs.append(grad_ld)
-    found = torch.autograd.grad(outputs, [leaf, *ctx.params], grad_outputs, allow_unused=True)
+        outputs, grad_outputs = [z], [grad_z]
+        if total is not None and total.requires_grad:
+            outputs.append(total)
+            grad_outputs.append(grad_ld)
+        found = torch.autograd.grad(outputs, [leaf, *(alias.get(id(p), p) for p in ctx.params)],
+                                    grad_outputs, allow_unused=True)
     return found[0], list(found[1:])
 
 
 def memory_saving(model: InvertibleBlock, policy: str = "fallback", tol: float | None = None,
-                  check_every: int = 10, preserve_rng: bool | None = None) -> MemorySaving:
+                  check_every: int = 1, preserve_rng: bool | None = None) -> MemorySaving:
     """Wrap ``model`` for memory-saving gradients with a self-check (see the module docstring).
 
     Args:
@@ -596,10 +696,12 @@ def memory_saving(model: InvertibleBlock, policy: str = "fallback", tol: float |
             input's dtype (about 3.5e-4 in float32, 1.5e-8 in float64), or of the autocast dtype
             when the pass ran under ``torch.autocast`` (0.088 in bfloat16, 0.031 in float16).
         check_every: sketch and check every block's reconstructed input on every
-            ``check_every``-th pass (default 10; 1: always, 0: never); the network input, and the
-            output of every block that keeps its input, are checked on every backward.
-        preserve_rng: save and restore the RNG state per block; ``None``: when the model has
-            dropout layers and is in training mode.
+            ``check_every``-th pass (default 1: always; 0: never); the network input, the
+            output of every block that keeps its input, and (unless 0) the first block's output
+            are checked on every backward.
+        preserve_rng: save and restore the RNG state per block; ``None`` (default): for the
+            blocks whose dropout layers are in training mode (their own mode); ``False``: never,
+            and then a pass with dropout in training mode fails the check (see above).
 
     Returns:
         a :class:`MemorySaving` module with the model's ``forward``, ``inverse``,

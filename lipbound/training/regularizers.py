@@ -40,9 +40,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..blocks import InvertibleBlock, require_block
+from ..blocks import InvertibleBlock
 from ..blocks.base import sum_per_sample
 from ..errors import InputError
+from .ddp import call, unwrap
 
 __all__ = ["DIRECTIONS", "FDResult", "fd_regularizer", "unit_directions"]
 
@@ -84,7 +85,7 @@ def _squared_distance(a: Tensor, b: Tensor, eps: float) -> Tensor:
 
 
 def _run(model: InvertibleBlock, x: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
-    return model.forward_and_log_det(x) if with_log_det else (model(x), None)
+    return call(model, x, with_log_det=True) if with_log_det else (call(model, x), None)
 
 
 def fd_regularizer(model: InvertibleBlock, x: Tensor, eps: float = 0.1, coeff: float = 1.0,
@@ -94,7 +95,8 @@ def fd_regularizer(model: InvertibleBlock, x: Tensor, eps: float = 0.1, coeff: f
 
     Args:
         model: the invertible network (a block or a :func:`~lipbound.training.memory_saving`
-            wrapper).
+            wrapper, or either inside ``DistributedDataParallel``: every pass then runs through
+            its call, so the gradients are averaged across processes).
         x: a batch ``(B, ...)``.
         eps: the finite-difference step (0.1 in the paper).
         coeff: the factor on the sum of the terms.
@@ -103,7 +105,7 @@ def fd_regularizer(model: InvertibleBlock, x: Tensor, eps: float = 0.1, coeff: f
         batched: pass clean and perturbed inputs through ``F`` as one batch.
         generator: random generator for the directions (on ``x``'s device).
     """
-    require_block(model)
+    unwrap(model)
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise InputError("x must be a floating-point tensor of shape (batch, ...)")
     if not eps > 0:
@@ -120,11 +122,11 @@ def fd_regularizer(model: InvertibleBlock, x: Tensor, eps: float = 0.1, coeff: f
         log_det = ld_both[: x.shape[0]] if ld_both is not None else None
     else:
         z, log_det = _run(model, x, with_log_det)
-        z_perturbed = model(x + eps * v) if forward else None
+        z_perturbed = call(model, x + eps * v) if forward else None
     if forward:
         forward_term = _squared_distance(z, z_perturbed, eps)
     w = unit_directions(z, generator) if inverse else None  # in the output space of F
     if inverse:
-        inverse_term = _squared_distance(x, model.inverse(z + eps * w), eps)
+        inverse_term = _squared_distance(x, call(model, z + eps * w, inverse=True), eps)
     loss = coeff * sum(t for t in (forward_term, inverse_term) if t is not None)
     return FDResult(loss, forward_term, inverse_term, z, log_det, v, w)

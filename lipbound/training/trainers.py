@@ -45,7 +45,7 @@ from ..precision import TORCH_DTYPES, torch_dtype
 from .agreement import gradient_agreement
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .losses import nf_loss
-from .memory import memory_saving
+from .memory import MemorySaving, memory_saving
 from .monitor import JsonLinesLog, StabilityMonitor
 from .regularizers import fd_regularizer
 from .tasks import TASKS, Task, eval_mode
@@ -404,6 +404,8 @@ class Trainer:
             "order": self.order,
             "monitor": self.monitor.state_dict(),
             "fallbacks": self.fallbacks,
+            "memory_saving": (self.train_flow.counts() if isinstance(self.train_flow, MemorySaving)
+                              else None),
             "last_train": self.last_train,
             "log_offset": self.log.offset,
         }
@@ -423,8 +425,8 @@ class Trainer:
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.order = state["order"]
         self.monitor.load_state_dict(state["monitor"])
-        if hasattr(self.train_flow, "fallbacks"):
-            self.train_flow.fallbacks = state["fallbacks"]
+        if isinstance(self.train_flow, MemorySaving):
+            self.train_flow.load_counts(state["memory_saving"])
         self.last_train = state["last_train"]
         self.log.truncate(state["log_offset"])
 
