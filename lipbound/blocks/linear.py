@@ -213,13 +213,16 @@ class Invertible1x1Conv(InvertibleBlock):
     def _inverse(self, y: Tensor, with_log_det: bool) -> tuple[Tensor, Tensor | None]:
         check_dim1(y, "y", self.num_channels)
         w = self.matrix()
-        w_inv, info = torch.linalg.inv_ex(linalg_dtype(w))
-        # checked on the CPU only: on a GPU the check would wait for the device on every inverse;
-        # there a singular weight gives non-finite outputs (counted by the reconstruction checks)
-        if w.device.type == "cpu" and int(info) != 0:
-            raise InputError(f"Invertible1x1Conv: weight is singular, no inverse (zero pivot "
-                             f"{int(info)} in its LU factorisation)")
-        w_inv = w_inv.to(w.dtype)
+        if w.device.type == "cpu":
+            try:
+                w_inv = torch.linalg.inv(linalg_dtype(w)).to(w.dtype)
+            except torch.linalg.LinAlgError as err:
+                raise InputError(
+                    f"Invertible1x1Conv: weight is singular, no inverse ({err})") from err
+        else:
+            # no singularity check on a GPU: it would wait for the device on every inverse; there
+            # a singular weight gives non-finite outputs (counted by the reconstruction checks)
+            w_inv = torch.linalg.inv_ex(linalg_dtype(w))[0].to(w.dtype)
         x = self._mix_channels(w_inv, y)
         ld = (-spatial_size(y) * self._log_abs_det_w()).expand(y.shape[0]) if with_log_det else None
         return x, ld
