@@ -46,11 +46,12 @@ of one coupling, or of a run of at most :data:`MAX_RUN` blocks without sub-netwo
 backward measures the relative reconstruction error of the network input,
 ``max_i ||x_i - xhat_i|| / ||x_i||`` (free: the walk ends there), and of the output of every block
 that keeps its input (free: the kept input recomputes it). On every ``check_every``-th pass
-(default: every pass) it also measures the reconstructed input of every block, although the pass
-keeps no activations:
+(default: every 10th; 1: every pass) it also measures the reconstructed input of every block,
+although the pass keeps no activations:
 the forward stores a sketch of each block's input, ``m = 2`` random projections
 ``<x_{k,i}, w_j>`` with ``w_j ~ N(0, I)`` and the norm ``||x_{k,i}||`` per sample
-(``3 B`` numbers per block, not the activations), and the backward estimates
+(``3 B`` numbers per block, not the activations: they grow with depth, which is why they are kept
+on a schedule), and the backward estimates
 ``||xhat_k - x_k|| ~ sqrt(mean_j <xhat_k - x_k, w_j>^2)`` (exact in expectation; a large error
 escapes only if it is nearly orthogonal to both directions). The output of the first block is
 sketched and checked on every pass whatever ``check_every`` (unless 0): a first block that
@@ -445,7 +446,7 @@ class MemorySaving(InvertibleBlock):
     """
 
     def __init__(self, model: InvertibleBlock, policy: str = "fallback", tol: float | None = None,
-                 check_every: int = 1, preserve_rng: bool | None = None) -> None:
+                 check_every: int = 10, preserve_rng: bool | None = None) -> None:
         super().__init__()
         require_block(model)
         if policy not in POLICIES:
@@ -685,7 +686,7 @@ def _autograd_backward(steps: list[_Step], ctx, x: Tensor, grad_z: Tensor,
 
 
 def memory_saving(model: InvertibleBlock, policy: str = "fallback", tol: float | None = None,
-                  check_every: int = 1, preserve_rng: bool | None = None) -> MemorySaving:
+                  check_every: int = 10, preserve_rng: bool | None = None) -> MemorySaving:
     """Wrap ``model`` for memory-saving gradients with a self-check (see the module docstring).
 
     Args:
@@ -696,7 +697,7 @@ def memory_saving(model: InvertibleBlock, policy: str = "fallback", tol: float |
             input's dtype (about 3.5e-4 in float32, 1.5e-8 in float64), or of the autocast dtype
             when the pass ran under ``torch.autocast`` (0.088 in bfloat16, 0.031 in float16).
         check_every: sketch and check every block's reconstructed input on every
-            ``check_every``-th pass (default 1: always; 0: never); the network input, the
+            ``check_every``-th pass (default 10; 1: always; 0: never); the network input, the
             output of every block that keeps its input, and (unless 0) the first block's output
             are checked on every backward.
         preserve_rng: save and restore the RNG state per block; ``None`` (default): for the
