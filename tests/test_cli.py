@@ -214,3 +214,16 @@ def test_check_names_the_precision_option(argv, option, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"{option} must be one of float16, bfloat16, float32 or float64" in err
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
+    """``lipbound bounds SPEC | head -1``: no BrokenPipeError traceback on stderr."""
+    import pathlib
+    import subprocess
+    import sys
+
+    spec = pathlib.Path(__file__).resolve().parents[1] / "examples/architectures"
+    spec = sorted(spec.glob("*.json"))[0]
+    run = subprocess.run(f"{sys.executable} -m lipbound bounds {spec} --no-progress | head -c 1",
+                         shell=True, capture_output=True, text=True, cwd=tmp_path)
+    assert run.stdout and "Traceback" not in run.stderr and "BrokenPipe" not in run.stderr
