@@ -1,11 +1,14 @@
 """Oracle benchmark: the reference backends side by side, and the default Figure 1 sweep.
 
-Run ``python benchmarks/oracle.py`` (about three minutes on two cores). Every ratio is measured
-in this one run; the last line is one JSON object with ``arb_vs_mp_speedup``,
-``arb_vs_float64_slowdown``, ``glow_cifar_arb113_seconds``, ``paper_classifier_arb113_seconds``
-and ``sweep_seconds``, plus the per-batch ratios. Goals (issue 4): speedup >= 50, slowdown <= 300,
-Glow-like (2 levels x 4 steps, hidden 64) < 60 s, the paper's classifier body (3 levels x 16
-steps, hidden 128, appendix G) < 300 s, sweep < 10 s, on 2 cores.
+Run ``python benchmarks/oracle.py`` (about three minutes on two cores; ``--only traced`` runs the
+traced-oracle part alone, about a minute). Every ratio is measured in this one run; the last line
+is one JSON object with ``arb_vs_mp_speedup``, ``arb_vs_float64_slowdown``,
+``glow_cifar_arb113_seconds``, ``paper_classifier_arb113_seconds``, ``sweep_seconds``,
+``traced_vs_handwritten_slowdown``, ``traced_capture_seconds``, ``zuko_realnvp_seconds`` and
+``zuko_realnvp_capture_seconds``, plus the per-batch ratios. Goals (issue 4): speedup >= 50,
+slowdown <= 300, Glow-like (2 levels x 4 steps, hidden 64) < 60 s, the paper's classifier body (3
+levels x 16 steps, hidden 128, appendix G) < 300 s, sweep < 10 s, on 2 cores; (issue 12) traced
+against hand-written oracle slowdown <= 2.
 
 How it measures, and why:
 
@@ -19,12 +22,24 @@ How it measures, and why:
   ``arb_vs_float64_slowdown`` are those of the batch of 64; ``*_batch16`` keys give the other.
   The weights are converted to ``arb_mat`` once, when the model is compiled; only the
   activations are converted per product.
+* The traced oracle (:func:`reference.compile_traced`: each leaf block's ``forward`` and
+  ``inverse`` captured as ATen graphs, run in the same ball arithmetic) beside the hand-written
+  one (:func:`reference.compile`) on the same model, the affine MLP coupling network with
+  ``d = 2``, 8 blocks, hidden 64, a batch of 64 at ``arb:113``, forward then inverse. The traced
+  oracle captures its graphs on the first call for an input shape; ``traced_capture_seconds`` is
+  that first call's time less one evaluation, and ``traced_vs_handwritten_slowdown`` compares
+  evaluations only (medians of three, the two oracles alternating so that load moves both alike).
+  ``zuko_realnvp_seconds`` is the traced oracle's evaluation (forward then inverse, median of
+  three) of a zuko ``RealNVP`` (``d = 8``, 8 transforms, zuko's default hidden layers 64, 64),
+  batch 64, at ``arb:113``, with ``zuko_realnvp_capture_seconds`` apart; without zuko installed
+  those two keys are left out.
 * ``sweep_seconds`` is the wall time of ``lipbound sweep`` as a fresh process (what a user waits
   for, imports of torch and matplotlib included); ``sweep_in_process_seconds`` leaves them out.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -69,10 +84,66 @@ def _mlp_ratios(batch: int, gen: torch.Generator) -> dict[str, float]:
     return {"speedup": t_mp / t_arb, "slowdown": t_arb / t_f64}
 
 
-def main_benchmark() -> dict[str, float]:
+def _round_trip(ref: reference.ReferenceModel, x: torch.Tensor) -> Callable[[], object]:
+    """Forward then inverse of ``x`` through the oracle ``ref``."""
+    return lambda: ref.inverse(ref.forward(x))
+
+
+def _traced_times(ref: reference.ReferenceModel, x: torch.Tensor,
+                  other: Callable[[], object] | None = None
+                  ) -> tuple[float, float, list[float], list[float]]:
+    """``(capture, evaluation)`` seconds of the traced oracle ``ref`` on a round trip of ``x``
+    (capture: the first call less the median evaluation), with the three evaluation times and
+    those of ``other``, run alternating with them."""
+    first = _seconds(_round_trip(ref, x))
+    times, other_times = [], []
+    for _ in range(3):
+        if other is not None:
+            other_times.append(_seconds(other))
+        times.append(_seconds(_round_trip(ref, x)))
+    evaluation = statistics.median(times)
+    return max(first - evaluation, 0.0), evaluation, times, other_times
+
+
+def _traced_results(gen: torch.Generator) -> dict[str, float]:
+    """The traced oracle beside the hand-written one, and on a zuko RealNVP (module docstring)."""
+    results: dict[str, float] = {}
+    model = randomize_parameters(coupling_mlp(2, 8, 64, "affine"), generator=gen).eval()
+    x = torch.randn(64, 2, generator=gen)
+    hand = reference.compile(model, "arb:113")
+    traced = reference.compile_traced(model, "arb:113")
+    capture, t_traced, traced_times, hand_times = _traced_times(traced, x, _round_trip(hand, x))
+    t_hand = statistics.median(hand_times)
+    results["traced_vs_handwritten_slowdown"] = t_traced / t_hand
+    results["traced_capture_seconds"] = capture
+    print(f"MLP coupling (d = 2, 8 blocks, hidden 64, batch 64) at arb:113, forward + inverse: "
+          f"hand-written {t_hand:.2f} s (range {min(hand_times):.2f}-{max(hand_times):.2f}), "
+          f"traced {t_traced:.2f} s (range {min(traced_times):.2f}-{max(traced_times):.2f}) "
+          f"-> traced/hand-written slowdown {t_traced / t_hand:.2f}x; traced capture "
+          f"{capture:.1f} s, once per input shape", flush=True)
+    try:
+        import zuko
+    except ImportError:
+        print("zuko is not installed: no zuko RealNVP timing", flush=True)
+        return results
+    torch.manual_seed(0)
+    flow = zuko.flows.RealNVP(features=8, context=0, transforms=8).to(torch.float64)
+    z = torch.randn(64, 8, generator=gen)
+    capture, t_zuko, zuko_times, _ = _traced_times(reference.compile_traced(flow, "arb:113"), z)
+    results["zuko_realnvp_seconds"] = t_zuko
+    results["zuko_realnvp_capture_seconds"] = capture
+    print(f"zuko RealNVP (d = 8, 8 transforms, hidden 64, 64, batch 64) at arb:113, traced, "
+          f"forward + inverse: {t_zuko:.2f} s (range {min(zuko_times):.2f}-"
+          f"{max(zuko_times):.2f}); capture {capture:.1f} s", flush=True)
+    return results
+
+
+def main_benchmark(only: str | None = None) -> dict[str, float]:
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
+    if only == "traced":
+        return _traced_results(gen)
     results: dict[str, float] = {}
 
     ratios = {b: _mlp_ratios(b, gen) for b in BATCHES}
@@ -102,9 +173,13 @@ def main_benchmark() -> dict[str, float]:
             [sys.executable, "-m", "lipbound.cli", *args], check=True, capture_output=True))
     print(f"default lipbound sweep (depths 1-100, 2 chains, 5 precisions, PNG + CSV): "
           f"{results['sweep_seconds']:.1f} s as a fresh process, "
-          f"{results['sweep_in_process_seconds']:.1f} s without the imports")
+          f"{results['sweep_in_process_seconds']:.1f} s without the imports", flush=True)
+    results.update(_traced_results(gen))
     return results
 
 
 if __name__ == "__main__":
-    print(json.dumps(main_benchmark()))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["traced"], default=None,
+                        help="run only the traced-oracle part (default: everything)")
+    print(json.dumps(main_benchmark(parser.parse_args().only)))

@@ -7,6 +7,7 @@ an undecided comparison after the precision cap, an unsupported operation.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -347,3 +348,57 @@ def test_verify_cli_unsupported_op_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "aten.cos.default" in err[0] and "register_op" in err[0], err
+
+
+VERDICTS = ("wrong in exact arithmetic", "range", "instability", "rounding")
+
+
+def test_diagnose_cli_reference_on_a_saved_zuko_model(tmp_path):
+    """``lipbound diagnose --reference`` on a foreign model: the traced oracle's decomposition.
+    A one-transform RealNVP with amplification ~1 is well conditioned: its verdict is rounding."""
+    zuko = pytest.importorskip("zuko")
+    from lipbound.cli import main
+
+    torch.manual_seed(0)
+    torch.save(zuko.flows.RealNVP(features=2, context=0, transforms=1, hidden_features=(8,)),
+               tmp_path / "m.pt")
+    torch.save(torch.randn(6, 2), tmp_path / "x.pt")
+    out = tmp_path / "r.json"
+    assert main(["diagnose", str(tmp_path / "m.pt"), str(tmp_path / "x.pt"), "--reference",
+                 "arb:113", "--reference-samples", "2", "--precision", "float64",
+                 "--attack-samples", "0", "--spectrum-samples", "0", "--no-progress", "--json",
+                 str(out)]) == 0
+    oracle = json.loads(out.read_text())["oracle"]
+    assert oracle["note"] is None
+    [dec] = oracle["decomposition"]
+    assert dec["verdict"] in VERDICTS and dec["reference"] == "arb:113" and dec["n_samples"] == 2
+    assert dec["verdict"] == "rounding", dec["reasons"]
+
+
+def test_diagnose_freia_soft_permutation_is_wrong_in_exact_arithmetic():
+    from lipbound.diagnostics.report import OracleSettings, diagnose
+
+    model = adapt(_soft_permutation_inn()).double().eval()
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    d = diagnose(model, x, precisions=("float64",), spectrum_samples=0, attack=None,
+                 oracle=OracleSettings("arb:113", 2))
+    assert d.oracle_note is None
+    [dec] = d.decomposition
+    assert dec.verdict == "wrong in exact arithmetic", dec.reasons
+    assert dec.n_samples == 2 and dec.total > 1e-10
+
+
+def test_diagnose_reports_the_oracle_refusal_instead_of_failing():
+    """An ATen operation without a ball implementation: the report names it, the rest stands."""
+    from lipbound.blocks import AdditiveCoupling, halves
+    from lipbound.diagnostics.report import OracleSettings, diagnose
+
+    torch.manual_seed(0)
+    model = AdditiveCoupling(halves(2), nn.Sequential(nn.Linear(1, 1), _Cosine())).double()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    d = diagnose(model, x, precisions=("float64",), spectrum_samples=0, attack=None,
+                 oracle=OracleSettings("arb:64", 2))
+    assert d.decomposition == []
+    assert d.oracle_note.startswith("no oracle decomposition: ")
+    assert "aten.cos.default" in d.oracle_note and "register_op" in d.oracle_note
+    assert d.reconstruction and all(float(r.errors.max()) < 1e-12 for r in d.reconstruction)

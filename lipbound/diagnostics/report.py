@@ -8,9 +8,10 @@
   (samples, steps, step size, radius) in the report;
 * the convergence of iterative inverses during the float64 round trip;
 * on request (``reference``), the oracle's rounding-versus-instability decomposition of section 2
-  (:func:`lipbound.precision.decompose.decompose`) on the first samples at each precision, where
-  every block has a reference implementation. Models of other libraries (the adapters of
-  :mod:`lipbound.adapters`) have none: the report says so and skips it.
+  (:func:`lipbound.precision.decompose.decompose`) on the first samples at each precision; models
+  of other libraries (the adapters of :mod:`lipbound.adapters`) run on the traced oracle
+  (:func:`reference.compile_traced`). Where the oracle refuses (an unregistered layer or ATen
+  operation, an undecided comparison, a graph it cannot capture) the report says why and skips it.
 
 Data holding NaN or Inf is refused (:class:`~lipbound.errors.InputError`, naming the rows) unless
 ``allow_nonfinite``; then those samples fail at ``"input"`` and the report lists their rows. Every
@@ -26,7 +27,6 @@ from torch import Tensor
 
 import reference
 
-from ..adapters.base import ForeignBlock
 from ..blocks import InvertibleBlock, require_block
 from ..errors import InputError
 from ..jsonio import jsonable
@@ -135,16 +135,17 @@ def _convergence(model: InvertibleBlock, x: Tensor, progress: bool) -> list[dict
 
 def _oracle(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...],
             settings: OracleSettings, progress: bool) -> tuple[list[Decomposition], str | None]:
-    """The decompositions at every precision, or none and the reason there is no reference."""
-    foreign = sorted({type(b.module).__name__ for b in model.flat_blocks()
-                      if isinstance(b, ForeignBlock)})
-    if foreign:
-        return [], (f"no oracle decomposition: models of other libraries have no reference "
-                    f"implementation (adapted modules: {', '.join(foreign)})")
+    """The decompositions at every precision, or none and the reason the oracle gave none.
+
+    :func:`decompose` picks the oracle: the hand-written one for lipbound's blocks, the traced one
+    (the captured ATen graphs in ball arithmetic) for models of other libraries. Its refusals (no
+    implementation of a layer or an ATen operation, a comparison no precision up to the cap
+    decides, a graph that cannot be captured) become the note; no number is guessed."""
     try:
         return [decompose(model, x[:settings.samples], p, settings.reference, progress=progress)
                 for p in precisions], None
-    except reference.UnknownLayerError as err:
+    except (reference.UnknownLayerError, reference.UnsupportedOpError,
+            reference.UndecidedComparisonError, reference.TraceError) as err:
         return [], f"no oracle decomposition: {err}"
 
 
