@@ -114,8 +114,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="2D maps cover [-lim, lim]^2 (default: %(default)s)")
     p.add_argument("--reference", metavar="ORACLE", default=None,
                    help="add the oracle decomposition (section 2) at each precision against "
-                        "arb:<bits> or mp:<bits>, e.g. arb:256 (default: off; about 35 s per "
-                        "precision at d = 64)")
+                        "arb:<bits> or mp:<bits>, e.g. arb:256; models of other libraries use "
+                        "the traced oracle (default: off; about 35 s per precision at d = 64, "
+                        "plus a few seconds of graph capture per foreign model)")
     p.add_argument("--reference-samples", type=int, default=4,
                    help="first samples of DATA the oracle decomposition runs on "
                         "(default: %(default)s)")
