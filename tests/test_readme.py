@@ -25,9 +25,10 @@ README = ROOT / "README.md"
 
 #: README lines that are not run, and why.
 SKIPPED = {
-    "pip install torch==2.13.0 -e .": "installs the package (the environment's job)",
-    'pip install torch==2.13.0 -e ".[test]"': "installs the package with the test extra",
-    "python -m pytest -q": "runs the test suite this test is part of",
+    "pip install torch==2.13.0 -e . && lipbound sweep":
+        "installs the package (the environment's job); the sweep is tested in tests/test_sweep.py",
+    'pip install torch==2.13.0 -e ".[test]" && python -m pytest -q':
+        "installs the package with the test extra and runs the suite this test is part of",
 }
 
 #: Libraries that README python blocks may import from an extra; a block importing one that is
