@@ -347,3 +347,19 @@ def test_verdict_comparisons_ignore_nan():
     assert _at_least(float("inf"), 100.0) and _at_least(100.0, 100.0)
     assert _largest_known(np.array([np.nan, 3.0, 1e3])) == 1e3
     assert _largest_known(np.array([np.nan])) is None and _largest_known(None) is None
+
+
+def test_per_block_columns_stay_aligned_with_long_block_names():
+    import dataclasses
+
+    from lipbound.blocks import figure1_chain
+    from lipbound.precision.decompose import decompose, format_decomposition
+
+    d = decompose(figure1_chain(2, "affine"), torch.ones(1, 2, dtype=torch.float64), "float32",
+                  "arb:128")
+    long = "FrEIABlock(AllInOneBlock)"
+    d.trace = [dataclasses.replace(d.trace[0], kind=long), *d.trace[1:]]
+    rows = [ln for ln in format_decomposition(d).splitlines()
+            if "AffineCoupling" in ln or long in ln]
+    assert len(rows) == 2
+    assert len({ln.rindex(" ") for ln in rows}) == 1  # the inverse-error column starts in one place

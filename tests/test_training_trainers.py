@@ -12,7 +12,7 @@ import torch
 
 from lipbound.errors import InputError
 from lipbound.io import load_model
-from lipbound.training import load_checkpoint
+from lipbound.training import load_checkpoint, save_checkpoint
 from lipbound.training.trainers import TrainConfig, Trainer, train
 
 TINY = {
@@ -204,3 +204,18 @@ def test_memory_saving_training_follows_autograd_training(tmp_path, task, regula
     grad = saving.monitor["gradient"]
     assert grad["batches"] == 1 and grad["nan_batches"] == 0
     assert grad["max_angle_deg"] < 1e-5 and grad["max_rel_norm_diff"] < 1e-7
+
+
+def test_resume_from_a_checkpoint_without_memory_saving_counters_warns(tmp_path):
+    """An older lipbound saved no counters: resuming warns that it may not be exact."""
+    cfg = tiny("regression", memory_saving=True, monitor_every=0)
+    part = Trainer(cfg, tmp_path / "part", progress=False, callbacks=(interrupt_at(3),))
+    assert part.fit().status == "interrupted"
+    path = tmp_path / "part" / "checkpoint.pt"
+    state = load_checkpoint(path)
+    del state["memory_saving"]
+    save_checkpoint(state, path)
+    resumed = Trainer(cfg, tmp_path / "part", progress=False)
+    with pytest.warns(UserWarning, match="no memory-saving pass counters"):
+        resumed.resume()
+    assert resumed.fit().status == "done"

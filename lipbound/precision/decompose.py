@@ -635,8 +635,9 @@ def format_decomposition(d: Decomposition) -> str:
         lines.append(f"  truncation       forward {f(d.truncation['forward'])}, inverse "
                      f"{f(d.truncation['inverse'])}")
     if d.trace:
-        lines.append("  per block:  #  kind                  forward err  inverse err")
-        lines += [f"           {r.index:>3}  {r.kind:<20}  {f(r.forward_error)}    "
+        width = max([20] + [len(r.kind) for r in d.trace])  # long adapted names keep the columns
+        lines.append(f"  per block:  #  {'kind':<{width}}  forward err  inverse err")
+        lines += [f"           {r.index:>3}  {r.kind:<{width}}  {f(r.forward_error)}    "
                   f"{f(r.inverse_error)}" for r in d.trace]
     lines.append(f"verdict: {d.verdict}")
     lines += [f"  - {r}" for r in d.reasons]

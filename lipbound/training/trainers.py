@@ -28,6 +28,7 @@ import math
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -426,7 +427,13 @@ class Trainer:
         self.order = state["order"]
         self.monitor.load_state_dict(state["monitor"])
         if isinstance(self.train_flow, MemorySaving):
-            self.train_flow.load_counts(state["memory_saving"])
+            if state.get("memory_saving") is None:  # written before the counters were saved
+                warnings.warn("the checkpoint holds no memory-saving pass counters (an older "
+                              "lipbound wrote it): they restart at 0, so the check's schedule, "
+                              "and the resumed run, may differ from an uninterrupted one",
+                              stacklevel=2)
+            else:
+                self.train_flow.load_counts(state["memory_saving"])
         self.last_train = state["last_train"]
         self.log.truncate(state["log_offset"])
 
