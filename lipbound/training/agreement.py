@@ -25,7 +25,13 @@ from torch import Tensor
 from ..blocks import InvertibleBlock
 from ..errors import InputError, InputTypeError
 from .ddp import unwrap
-from .memory import MemorySaving, MemorySavingWarning, fork_rng, rng_state, set_rng_state
+from .memory import (
+    MemorySaving,
+    MemorySavingWarning,
+    device_rng_state,
+    fork_rng,
+    set_device_rng_state,
+)
 
 __all__ = ["GradientAgreement", "gradient_agreement"]
 
@@ -112,9 +118,9 @@ def gradient_agreement(model: InvertibleBlock,
     device = params[0].device
     for batch in batches:
         with fork_rng(device):
-            state = rng_state(device)
+            state = device_rng_state(device)
             true = _flat_grad(loss_fn(model, batch), params)
-            set_rng_state(state, device)
+            set_device_rng_state(state, device)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", MemorySavingWarning)
                 failures = raw.failures

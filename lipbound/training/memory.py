@@ -110,8 +110,8 @@ __all__ = [
     "fork_rng",
     "memory_saving",
     "relative_error",
-    "rng_state",
-    "set_rng_state",
+    "device_rng_state",
+    "set_device_rng_state",
 ]
 
 POLICIES = ("fallback", "raise", "warn")
@@ -348,14 +348,14 @@ def autocast(state: AutocastState) -> contextlib.AbstractContextManager:
     return torch.autocast(kind, dtype=dtype) if enabled else contextlib.nullcontext()
 
 
-def rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
+def device_rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
     """The CPU RNG state and, for a CUDA ``device``, that device's."""
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return torch.get_rng_state(), cuda
 
 
-def set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
-    """Restore a state from :func:`rng_state`."""
+def set_device_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> None:
+    """Restore a state from :func:`device_rng_state`."""
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state(state[1], device)
@@ -363,7 +363,7 @@ def set_rng_state(state: tuple[Tensor, Tensor | None], device: torch.device) -> 
 
 def _replay(state: tuple[Tensor, Tensor | None] | None, device: torch.device) -> None:
     if state is not None:
-        set_rng_state(state, device)
+        set_device_rng_state(state, device)
 
 
 def fork_rng(device: torch.device, enabled: bool = True):
@@ -393,9 +393,9 @@ class _MemorySavingPass(torch.autograd.Function):
         total = zeros_log_det(x) if with_log_det else None
         z = x
         # the fallback replays the whole pass from here, with the forward's dropout masks
-        ctx.rng_start = rng_state(x.device)
+        ctx.rng_start = device_rng_state(x.device)
         for i, (s, r) in enumerate(zip(steps, random, strict=True)):
-            rng.append(rng_state(z.device) if preserve or (preserve is None and r) else None)
+            rng.append(device_rng_state(z.device) if preserve or (preserve is None and r) else None)
             # the first block's output on every pass: a first block that rescales (ActNorm
             # centring data of large mean) hides the error of everything above it from the
             # network input's relative error
@@ -671,7 +671,7 @@ def _autograd_backward(steps: list[_Step], ctx, x: Tensor, grad_z: Tensor,
     with torch.enable_grad(), autocast(ctx.autocast), \
             detached_parameters(slots, position) as alias:
         z, total = leaf, zeros_log_det(leaf) if ctx.with_log_det else None
-        set_rng_state(ctx.rng_start, x.device)
+        set_device_rng_state(ctx.rng_start, x.device)
         for s in steps:
             z, ld = s.run(z, ctx.with_log_det)
             if total is not None:

@@ -43,7 +43,7 @@ from typing import Any, TextIO
 import torch
 from torch import Tensor, nn
 
-from ..blocks import InvertibleBlock
+from ..blocks import require_block
 from ..diagnostics import Inverted, reconstruction_stats, spectrum
 from ..diagnostics.views import at_precision
 from ..errors import InputError, InputTypeError
@@ -149,10 +149,7 @@ class StabilityMonitor:
                  seed: int = 0) -> None:
         if isinstance(model, MemorySaving):
             model = model.model
-        if not isinstance(model, InvertibleBlock):
-            raise InputTypeError(
-                f"model must be an InvertibleBlock, got {type(model).__name__}; wrap models of "
-                "other libraries with lipbound.adapters.adapt")
+        require_block(model)
         if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0:
             raise InputError(f"x must be a non-empty batch (B, ...) tensor, got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
