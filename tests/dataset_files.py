@@ -10,9 +10,15 @@ import numpy as np
 
 
 def write_cifar10(root: Path, n_train: int = 4, n_test: int = 3, side: int = 8,
-                  seed: int = 0) -> dict[str, tuple[np.ndarray, list[int]]]:
-    """``root/cifar-10-batches-py/data_batch_1..5`` (``n_train`` images each) and ``test_batch``,
-    as the Python-2 pickles read in Python 3 (bytes keys); returns the rows and labels per file."""
+                  seed: int = 0, bytes_keys: bool = False
+                  ) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """``root/cifar-10-batches-py/data_batch_1..5`` (``n_train`` images each), ``test_batch`` and
+    ``batches.meta``; returns the rows and labels per file.
+
+    The published files are Python-2 pickles whose ``str`` keys load as ``str`` with
+    ``encoding="latin1"`` (torchvision's choice) and as ``bytes`` with ``encoding="bytes"``;
+    Python 3 cannot write a Python-2 ``str``, so the keys are ``str`` (the latin1 view) or, with
+    ``bytes_keys``, ``bytes`` (the other view)."""
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
@@ -20,11 +26,16 @@ def write_cifar10(root: Path, n_train: int = 4, n_test: int = 3, side: int = 8,
     for name, n in [(f"data_batch_{i}", n_train) for i in range(1, 6)] + [("test_batch", n_test)]:
         data = rng.integers(0, 256, size=(n, 3 * side * side), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, size=n)]
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                 b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
+        batch = {"batch_label": name, "labels": labels, "data": data,
+                 "filenames": [f"{name}_{i}.png" for i in range(n)]}
+        if bytes_keys:
+            batch = {k.encode(): v for k, v in batch.items()}
         with (folder / name).open("wb") as f:
             pickle.dump(batch, f, protocol=2)
         written[name] = (data, labels)
+    with (folder / "batches.meta").open("wb") as f:
+        pickle.dump({"num_cases_per_batch": n_train, "num_vis": 3 * side * side,
+                     "label_names": [f"class{i}" for i in range(10)]}, f, protocol=2)
     return written
 
 

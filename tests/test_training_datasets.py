@@ -18,8 +18,9 @@ NO_TORCHVISION = ("torchvision does not import beside this torch (missing, or bu
                   "torch release)")
 
 
-def test_cifar10_pixels_and_labels_exactly(tmp_path):
-    written = write_cifar10(tmp_path, n_train=4, n_test=3, side=8)
+@pytest.mark.parametrize("bytes_keys", [False, True])
+def test_cifar10_pixels_and_labels_exactly(tmp_path, bytes_keys):
+    written = write_cifar10(tmp_path, n_train=4, n_test=3, side=8, bytes_keys=bytes_keys)
     train = load_image_set("cifar10", tmp_path, "train", backend="direct")
     assert train.images.dtype == torch.uint8 and train.images.shape == (20, 3, 8, 8)
     rows = np.concatenate([written[f"data_batch_{i}"][0] for i in range(1, 6)])
@@ -82,6 +83,7 @@ def test_torchvision_gives_the_same_tensors(tmp_path, monkeypatch):
     # the written files are not the published ones, so their checksums differ
     for cls in (tv.CIFAR10, tv.SVHN, tv.CelebA):
         monkeypatch.setattr(cls, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tv.cifar, "check_integrity", lambda *args: True)  # batches.meta
     write_cifar10(tmp_path, side=32)
     write_svhn(tmp_path, split="train")
     write_celeba(tmp_path, [(10, 200, 30), (40, 80, 160), (1, 2, 3)], splits=[0, 2, 0])

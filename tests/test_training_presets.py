@@ -5,6 +5,8 @@ bad data settings give messages that name the key."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from dataset_files import write_celeba, write_cifar10
@@ -161,6 +163,8 @@ def test_one_training_step_of_every_preset_at_reduced_size(name, data_root, tmp_
         after = [p.detach() for m in modules for p in m.parameters()]
         changed = [not torch.equal(a, b) for a, b in zip(before, after)]
         assert all(changed), f"{changed.count(False)} of {len(changed)} parameters unchanged"
+        evaluation = trainer.task.evaluate(trainer.flow, trainer.head)
+        assert evaluation and all(math.isfinite(v) for v in evaluation.values()), evaluation
     finally:
         trainer.close()
 
@@ -296,3 +300,21 @@ def test_cli_data_root(data_root, tmp_path, capsys):
     assert "done at step 2" in capsys.readouterr().out
     saved = json.loads((out / "config.json").read_text())
     assert saved["data_root"] == str(data_root / "cifar8") and saved["dataset"] == "cifar10"
+
+
+@pytest.mark.parametrize("name", ["cifar10-classifier-affine-1x1conv", "cifar10-glow"])
+def test_batched_evaluation_equals_one_pass(name, data_root, tmp_path):
+    from lipbound.training.tasks import Task
+
+    cfg = _config(name, **{**REDUCED, "data_root": str(data_root / "cifar8"), "batch_size": 3})
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    try:
+        x, y = trainer.next_batch()
+        trainer.train_step(x, y)  # initialises ActNorm, moves BatchNorm's statistics
+        batched = trainer.task.evaluate(trainer.flow, trainer.head)  # test batches of 3 and 1
+        whole = Task.evaluate(trainer.task, trainer.flow, trainer.head)  # one pass of all 4
+        assert batched.keys() == whole.keys()
+        for k in whole:
+            assert batched[k] == pytest.approx(whole[k], rel=1e-12, abs=1e-12), k
+    finally:
+        trainer.close()
