@@ -6,6 +6,7 @@ bad data settings give messages that name the key."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -272,7 +273,10 @@ def test_image_run_resumes_bit_for_bit_with_augmentation(data_root, tmp_path):
         full = train(cfg, tmp_path / name / "full", progress=False)
         part = train(cfg, tmp_path / name / "part", progress=False, callbacks=(stop_at(2),))
         assert part.status == "interrupted" and part.step == 2
-        done = train(cfg, tmp_path / name / "part", resume=True, progress=False)
+        moved = tmp_path / name / "moved"  # the data may move between interruption and resume
+        shutil.copytree(data_root / "cifar8", moved)
+        cfg_moved = _config(name, **{**values, "data_root": str(moved)})
+        done = train(cfg_moved, tmp_path / name / "part", resume=True, progress=False)
         assert done.step == full.step == 4
         a = torch.load(tmp_path / name / "full" / "checkpoint.pt", weights_only=False)["flow"]
         b = torch.load(tmp_path / name / "part" / "checkpoint.pt", weights_only=False)["flow"]
@@ -318,3 +322,21 @@ def test_batched_evaluation_equals_one_pass(name, data_root, tmp_path):
             assert batched[k] == pytest.approx(whole[k], rel=1e-12, abs=1e-12), k
     finally:
         trainer.close()
+
+
+def test_checkpoints_without_the_data_keys_still_resume(tmp_path):
+    from lipbound.training import load_checkpoint, save_checkpoint
+    from lipbound.training.trainers import train
+
+    cfg = TrainConfig.from_dict({"task": "density", "levels": 1, "blocks": 1, "hidden": 4,
+                                 "mixing": "reverse",
+                                 "n_train": 64, "batch_size": 32, "steps": 2, "log_every": 1,
+                                 "monitor_every": 0, "checkpoint_every": 1})
+    train(cfg, tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    new_keys = ("dataset", "data_root", "bits", "image_size", "augment", "workers", "centered",
+                "activation", "subnet_layers", "fc_blocks", "fc_hidden", "series_terms")
+    state["config"] = {k: v for k, v in state["config"].items() if k not in new_keys}
+    save_checkpoint(state, tmp_path / "checkpoint.pt")  # as an older lipbound wrote it
+    more = TrainConfig.from_dict({**cfg.to_dict(), "steps": 3})
+    assert train(more, tmp_path, resume=True, progress=False).step == 3

@@ -465,14 +465,19 @@ class Trainer:
     def resume(self) -> None:
         """Continue from ``checkpoint.pt`` in the run folder."""
         state = load_checkpoint(self.checkpoint_path)
-        saved = {k: v for k, v in state["config"].items() if k not in ("steps", "epochs")}
-        now = {k: v for k, v in self.config.to_dict().items() if k not in ("steps", "epochs")}
+        # keys an older checkpoint lacks had their default values; where the data lie and how
+        # many processes read them do not change the run
+        free = ("steps", "epochs", "data_root", "workers")
+        saved = {k: v for k, v in {**TrainConfig().to_dict(), **state["config"]}.items()
+                 if k not in free}
+        now = {k: v for k, v in self.config.to_dict().items() if k not in free}
         differ = sorted(k for k in now if saved.get(k) != now[k])
         if differ:
             raise InputError(
                 f"resume: the run in {str(self.out)!r} was made with other settings for "
                 f"{differ} (saved: {[saved.get(k) for k in differ]}, now: "
-                f"{[now[k] for k in differ]}); only steps/epochs may change on resume")
+                f"{[now[k] for k in differ]}); only steps/epochs (and data_root, workers) may "
+                "change on resume")
         self.load_state_dict(state)
 
     # -- the loop ---------------------------------------------------------------------------
