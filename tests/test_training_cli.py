@@ -12,14 +12,14 @@ from lipbound.cli import main
 from lipbound.errors import InputError
 from lipbound.training import load_checkpoint
 from lipbound.training.cli import add_arguments
-from lipbound.training.presets import PRESETS, load_config
+from lipbound.training.presets import CPU_PRESETS, PRESETS, load_config
 
 
 def _log(out):
     return [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset", CPU_PRESETS)
 def test_preset_smoke_run_writes_log_checkpoint_model(tmp_path, capsys, preset):
     out = tmp_path / preset
     assert main(["train", preset, "--steps", "2", "--out", str(out), "--no-progress"]) == 0

@@ -66,12 +66,13 @@ def _mixing(kind: str, channels: int, seed: int) -> list[InvertibleBlock]:
 def glow_like(in_shape: Sequence[int] = (3, 32, 32), levels: int = 3, steps: int = 16,
               hidden: int = 128, coupling: str = "additive", mixing: str = "1x1conv",
               scale: str | ScaleFunction = "sigmoid", actnorm: bool = True,
-              seed: int = 0) -> InvertibleSequential:
+              seed: int = 0, activation: str = "relu") -> InvertibleSequential:
     """A Glow-like network without factoring out (Kingma and Dhariwal, 2018; paper appendix G).
 
     Each level is a :class:`Squeeze` followed by ``steps`` steps of ActNorm, a channel mixing
     (1x1 conv, LU 1x1 conv, or a permutation) and a coupling on channel halves with
-    :func:`~lipbound.blocks.subnets.conv_subnet` sub-networks of width ``hidden``.
+    :func:`~lipbound.blocks.subnets.conv_subnet` sub-networks of width ``hidden`` and
+    ``activation`` (ReLU in appendix G, ELU in the affine CelebA64 models of appendix E).
     """
     if len(in_shape) != 3:
         raise InputError(f"in_shape must be (C, H, W), got {tuple(in_shape)}")
@@ -89,7 +90,7 @@ def glow_like(in_shape: Sequence[int] = (3, 32, 32), levels: int = 3, steps: int
                 blocks.append(ActNorm(c))
             blocks += _mixing(mixing, c, seed + 1000 * level + step)
             part = halves(c, flip=mixing == "none" and step % 2 == 1)
-            net = partial(conv_subnet, c // 2, c // 2, hidden)
+            net = partial(conv_subnet, c // 2, c // 2, hidden, activation)
             blocks.append(coupling_block(part, net, coupling, scale))
     return InvertibleSequential(*blocks)
 

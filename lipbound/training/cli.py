@@ -1,6 +1,7 @@
 """``lipbound train PRESET|CONFIG``: train one of the paper's settings with the stability monitor.
 
-PRESET is one of the names ``--list`` shows (CPU scale, minutes); CONFIG is a ``.json`` or
+PRESET is one of the names ``--list`` shows (CPU scale, minutes; or the paper's models at full
+size on the datasets in ``--data-root``, for a GPU); CONFIG is a ``.json`` or
 ``.toml`` file of :class:`~lipbound.training.trainers.TrainConfig` keys (optionally ``"preset"``
 to start from one). The options below override the preset or file. The run folder gets
 ``log.jsonl``, ``checkpoint.pt``, ``model.pt``, ``config.json`` and ``summary.json``; Ctrl-C
@@ -52,6 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"optimizer steps, replacing the epochs ({_FROM})")
     p.add_argument("--epochs", type=float, default=None,
                    help=f"epochs, replacing the steps ({_FROM})")
+    p.add_argument("--data-root", metavar="DIR", default=None,
+                   help="folder of the image datasets, torchvision's root: cifar-10-batches-py/, "
+                        "{train,test}_32x32.mat, celeba/ (default: the config's data_root, data; "
+                        "read by the presets cifar10-*, celeba64-*)")
     p.add_argument("--seed", type=int, default=None, help=f"random seed ({_FROM}; presets: 0)")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32", "float64"],
                    default=None, help=f"training precision ({_FROM}; presets: float32)")
@@ -75,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                          "--list shows the presets")
     overrides = {"regularizer": args.regularizer, "coeff": args.coeff, "every": args.every,
                  "memory_saving": args.memory_saving, "steps": args.steps,
-                 "epochs": args.epochs, "seed": args.seed, "dtype": args.dtype}
+                 "epochs": args.epochs, "seed": args.seed, "dtype": args.dtype,
+                 "data_root": args.data_root}
     config = load_config(args.target, overrides)
     out = check_output_folder(args.out or Path("runs") / Path(args.target).stem, "--out")
     if not args.resume:

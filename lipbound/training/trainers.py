@@ -49,7 +49,7 @@ from .losses import nf_loss
 from .memory import MemorySaving, memory_saving
 from .monitor import JsonLinesLog, StabilityMonitor
 from .regularizers import fd_regularizer
-from .tasks import TASKS, Task, eval_mode
+from .tasks import TASKS, Task, eval_mode, validate_data_settings
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "resolve_device", "train"]
 
@@ -92,6 +92,18 @@ class TrainConfig:
         monitor_samples: samples whose Jacobian spectrum the monitor computes;
             monitor_batch: samples of its round trips; cond_threshold: its warning threshold
             (``None``: ``0.01 / eps`` of ``dtype``).
+        dataset: the image tasks' data, ``"cifar10"``, ``"svhn"`` or ``"celeba64"``
+            (:mod:`.datasets`; ``None``: scikit-learn's digits, and the 2D tasks' own data);
+            data_root: its folder (torchvision's ``root``); bits: quantisation of its pixels
+            (appendix E: 5 on CelebA64); image_size: CelebA's side after its 148x148 centre crop
+            (``None``: 64); workers: DataLoader processes decoding the data.
+        augment: per batch, ``"none"``, ``"flip"``, ``"crop-flip"`` (appendix G) or
+            ``"translate-flip"`` (appendix D), see :func:`.tasks.augment_batch`.
+        centered: flow inputs in ``[-1/2, 1/2)`` (Glow) rather than ``[0, 1)`` (Residual Flows).
+        activation: of the sub-networks (``None``: ReLU for couplings, ELU for the 2D residual
+            branches, LipSwish for the image ones); subnet_layers: hidden layers of the 2D MLPs.
+        fc_blocks, fc_hidden: fully connected i-ResNet blocks after an image Residual Flow and
+            their width; series_terms: terms of its log-determinant power series.
     """
 
     task: str = "classifier"
@@ -129,6 +141,18 @@ class TrainConfig:
     monitor_samples: int = 4
     monitor_batch: int = 64
     cond_threshold: float | None = None
+    dataset: str | None = None
+    data_root: str = "data"
+    bits: int = 8
+    image_size: int | None = None
+    augment: str = "none"
+    workers: int = 0
+    centered: bool = True
+    activation: str | None = None
+    subnet_layers: int = 2
+    fc_blocks: int = 0
+    fc_hidden: int = 128
+    series_terms: int = 8
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -186,9 +210,10 @@ class TrainConfig:
         if self.regularizer == "nf" and self.task in ("flow", "density"):
             raise InputError(f"{source}: regularizer 'nf' is already the loss of task "
                              f"{self.task!r}; use 'none' or 'fd'")
-        if self.arch == "residual" and self.task in ("classifier", "flow"):
-            raise InputError(f"{source}: arch 'residual' is for the 2D tasks (regression, "
-                             f"density), got task {self.task!r}")
+        if self.arch == "residual" and self.task == "classifier":
+            raise InputError(f"{source}: arch 'residual' is for the tasks flow, regression and "
+                             f"density, got task {self.task!r}")
+        validate_data_settings(self, source)
         if self.arch == "residual" and self.memory_saving:
             raise InputError(f"{source}: memory_saving needs analytic inverses; arch 'residual' "
                              "has iterative ones")
@@ -440,14 +465,19 @@ class Trainer:
     def resume(self) -> None:
         """Continue from ``checkpoint.pt`` in the run folder."""
         state = load_checkpoint(self.checkpoint_path)
-        saved = {k: v for k, v in state["config"].items() if k not in ("steps", "epochs")}
-        now = {k: v for k, v in self.config.to_dict().items() if k not in ("steps", "epochs")}
+        # keys an older checkpoint lacks had their default values; where the data lie and how
+        # many processes read them do not change the run
+        free = ("steps", "epochs", "data_root", "workers")
+        saved = {k: v for k, v in {**TrainConfig().to_dict(), **state["config"]}.items()
+                 if k not in free}
+        now = {k: v for k, v in self.config.to_dict().items() if k not in free}
         differ = sorted(k for k in now if saved.get(k) != now[k])
         if differ:
             raise InputError(
                 f"resume: the run in {str(self.out)!r} was made with other settings for "
                 f"{differ} (saved: {[saved.get(k) for k in differ]}, now: "
-                f"{[now[k] for k in differ]}); only steps/epochs may change on resume")
+                f"{[now[k] for k in differ]}); only steps/epochs (and data_root, workers) may "
+                "change on resume")
         self.load_state_dict(state)
 
     # -- the loop ---------------------------------------------------------------------------
