@@ -13,7 +13,7 @@ import lipbound.training.amp as amp_module
 import lipbound.training.trainers as trainers_module
 from lipbound.cli import main
 from lipbound.errors import InputError
-from lipbound.training import load_checkpoint
+from lipbound.training import load_checkpoint, save_checkpoint
 from lipbound.training.distributed import Context
 from lipbound.training.trainers import TrainConfig, Trainer, train
 
@@ -112,6 +112,20 @@ def test_fp16_resume_is_bit_for_bit_with_the_scaler_state(tmp_path):
     assert a["scaler"] == b["scaler"] and a["scaler"]["scale"] != 2.0 ** 20
     assert all(torch.equal(a["flow"][k], b["flow"][k]) for k in a["flow"])
     assert full.train == resumed.train
+
+
+def test_a_checkpoint_written_before_amp_existed_resumes(tmp_path):
+    cfg = config(dtype="float64", steps=2, monitor_every=0)
+    train(cfg, tmp_path, progress=False)
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    del state["config"]["amp"], state["scaler"], state["skipped_steps"]
+    save_checkpoint(state, path)
+    assert train(config(dtype="float64", steps=3, monitor_every=0), tmp_path, resume=True,
+                 progress=False).step == 3
+    with pytest.raises(InputError, match=r"other settings for \['amp', 'dtype'\]"):
+        train(config(dtype="float32", amp="bf16", steps=4, monitor_every=0), tmp_path,
+              resume=True, progress=False)
 
 
 def test_fp16_refused_where_autocast_cannot_run_it(tmp_path, monkeypatch):

@@ -13,6 +13,9 @@ Trainer` then sees an initialised process group through :func:`context` and
   ``r``, ``b = batch_size / WORLD_SIZE``: since every loss is a mean over samples, the average of
   the ranks' gradients is the gradient of the global batch, and a run on ``N`` processes follows
   the run on one process up to rounding;
+* initialises ActNorm on the whole first global batch, and draws the FD regularizer's random
+  directions for the whole global batch, each rank keeping its rows
+  (:func:`~lipbound.training.regularizers.unit_directions`), as one process would;
 * replaces BatchNorm layers in the head by :class:`GlobalBatchNorm` (statistics of the global
   batch, through differentiable all-reduces; ``nn.SyncBatchNorm`` has no CPU kernel), so that
   the head also sees the statistics of the global batch;
@@ -20,6 +23,17 @@ Trainer` then sees an initialised process group through :func:`context` and
   follows every checkpoint), runs the stability monitor and evaluations on rank 0 only (they
   hold no collectives, and do not touch the random streams the ranks share), and resumes every
   rank from rank 0's checkpoint, sent to the others (no shared file system needed).
+
+* stops every rank after the same step when Ctrl-C reaches any (torchrun passes its SIGINT
+  on to the workers): each step ends with a one-number all-reduce on a Gloo group.
+
+Memory-saving gradients work unchanged under DDP: their custom autograd function takes the
+parameters as inputs, so every parameter's gradient is accumulated once per backward, through
+``AccumulateGrad``, where DDP's reducer hooks see it (no "marked ready twice"), and every pass
+(the FD regularizer's extra forward and inverse passes included) goes through DDP's call
+(:mod:`.ddp`). Every step uses every parameter, so neither ``find_unused_parameters`` nor
+``static_graph`` is needed. A memory-saving fallback is decided per rank and counted per rank
+(the log shows rank 0's count).
 
 A :class:`Context` of one process (no process group) makes every collective a no-op, so the
 trainer has one code path.
@@ -220,7 +234,11 @@ def session(device: str | torch.device = "cpu") -> Iterator[Context]:
     else:
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
     try:
-        yield context(dev)
+        ctx = context(dev)
+        yield ctx
+        # leave together: a rank that tears its group down while rank 0 still writes the run
+        # folder can abort in Gloo's threads
+        ctx.barrier()
     finally:
         _CONTROL.pop(id(dist.group.WORLD), None)
         dist.destroy_process_group()

@@ -610,7 +610,9 @@ class Trainer:
     def resume(self) -> None:
         """Continue from ``checkpoint.pt`` in the run folder (rank 0's, sent to every rank)."""
         state = self.dist.from_main(lambda: load_checkpoint(self.checkpoint_path))
-        saved = {k: v for k, v in state["config"].items() if k not in ("steps", "epochs")}
+        # keys an older lipbound did not save had their present defaults (amp: "none")
+        saved = {k: v for k, v in {**TrainConfig().to_dict(), **state["config"]}.items()
+                 if k not in ("steps", "epochs")}
         now = {k: v for k, v in self.config.to_dict().items() if k not in ("steps", "epochs")}
         differ = sorted(k for k in now if saved.get(k) != now[k])
         if differ:
