@@ -44,3 +44,40 @@ def ddp_worker(rank, rendezvous, out):
         torch.save(grads, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def trainer_worker(rank, rendezvous, out, runs):
+    """Train each ``(name, config values, interrupt step or None)`` of ``runs`` on this rank of
+    two (Gloo); an interrupted run is resumed to its end. Saves, per run, the batch sizes this
+    rank trained on and the type of the network it stepped to ``out/name/rank{rank}.json``."""
+    import json
+    from pathlib import Path
+
+    from lipbound.training.trainers import TrainConfig, Trainer
+
+    torch.set_default_dtype(torch.float64)  # as in the test process: the same initial weights
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        for name, values, stop in runs:
+            folder = Path(out) / name
+            seen = []
+
+            def interrupt(trainer, step, record, stop=stop):
+                if step == stop:
+                    raise KeyboardInterrupt
+
+            for resume in (False, True) if stop else (False,):
+                trainer = Trainer(TrainConfig.from_dict(values), folder, progress=False,
+                                  callbacks=() if resume else (interrupt,))
+                step = trainer.train_step
+                trainer.train_step = lambda x, y, step=step, seen=seen: (seen.append(len(x)),
+                                                                 step(x, y))[1]
+                if resume:
+                    trainer.resume()
+                status = trainer.fit().status
+                trainer.close()
+            (folder / f"rank{rank}.json").write_text(json.dumps(
+                {"batches": seen, "net": type(trainer.net).__name__, "status": status}))
+    finally:
+        dist.destroy_process_group()

@@ -6,6 +6,11 @@ size on the datasets in ``--data-root``, for a GPU); CONFIG is a ``.json`` or
 to start from one). The options below override the preset or file. The run folder gets
 ``log.jsonl``, ``checkpoint.pt``, ``model.pt``, ``config.json`` and ``summary.json``; Ctrl-C
 writes a checkpoint and ``--resume`` continues it exactly.
+
+On several GPUs (or CPU processes), launch it with torchrun:
+``torchrun --standalone --nproc_per_node N -m lipbound train PRESET --device cuda ...``; each
+process takes its part of the global batch (:mod:`lipbound.training.distributed`) and rank 0
+writes the run folder.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from pathlib import Path
 from ..errors import InputError
 from ..io import check_output_folder
 from ..jsonio import dump_json
+from .amp import AMP_MODES
+from .distributed import session
 from .presets import PRESETS, load_config
 from .trainers import REGULARIZERS, train
 
@@ -38,7 +45,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue the run in --out from its checkpoint (default: off, a new run; "
                         "a folder that holds one is refused)")
     p.add_argument("--device", default="cpu",
-                   help="cpu, cuda or cuda:N (default: cpu)")
+                   help="cpu, cuda or cuda:N; under torchrun cuda gives each process the GPU of "
+                        "its LOCAL_RANK (default: cpu)")
+    p.add_argument("--amp", choices=AMP_MODES, default=None,
+                   help="automatic mixed precision of a float32 model: bf16, or fp16 with a "
+                        f"gradient scaler; none: off ({_FROM}; presets: none)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last (NHWC) memory format for images and convolution weights: "
+                        "faster convolutions on CUDA, mostly with --amp (tensor cores); image "
+                        "tasks only (default: off)")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
+                   help="torch.compile the network (optionally with this backend, e.g. "
+                        "aot_eager); not with memory-saving gradients, which it cannot trace "
+                        "(default: off)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels: torch.use_deterministic_algorithms, cuDNN "
+                        "deterministic without benchmarking (default: off)")
     p.add_argument("--regularizer", choices=REGULARIZERS, default=None,
                    help=f"none, fd (finite differences, eq. 6) or nf (flow NLL, eq. 7) ({_FROM}; "
                         "all presets: none)")
@@ -81,17 +103,26 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"regularizer": args.regularizer, "coeff": args.coeff, "every": args.every,
                  "memory_saving": args.memory_saving, "steps": args.steps,
                  "epochs": args.epochs, "seed": args.seed, "dtype": args.dtype,
-                 "data_root": args.data_root}
+                 "data_root": args.data_root, "amp": args.amp}
     config = load_config(args.target, overrides)
     out = check_output_folder(args.out or Path("runs") / Path(args.target).stem, "--out")
-    if not args.resume:
-        out.mkdir(parents=True, exist_ok=True)
-    result = train(config, out, args.device, resume=args.resume, progress=not args.no_progress)
+    with session(args.device) as ctx:
+        if not args.resume and ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        result = train(config, out, args.device, resume=args.resume,
+                       progress=not args.no_progress, channels_last=args.channels_last,
+                       compile=args.compile, deterministic=args.deterministic)
+    if not ctx.is_main:
+        return _exit_code(result.status)
     dump_json(config.to_dict(), out / "config.json")
     train_figures = ", ".join(f"{k} {v:.4g}" for k, v in result.train.items()
                               if isinstance(v, float))
+    amp = "" if config.amp == "none" else f", amp {config.amp}"
+    skipped = (f", {result.skipped_steps} steps skipped by the fp16 scaler"
+               if config.amp == "fp16" else "")
+    processes = f" on {result.processes} processes" if result.processes > 1 else ""
     print(f"lipbound train: {args.target} -> {out}: {result.status} at step {result.step} "
-          f"(epoch {result.epoch}); {train_figures}")
+          f"(epoch {result.epoch}{processes}; {config.dtype}{amp}{skipped}); {train_figures}")
     if result.eval:
         print("  eval: " + ", ".join(f"{k} {v:.4g}" for k, v in result.eval.items()
                                      if isinstance(v, float)))
@@ -99,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         m = result.monitor
         recon = m["reconstruction"]
         nan = float("nan")
-        print(f"  monitor ({m['precision']}): condition {m.get('condition', nan):.3g}, "
+        at = m["precision"] + ("" if m.get("amp", "none") == "none" else f", amp {m['amp']}")
+        print(f"  monitor ({at}): condition {m.get('condition', nan):.3g}, "
               f"sigma_min {m.get('sigma_min', nan):.3g}, sigma_max {m.get('sigma_max', nan):.3g}"
               f" (at latent points: condition {m.get('latent_condition', nan):.3g}); round trip "
               "max " + ", ".join(f"{d} {_fmt(r['max'])} ({r['n_nan']} NaN, {r['n_inf']} Inf)"
@@ -113,8 +145,11 @@ def run(args: argparse.Namespace) -> int:
     if result.status == "interrupted":
         print(f"  interrupted: checkpoint in {out / 'checkpoint.pt'}; continue with "
               f"lipbound train {args.target} --out {out} --resume", file=sys.stderr)
-        return 130
-    return 0 if result.status == "done" else 1
+    return _exit_code(result.status)
+
+
+def _exit_code(status: str) -> int:
+    return {"done": 0, "interrupted": 130}.get(status, 1)
 
 
 def _fmt(value: float | None) -> str:

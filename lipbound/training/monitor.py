@@ -49,6 +49,7 @@ from ..diagnostics.views import at_precision
 from ..errors import InputError, InputTypeError
 from ..jsonio import jsonable
 from ..precision import TORCH_DTYPES
+from .amp import AMP_MODES, autocast
 from .memory import MemorySaving
 
 __all__ = ["JsonLinesLog", "StabilityMonitor", "StabilityWarning", "default_cond_threshold"]
@@ -131,14 +132,17 @@ class StabilityMonitor:
         log: where each record goes: a path (appended JSON lines), a callable taking the record,
             or ``None`` (kept in :attr:`history` only).
         seed: seed of the default latent points.
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"``: the automatic mixed precision the model is
+            trained under; the round trips are then measured under the same autocast.
 
     Each record holds ``step``, ``precision`` (the dtype the model ran in, where the round trips
-    are measured), ``spectrum_precision`` (always ``"float64"``), ``spectrum_method``,
-    ``reconstruction`` (per direction: counts of finite, Inf, NaN errors, mean, median, max of the
-    finite ones), ``sigma_max`` (largest), ``sigma_min`` (smallest), ``condition`` (largest) and
-    ``condition_median`` of ``J_F(x)`` over the spectrum samples with a finite Jacobian,
-    ``n_nonfinite_jacobian``, the same prefixed ``latent_`` for ``J_{F^-1}(z)`` on the first
-    latent points, and ``gradient`` when a ``gradient_check`` is given.
+    are measured), ``amp`` (its autocast, ``"none"`` without), ``spectrum_precision`` (always
+    ``"float64"``), ``spectrum_method``, ``reconstruction`` (per direction: counts of finite,
+    Inf, NaN errors, mean, median, max of the finite ones), ``sigma_max`` (largest),
+    ``sigma_min`` (smallest), ``condition`` (largest) and ``condition_median`` of ``J_F(x)``
+    over the spectrum samples with a finite Jacobian, ``n_nonfinite_jacobian``, the same
+    prefixed ``latent_`` for ``J_{F^-1}(z)`` on the first latent points, and ``gradient`` when
+    a ``gradient_check`` is given.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, every: int = 100,
@@ -146,7 +150,7 @@ class StabilityMonitor:
                  max_full_dim: int = 2048, cond_threshold: float | None = None,
                  gradient_check: Callable[[], dict[str, Any]] | None = None,
                  log: str | Path | Callable[[dict[str, Any]], None] | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, amp: str = "none") -> None:
         if isinstance(model, MemorySaving):
             model = model.model
         require_block(model)
@@ -163,6 +167,9 @@ class StabilityMonitor:
             raise InputError(f"cond_threshold must be > 0, got {cond_threshold}")
         if gradient_check is not None and not callable(gradient_check):
             raise InputTypeError("gradient_check must be callable or None")
+        if amp not in AMP_MODES:
+            raise InputError(f"amp must be one of {list(AMP_MODES)}, got {amp!r}")
+        self.amp = amp
         self.model, self.x = model, x.detach().clone()
         self.every, self.spectrum_samples = int(every), int(spectrum_samples)
         self.method, self.max_full_dim, self.seed = method, int(max_full_dim), int(seed)
@@ -195,12 +202,14 @@ class StabilityMonitor:
 
     def measure(self, step: int) -> dict[str, Any]:
         """Measure now, log the record, warn on a threshold crossing, and return the record."""
-        recon = {
-            "x->z->x": reconstruction_stats(self.model, self.x, self.precision, "x->z->x"),
-            "z->x->z": reconstruction_stats(self.model, self._latent(), self.precision, "z->x->z"),
-        }
+        latent = self._latent()
+        with autocast(self.amp, self.x.device):
+            recon = {
+                "x->z->x": reconstruction_stats(self.model, self.x, self.precision, "x->z->x"),
+                "z->x->z": reconstruction_stats(self.model, latent, self.precision, "z->x->z"),
+            }
         record: dict[str, Any] = {
-            "kind": "monitor", "step": int(step), "precision": self.precision,
+            "kind": "monitor", "step": int(step), "precision": self.precision, "amp": self.amp,
             "spectrum_precision": "float64",
             "reconstruction": {k: v.summary() for k, v in recon.items()},
         }

@@ -72,10 +72,17 @@ class FDResult:
     w: Tensor | None
 
 
-def unit_directions(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def unit_directions(like: Tensor, generator: torch.Generator | None = None,
+                    shard: tuple[int, int] | None = None) -> Tensor:
     """``v_i / ||v_i||`` with ``v ~ N(0, I)`` of the shape of ``like``: one uniformly random unit
-    vector per sample."""
-    v = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    vector per sample. With ``shard = (r, n)`` the directions of a batch ``n`` times as large
+    are drawn and rows ``r B .. (r + 1) B - 1`` kept: ``n`` data-parallel processes, each holding
+    its part of the global batch, then use the directions one process would."""
+    b = like.shape[0]
+    shape = like.shape if shard is None else (b * shard[1], *like.shape[1:])
+    v = torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+    if shard is not None:
+        v = v[shard[0] * b:(shard[0] + 1) * b]
     norms = torch.linalg.vector_norm(v.flatten(1), dim=1)
     return v / norms.reshape((-1,) + (1,) * (v.dim() - 1))
 
@@ -90,7 +97,8 @@ def _run(model: InvertibleBlock, x: Tensor, with_log_det: bool) -> tuple[Tensor,
 
 def fd_regularizer(model: InvertibleBlock, x: Tensor, eps: float = 0.1, coeff: float = 1.0,
                    direction: str = "both", *, with_log_det: bool = False, batched: bool = True,
-                   generator: torch.Generator | None = None) -> FDResult:
+                   generator: torch.Generator | None = None,
+                   shard: tuple[int, int] | None = None) -> FDResult:
     """The bi-directional finite-differences regularizer of ``model`` at ``x`` (eq. 6).
 
     Args:
@@ -104,6 +112,9 @@ def fd_regularizer(model: InvertibleBlock, x: Tensor, eps: float = 0.1, coeff: f
         with_log_det: also return ``log|det J_F(x)|`` of the clean pass (for :func:`nf_loss`).
         batched: pass clean and perturbed inputs through ``F`` as one batch.
         generator: random generator for the directions (on ``x``'s device).
+        shard: ``(rank, world size)`` when ``x`` is rank's equal part of a global batch
+            (DistributedDataParallel): the directions are those of the global batch
+            (:func:`unit_directions`), so the run follows a single process's.
     """
     unwrap(model)
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
@@ -114,7 +125,7 @@ def fd_regularizer(model: InvertibleBlock, x: Tensor, eps: float = 0.1, coeff: f
         raise InputError(f"direction must be one of {list(DIRECTIONS)}, got {direction!r}")
     forward = direction in ("both", "forward")
     inverse = direction in ("both", "inverse")
-    v = unit_directions(x, generator) if forward else None
+    v = unit_directions(x, generator, shard) if forward else None
     forward_term = inverse_term = None
     if forward and batched:
         both, ld_both = _run(model, torch.cat([x, x + eps * v]), with_log_det)
@@ -125,7 +136,7 @@ def fd_regularizer(model: InvertibleBlock, x: Tensor, eps: float = 0.1, coeff: f
         z_perturbed = call(model, x + eps * v) if forward else None
     if forward:
         forward_term = _squared_distance(z, z_perturbed, eps)
-    w = unit_directions(z, generator) if inverse else None  # in the output space of F
+    w = unit_directions(z, generator, shard) if inverse else None  # in the output space of F
     if inverse:
         inverse_term = _squared_distance(x, call(model, z + eps * w, inverse=True), eps)
     loss = coeff * sum(t for t in (forward_term, inverse_term) if t is not None)

@@ -144,6 +144,11 @@ class Task:
     def n_train(self) -> int:
         return self.train_x.shape[0]
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one network input (without the batch dimension)."""
+        return tuple(self.train_x.shape[1:])
+
     def build_flow(self) -> InvertibleBlock:
         raise NotImplementedError
 
@@ -258,6 +263,10 @@ class _ImageTask(Task):
     @property
     def n_train(self) -> int:
         return len(self.train_set)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.in_shape
 
     def _to_device(self, t: Tensor) -> Tensor:
         if self.pinned and not t.is_pinned():

@@ -2,8 +2,10 @@
 networks and task losses; the regularizers; memory-saving gradients; :class:`StabilityMonitor`).
 
 One :class:`Trainer` runs every setting. Each optimizer step is :meth:`Trainer.train_step` (zero
-gradients, task loss plus regularizer, backward, optimizer and scheduler step): the one place a
-later change adds mixed precision or ``DistributedDataParallel``. Around it the trainer keeps
+gradients, task loss plus regularizer under the autocast of ``amp``, backward through the fp16
+gradient scaler, optimizer and scheduler step), on one device or on several processes launched
+by torchrun (:mod:`.distributed`: DistributedDataParallel, each rank its part of the global
+batch, rank 0 logging and checkpointing). Around it the trainer keeps
 
 * a JSON-lines log ``log.jsonl`` (``kind`` = ``"train"``: loss, the task metric, learning rate,
   memory-saving fallbacks; ``"eval"``; ``"monitor"`` and ``"warning"`` from the monitor;
@@ -11,8 +13,9 @@ later change adds mixed precision or ``DistributedDataParallel``. Around it the 
 * an atomic checkpoint ``checkpoint.pt`` (:mod:`.checkpoint`) holding the network, head,
   optimizer, scheduler, every random state (torch CPU and CUDA, numpy, Python, the data-order and
   dequantization generators), the data order (epoch, position, permutation), the monitor's
-  alarms, the fallback count and the log's length: resuming from it reproduces the uninterrupted
-  run bit for bit (same device, dtype and threads), and lines logged after it are dropped;
+  alarms, the fallback count, the fp16 gradient scaler and the log's length: resuming from it
+  reproduces the uninterrupted run bit for bit (same device, dtype and threads; on several
+  processes every rank resumes from rank 0's checkpoint), and lines logged after it are dropped;
 * Ctrl-C handling: the first Ctrl-C (or a ``KeyboardInterrupt`` raised by a callback) ends the
   run after the current step with a checkpoint; a second Ctrl-C during a step stops at once
   without writing one (the previous checkpoint stays).
@@ -23,8 +26,10 @@ check --model`` and ``lipbound diagnose`` read it) and the final figures as ``su
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import os
 import signal
 import sys
 import threading
@@ -44,14 +49,18 @@ from ..io import save_model
 from ..jsonio import dump_json
 from ..precision import TORCH_DTYPES, torch_dtype
 from .agreement import gradient_agreement
+from .amp import AMP_MODES, autocast, check_amp
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .ddp import call
+from .distributed import context, global_batch_norm, resolve_device
 from .losses import nf_loss
-from .memory import MemorySaving, memory_saving
+from .memory import MemorySaving, fork_rng, memory_saving
 from .monitor import JsonLinesLog, StabilityMonitor
 from .regularizers import fd_regularizer
 from .tasks import TASKS, Task, eval_mode, validate_data_settings
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "resolve_device", "train"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "deterministic_algorithms",
+           "resolve_device", "train"]
 
 REGULARIZERS = ("none", "fd", "nf")
 OPTIMIZERS = ("adam", "adamax", "sgd")
@@ -87,6 +96,8 @@ class TrainConfig:
             reconstruction tolerance (``None``: the wrapper's default).
         seed: seeds the network, the data, their order and the dequantization noise.
         dtype: ``"float32"`` or ``"float64"`` (also ``"float16"``/``"bfloat16"``).
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"``: automatic mixed precision of a float32 model
+            (``torch.autocast``; fp16 with a gradient scaler; :mod:`.amp`).
         log_every, eval_every, checkpoint_every, monitor_every: intervals in steps (0: only at
             the end; the monitor also measures at step 0).
         monitor_samples: samples whose Jacobian spectrum the monitor computes;
@@ -134,6 +145,7 @@ class TrainConfig:
     memsave_tol: float | None = None
     seed: int = 0
     dtype: str = "float32"
+    amp: str = "none"
     log_every: int = 10
     eval_every: int = 0
     checkpoint_every: int = 100
@@ -184,6 +196,12 @@ class TrainConfig:
         if self.dtype not in TORCH_DTYPES:
             raise InputError(f"{source}: dtype must be one of {list(TORCH_DTYPES)}, "
                              f"got {self.dtype!r}")
+        if self.amp not in AMP_MODES:
+            raise InputError(f"{source}: amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
+        if self.amp != "none" and self.dtype != "float32":
+            raise InputError(f"{source}: amp {self.amp!r} (--amp) needs dtype float32 (autocast "
+                             f"runs float32 operations in {self.amp}; the weights stay float32), "
+                             f"got dtype {self.dtype!r}")
         positive = ("levels", "blocks", "hidden", "n_train", "batch_size", "every",
                     "monitor_batch")
         for key in positive:
@@ -241,17 +259,39 @@ def _check_type(key: str, value: Any, default: Any, annotation: str, source: str
         raise InputError(f"{source}: {key} must be {want}, got {value!r}")
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"``...; a clear error when CUDA is asked for and absent."""
+@contextlib.contextmanager
+def deterministic_algorithms(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels within the context: ``torch.use_deterministic_algorithms(True)``
+    (an operation without a deterministic kernel raises), cuDNN deterministic and not
+    benchmarking, and on CUDA ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (cuBLAS needs it; set before
+    its first use unless already set). The previous settings are restored at the end."""
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r}: CUDA is not available on this machine")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    return dev
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
+
+
+class _NoLog:
+    """The log of ranks other than 0: writes nothing."""
+
+    offset = 0
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        pass
+
+    def truncate(self, offset: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -262,9 +302,13 @@ class TrainResult:
         step: optimizer steps done. epoch: the current epoch (0-based).
         status: ``"done"``, ``"interrupted"`` (Ctrl-C; a checkpoint holds the state) or
             ``"stopped"`` (the loss went non-finite).
-        train: the last ``"train"`` record; eval: the final evaluation; monitor: the last
-            monitor record; fallbacks: memory-saving fallback events.
+        train: the last ``"train"`` record; eval: the final evaluation (rank 0; empty on the
+            other ranks); monitor: the last monitor record; fallbacks: memory-saving fallback
+            events.
         out: the run folder.
+        precision: the precision the model ran in: ``{"dtype": ..., "amp": ...}``.
+        skipped_steps: optimizer steps the fp16 gradient scaler skipped (Inf or NaN gradients).
+        processes: the number of processes (torchrun's ``WORLD_SIZE``).
     """
 
     step: int
@@ -275,6 +319,9 @@ class TrainResult:
     monitor: dict[str, Any] | None
     fallbacks: int
     out: Path
+    precision: dict[str, str] = field(default_factory=dict)
+    skipped_steps: int = 0
+    processes: int = 1
 
 
 Callback = Callable[["Trainer", int, dict[str, Any]], None]
@@ -283,31 +330,71 @@ Callback = Callable[["Trainer", int, dict[str, Any]], None]
 class Trainer:
     """Run one :class:`TrainConfig` into the folder ``out`` (see the module docstring).
 
+    Under an initialised ``torch.distributed`` process group of several processes (torchrun,
+    :func:`.distributed.session`) the trainer runs data-parallel (:mod:`.distributed`); every
+    rank must then build it with the same arguments, and callbacks run on every rank.
+
     Args:
         config: the run's settings.
-        out: the run folder (created).
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        progress: show a tqdm bar on stderr.
+        out: the run folder (created; written by rank 0 only).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (on several processes ``"cuda"``: each
+            takes ``cuda:LOCAL_RANK``).
+        progress: show a tqdm bar on stderr (rank 0).
         callbacks: functions ``(trainer, step, train_record)`` called after every step (the
             record is empty between ``log_every`` steps).
+        channels_last: keep images and convolution weights in ``torch.channels_last`` memory
+            format (NHWC): faster convolutions on CUDA, mostly under ``amp`` (tensor cores);
+            image tasks only.
+        compile: ``torch.compile`` the network for training (``True``: the default backend,
+            inductor; or a backend name). Refused with memory-saving gradients: their pass is
+            a custom autograd function that saves random states and checks its reconstruction
+            on the host, which ``torch.compile`` cannot trace (it breaks the graph there and
+            runs the pass uncompiled).
+        deterministic: deterministic kernels (:func:`deterministic_algorithms`) while the
+            trainer lives (until :meth:`close`).
     """
 
     def __init__(self, config: TrainConfig, out: str | Path, device: str = "cpu",
-                 progress: bool = True, callbacks: tuple[Callback, ...] = ()) -> None:
+                 progress: bool = True, callbacks: tuple[Callback, ...] = (), *,
+                 channels_last: bool = False, compile: bool | str = False,
+                 deterministic: bool = False) -> None:
         config.validate()
+        if compile and config.memory_saving:
+            raise InputError("--compile: memory-saving gradients cannot be compiled (their pass "
+                             "is a custom autograd function that saves random states and checks "
+                             "its reconstruction on the host: torch.compile breaks the graph "
+                             "there and runs it uncompiled); use --no-memory-saving with "
+                             "--compile, or drop --compile")
         self.config, self.out = config, Path(out)
-        self.device, self.dtype = resolve_device(device), torch_dtype(config.dtype)
-        self.progress, self.callbacks = progress, tuple(callbacks)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.dist = context(device)
+        self.device, self.dtype = self.dist.device, torch_dtype(config.dtype)
+        check_amp(config.amp, self.device, self.dtype)
+        self.progress, self.callbacks = progress and self.dist.is_main, tuple(callbacks)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         self.task: Task = TASKS[config.task](config, self.device, self.dtype)
+        if self.batch_size % self.dist.world_size:
+            raise InputError(f"batch_size {self.batch_size} is not divisible by the "
+                             f"{self.dist.world_size} processes (WORLD_SIZE): each takes an "
+                             "equal part of the global batch")
+        self.memory_format = self._memory_format(channels_last)
         self.flow = self.task.build_flow().to(device=self.device, dtype=self.dtype)
         head = self.task.build_head()
+        if head is not None and self.dist.distributed:
+            head = global_batch_norm(head)
         self.head = None if head is None else head.to(device=self.device, dtype=self.dtype)
+        if self.memory_format is not None:
+            for module in (self.flow, self.head):
+                if module is not None:
+                    module.to(memory_format=self.memory_format)
         self.train_flow = self._memory_saving() if config.memory_saving else self.flow
         params = list(self.flow.parameters()) + ([] if self.head is None
                                                  else list(self.head.parameters()))
         self.optimizer = _optimizer(config, params)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.skipped_steps = 0
+        self._scale: float | None = None
         self.total_steps = self._total_steps()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_factor(config.warmup_steps, config.lr_decay_at, config.lr_decay,
@@ -318,20 +405,49 @@ class Trainer:
         self.order = torch.randperm(self.task.n_train, generator=self.data_gen)
         x_mon, y_mon, latent = self.task.monitor_data(config.monitor_batch)
         self._monitor_batch = (x_mon, y_mon)
-        self.log = JsonLinesLog(self.out / "log.jsonl")
+        self.log = JsonLinesLog(self.out / "log.jsonl") if self.dist.is_main else _NoLog()
         self.monitor = StabilityMonitor(self.flow, x_mon, max(config.monitor_every, 1), latent,
                                         config.monitor_samples,
                                         cond_threshold=config.cond_threshold,
                                         gradient_check=self._gradient_check, log=self.log,
-                                        seed=config.seed)
+                                        seed=config.seed, amp=config.amp)
+        # what the step runs: DDP wrappers on several processes, compiled if asked
+        self.net = self.dist.wrap(self.train_flow)
+        self.net_head = self.dist.wrap(self.head)
+        if compile:
+            self.net = torch.compile(self.net, **({} if compile is True
+                                                  else {"backend": compile}))
+        self._actnorm_ready = False
         self._stop_requested = False
         self._in_step = False
         self.last_train: dict[str, Any] = {}
+        self._settings = contextlib.ExitStack()  # last: nothing below can fail and leave them set
+        if deterministic:
+            self._settings.enter_context(deterministic_algorithms(self.device))
 
     # -- construction helpers -------------------------------------------------------------
 
     def _memory_saving(self) -> nn.Module:
         return memory_saving(self.flow, policy="fallback", tol=self.config.memsave_tol)
+
+    def _memory_format(self, channels_last: bool) -> torch.memory_format | None:
+        if not channels_last:
+            return None
+        if len(self.task.input_shape) != 3:
+            raise InputError(f"--channels-last is for image models (inputs (B, C, H, W) through "
+                             f"convolutions); task {self.config.task!r} has inputs of shape "
+                             f"{self.task.input_shape}")
+        return torch.channels_last
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast region of ``config.amp`` (a no-op without mixed precision)."""
+        return autocast(self.config.amp, self.device)
+
+    def _aside(self) -> contextlib.AbstractContextManager:
+        """Measurements (evaluation, the monitor) run on rank 0 with the random states restored
+        afterwards: they take nothing from the streams every rank shares (the next FD
+        directions, dropout masks)."""
+        return fork_rng(self.device)
 
     def _gradient_check(self) -> dict[str, Any]:
         """Angle and relative norm difference between memory-saving and true gradients of the
@@ -367,8 +483,9 @@ class Trainer:
 
     # -- the step ---------------------------------------------------------------------------
 
-    def next_batch(self) -> tuple[Tensor, Tensor | None]:
-        """The next batch in the data order (a new permutation every epoch)."""
+    def global_batch(self) -> tuple[Tensor, Tensor | None]:
+        """The next global batch of ``batch_size`` samples in the data order (a new
+        permutation every epoch); the same on every rank (seeded alike)."""
         if self.position + self.batch_size > self.task.n_train:
             self.epoch += 1
             self.position = 0
@@ -377,36 +494,81 @@ class Trainer:
         self.position += self.batch_size
         return self.task.batch(index, self.noise_gen)
 
+    def next_batch(self) -> tuple[Tensor, Tensor | None]:
+        """This rank's part of the next global batch (all of it on one process), initialising
+        ActNorm on the whole global batch first if needed."""
+        x, y = self.global_batch()
+        self._initialize_actnorm(x)
+        return self._format(self.dist.shard(x)), self.dist.shard(y)
+
+    def _format(self, x: Tensor) -> Tensor:
+        return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
+
+    def _initialize_actnorm(self, x: Tensor) -> None:
+        """ActNorm's data-dependent initialisation, on the global batch ``x`` in a plain no-grad
+        forward (under the training's autocast): every rank gets the parameters a single
+        process would, and the FD regularizer's joint clean-and-perturbed batch never
+        initialises it."""
+        if self._actnorm_ready:
+            return
+        if any(not bool(m.initialized) for m in self.flow.modules() if isinstance(m, ActNorm)):
+            with torch.no_grad(), self.autocast():
+                self.flow(self._format(x))
+        self._actnorm_ready = True
+
     def losses(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
         """Task loss plus this step's regularizer (every ``every`` steps), sharing one network
         pass: the FD regularizer's clean pass, or :meth:`Task.network_pass`."""
-        cfg, flow = self.config, self.train_flow
+        cfg, flow = self.config, self.net
         active = cfg.regularizer != "none" and self.step % cfg.every == 0
         want_log_det = self.task.needs_log_det or (active and cfg.regularizer == "nf")
         reg = None
         if active and cfg.regularizer == "fd":
+            # on several processes each draws the directions of the global batch and keeps its
+            # rows: the same directions as one process
+            shard = (self.dist.rank, self.dist.world_size) if self.dist.distributed else None
             fd = fd_regularizer(flow, x, eps=cfg.fd_eps, coeff=cfg.coeff,
-                                direction=cfg.fd_direction, with_log_det=want_log_det)
+                                direction=cfg.fd_direction, with_log_det=want_log_det,
+                                shard=shard)
             z, log_det, reg = fd.z, fd.log_det, fd.loss
         elif want_log_det:
-            z, log_det = flow.forward_and_log_det(x)
+            z, log_det = call(flow, x, with_log_det=True)
         else:
-            z, log_det = flow(x), None
+            z, log_det = call(flow, x), None
         if active and cfg.regularizer == "nf":
             reg = nf_loss(flow, x, coeff=cfg.coeff, z=z, log_det=log_det).loss
-        loss, metrics = self.task.objective(flow, z, log_det, x, y, self.head)
+        loss, metrics = self.task.objective(flow, z, log_det, x, y, self.net_head)
         if reg is not None:
             loss = loss + reg
             metrics["regularizer"] = reg.detach()
         return loss, metrics
 
     def train_step(self, x: Tensor, y: Tensor | None) -> dict[str, Tensor]:
-        """One optimizer step; returns the metrics as tensors (no host sync)."""
+        """One optimizer step on this rank's batch; returns the metrics as tensors (no host sync
+        except fp16's: whether the gradient scaler skipped the step).
+
+        The forward runs under the autocast of ``amp``, the backward outside it (autograd runs
+        each operation's backward in its forward's dtype). With fp16 the loss is scaled before
+        the backward and the gradients unscaled inside ``scaler.step`` (a gradient clipping
+        would go after ``scaler.unscale_(optimizer)``); a step with Inf or NaN gradients is
+        skipped and counted in :attr:`skipped_steps`."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss, metrics = self.losses(x, y)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
+        with self.autocast():
+            loss, metrics = self.losses(x, y)
+        if self.scaler.is_enabled() and self._scale is None:
+            self._scale = self.scaler.get_scale()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
+            if scale < self._scale:  # the scaler backs off after Inf or NaN gradients
+                self.skipped_steps += 1
+            self._scale = scale
+        with warnings.catch_warnings():
+            # a skipped first step makes the scheduler warn that it stepped before the optimizer
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
         return metrics
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -430,6 +592,8 @@ class Trainer:
             "order": self.order,
             "monitor": self.monitor.state_dict(),
             "fallbacks": self.fallbacks,
+            "scaler": self.scaler.state_dict(),
+            "skipped_steps": self.skipped_steps,
             "memory_saving": (self.train_flow.counts() if isinstance(self.train_flow, MemorySaving)
                               else None),
             "last_train": self.last_train,
@@ -437,7 +601,10 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        save_checkpoint(self.state_dict(), self.checkpoint_path)
+        """Write the checkpoint (rank 0), then wait for it on every rank."""
+        if self.dist.is_main:
+            save_checkpoint(self.state_dict(), self.checkpoint_path)
+        self.dist.barrier()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.flow.load_state_dict(state["flow"])
@@ -451,6 +618,9 @@ class Trainer:
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.order = state["order"]
         self.monitor.load_state_dict(state["monitor"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps, self._scale = int(state.get("skipped_steps", 0)), None
         if isinstance(self.train_flow, MemorySaving):
             if state.get("memory_saving") is None:  # written before the counters were saved
                 warnings.warn("the checkpoint holds no memory-saving pass counters (an older "
@@ -463,10 +633,10 @@ class Trainer:
         self.log.truncate(state["log_offset"])
 
     def resume(self) -> None:
-        """Continue from ``checkpoint.pt`` in the run folder."""
-        state = load_checkpoint(self.checkpoint_path)
-        # keys an older checkpoint lacks had their default values; where the data lie and how
-        # many processes read them do not change the run
+        """Continue from ``checkpoint.pt`` in the run folder (rank 0's, sent to every rank)."""
+        state = self.dist.from_main(lambda: load_checkpoint(self.checkpoint_path))
+        # keys an older checkpoint lacks had their present defaults (amp: "none"); where the
+        # data lie and how many processes read them do not change the run
         free = ("steps", "epochs", "data_root", "workers")
         saved = {k: v for k, v in {**TrainConfig().to_dict(), **state["config"]}.items()
                  if k not in free}
@@ -502,9 +672,11 @@ class Trainer:
 
     def _train_record(self, metrics: dict[str, Tensor]) -> dict[str, Any]:
         record = {"kind": "train", "step": self.step, "epoch": self.epoch}
-        record.update({k: float(v) for k, v in metrics.items()})
+        record.update({k: float(v) for k, v in self.dist.mean(metrics).items()})
         record["lr"] = self.scheduler.get_last_lr()[0]
         record["fallbacks"] = self.fallbacks
+        if self.scaler.is_enabled():
+            record["skipped_steps"] = self.skipped_steps
         return record
 
     def _due(self, every: int) -> bool:
@@ -520,7 +692,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.config.task}",
                    unit="step", file=sys.stderr, disable=not self.progress, dynamic_ncols=True)
         if self.step == 0 and self.config.monitor_every > 0:
-            self.monitor.measure(0)
+            self._measure()
         try:
             with self._deferred_sigint():
                 while self.step < self.total_steps and not self._stop_requested:
@@ -541,6 +713,19 @@ class Trainer:
             bar.close()
         return self._finish(status)
 
+    def _measure(self) -> None:
+        if self.dist.is_main:
+            with self._aside():
+                self.monitor.measure(self.step)
+
+    def _evaluate(self) -> dict[str, Any]:
+        """The evaluation record (rank 0; empty elsewhere)."""
+        if not self.dist.is_main:
+            return {}
+        with self._aside(), self.autocast():
+            return {"kind": "eval", "step": self.step,
+                    **self.task.evaluate(self.flow, self.head)}
+
     def _one_step(self, bar) -> str:
         self._in_step = True
         x, y = self.next_batch()
@@ -548,6 +733,8 @@ class Trainer:
         self.step += 1
         self._in_step = False
         bar.update(1)
+        # every rank stops after the same step (Ctrl-C may reach them at different times)
+        self._stop_requested = self.dist.any(self._stop_requested)
         record: dict[str, Any] = {}
         if self._due(self.config.log_every):
             record = self._train_record(metrics)
@@ -560,11 +747,10 @@ class Trainer:
                           "reason": "the loss is not finite"})
                 return "stopped"
         if (self.config.eval_every and self.step % self.config.eval_every == 0
-                and self.step < self.total_steps):
-            self.log({"kind": "eval", "step": self.step,
-                      **self.task.evaluate(self.flow, self.head)})
+                and self.step < self.total_steps and self.dist.is_main):
+            self.log(self._evaluate())
         if self._due(self.config.monitor_every):
-            self.monitor.measure(self.step)
+            self._measure()
         if self._due(self.config.checkpoint_every):
             self.save_checkpoint()
         for callback in self.callbacks:
@@ -573,9 +759,8 @@ class Trainer:
 
     def _finish(self, status: str) -> TrainResult:
         evaluation = {}
-        if status == "done":
-            evaluation = {"kind": "eval", "step": self.step,
-                          **self.task.evaluate(self.flow, self.head)}
+        if status == "done" and self.dist.is_main:
+            evaluation = self._evaluate()
             self.log(evaluation)
             save_model(self.flow, self.out / "model.pt")
         self.save_checkpoint()
@@ -584,12 +769,17 @@ class Trainer:
                   "fallbacks": self.fallbacks})
         monitors = [r for r in self.monitor.history if r["kind"] == "monitor"]
         result = TrainResult(self.step, self.epoch, status, self.last_train, evaluation,
-                             monitors[-1] if monitors else None, self.fallbacks, self.out)
-        dump_json(result, self.out / "summary.json")
+                             monitors[-1] if monitors else None, self.fallbacks, self.out,
+                             {"dtype": self.config.dtype, "amp": self.config.amp},
+                             self.skipped_steps, self.dist.world_size)
+        if self.dist.is_main:
+            dump_json(result, self.out / "summary.json")
         return result
 
     def close(self) -> None:
+        """Close the log and restore the global settings (deterministic algorithms)."""
         self.log.close()
+        self._settings.close()
 
 
 def _optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -610,12 +800,15 @@ def _lr_factor(warmup: int, decay_at: list[float], decay: float, total: int
 
 
 def train(config: TrainConfig, out: str | Path, device: str = "cpu", resume: bool = False,
-          progress: bool = True, callbacks: tuple[Callback, ...] = ()) -> TrainResult:
-    """Build a :class:`Trainer`, resume it from ``out/checkpoint.pt`` if asked, and fit."""
-    if not resume and (Path(out) / "checkpoint.pt").exists():
+          progress: bool = True, callbacks: tuple[Callback, ...] = (), **options: Any
+          ) -> TrainResult:
+    """Build a :class:`Trainer` (``options``: its keyword arguments ``channels_last``,
+    ``compile``, ``deterministic``), resume it from ``out/checkpoint.pt`` if asked, and fit."""
+    held = context(device).from_main(lambda: (Path(out) / "checkpoint.pt").exists())
+    if not resume and held:
         raise InputError(f"{str(out)!r} already holds a run (checkpoint.pt): resume it or choose "
                          "another output folder")
-    trainer = Trainer(config, out, device, progress, callbacks)
+    trainer = Trainer(config, out, device, progress, callbacks, **options)
     try:
         if resume:
             trainer.resume()
