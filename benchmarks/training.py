@@ -43,13 +43,13 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
-from lipbound.blocks import glow_like, randomize_parameters
 from lipbound.jsonio import jsonable
-from lipbound.training import fd_regularizer, memory_saving, nf_loss
+from lipbound.reproduce.fd_overhead import fd_timings, timed, timing_model
+from lipbound.reproduce.fd_overhead import training_step as step
+from lipbound.training import nf_loss
 
 DEPTHS = (8, 16, 32, 64)
 SHAPE = (3, 16, 16)
@@ -63,27 +63,8 @@ TIME_HIDDEN = (HIDDEN, 128)
 def build(depth: int, device: str, memsave: bool, seed: int = 0, check_every: int | None = None,
           hidden: int = HIDDEN):
     """The model (wrapped or not, ``check_every`` of the wrapper or its default), its optimizer
-    and a batch."""
-    torch.manual_seed(seed)
-    model = glow_like(SHAPE, levels=1, steps=depth, hidden=hidden, coupling="additive",
-                      mixing="1x1conv")
-    model = randomize_parameters(model, 0.02, torch.Generator().manual_seed(seed)).to(device)
-    options = {} if check_every is None else {"check_every": check_every}
-    net = memory_saving(model, **options) if memsave else model
-    x = torch.rand((BATCH,) + SHAPE, generator=torch.Generator().manual_seed(seed + 1))
-    return net, torch.optim.Adam(net.parameters(), lr=1e-4), x.to(device)
-
-
-def step(net, opt, x, fd: bool = False) -> None:
-    """One maximum-likelihood step, with the FD regularizer when ``fd``."""
-    opt.zero_grad(set_to_none=True)
-    if fd:
-        reg = fd_regularizer(net, x, coeff=1e-4, with_log_det=True)
-        loss = nf_loss(net, x, z=reg.z, log_det=reg.log_det).loss + reg.loss
-    else:
-        loss = nf_loss(net, x).loss
-    loss.backward()
-    opt.step()
+    and a batch (:func:`lipbound.reproduce.fd_overhead.timing_model` at this benchmark's sizes)."""
+    return timing_model(depth, device, memsave, SHAPE, BATCH, hidden, seed, check_every)
 
 
 def saved_bytes(depth: int, device: str, memsave: bool, check_every: int | None = None) -> int:
@@ -140,20 +121,6 @@ def _peak_child(depth: int, memsave: bool) -> None:
     print(_status_bytes("VmHWM") - base)
 
 
-def _timed(fn, device: str) -> float:
-    """Seconds ``fn`` takes: wall-clock between synchronisations on CUDA; on the CPU the
-    process's CPU time, which other processes' load on a shared machine does not inflate."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
-    t0 = time.process_time()
-    fn()
-    return time.process_time() - t0
-
-
 def time_ratio(device: str, hidden: int, repeats: int = 12) -> tuple[float, float, float]:
     """Median seconds per step of autograd and memory-saving (interleaved), and their ratio."""
     runs = {m: build(TIME_DEPTH, device, m, hidden=hidden) for m in (False, True)}
@@ -162,7 +129,7 @@ def time_ratio(device: str, hidden: int, repeats: int = 12) -> tuple[float, floa
     times: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(repeats):
         for m, run in runs.items():
-            times[m].append(_timed(lambda run=run: step(*run), device))
+            times[m].append(timed(lambda run=run: step(*run), device))
     ag, ms = statistics.median(times[False]), statistics.median(times[True])
     print(f"time per step at depth {TIME_DEPTH}, hidden {hidden}: autograd {ag * 1e3:.1f} ms, "
           f"memory-saving "
@@ -170,23 +137,16 @@ def time_ratio(device: str, hidden: int, repeats: int = 12) -> tuple[float, floa
     return ag, ms, ms / ag
 
 
-def fd_overheads(device: str, cycles: int = 2, ks: tuple[int, ...] = (1, 5, 10)
+def fd_overheads(device: str, steps: int = 20, ks: tuple[int, ...] = (1, 5, 10)
                  ) -> dict[str, float]:
     """Mean time per step with FD every K steps over unregularized memory-saving training, in
-    alternating cycles of K steps (20 steps of each in all)."""
+    alternating cycles of K steps (:func:`lipbound.reproduce.fd_overhead.fd_timings`)."""
     net, opt, x = build(TIME_DEPTH, device, True)
-    step(net, opt, x)
-    step(net, opt, x, fd=True)
     out = {}
-    for k in ks:
-        plain, reg = [], []
-        for _ in range(cycles * 10 // k):  # alternate whole cycles of K steps
-            plain += [_timed(lambda: step(net, opt, x), device) for _ in range(k)]
-            reg += [_timed(lambda fd=i == 0: step(net, opt, x, fd=fd), device) for i in range(k)]
-        ratio = statistics.mean(reg) / statistics.mean(plain)
-        out[f"fd_overhead_k{k}"] = ratio
-        print(f"FD every {k:2d} steps: {statistics.mean(reg) * 1e3:.1f} ms per step against "
-              f"{statistics.mean(plain) * 1e3:.1f} ms unregularized: {ratio:.3f}x")
+    for t in fd_timings(net, opt, x, device, ks, steps):
+        out[f"fd_overhead_k{t.k}"] = t.overhead
+        print(f"FD every {t.k:2d} steps: {t.seconds_fd * 1e3:.1f} ms per step against "
+              f"{t.seconds_plain * 1e3:.1f} ms unregularized: {t.overhead:.3f}x")
     assert net.fallbacks == 0, "the benchmark model should never need the fallback"
     return out
 

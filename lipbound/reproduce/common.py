@@ -26,9 +26,9 @@ from ..errors import InputError
 from ..io import check_output_folder
 from ..jsonio import dump_json, jsonable
 
-__all__ = ["SCALES", "Claim", "ExperimentResult", "Settings", "claim_at_least",
+__all__ = ["SCALES", "Claim", "ExperimentResult", "Settings", "add_run_options", "claim_at_least",
            "claim_less_than", "format_value", "main", "markdown_table", "print_result",
-           "run_experiment", "save_figure", "write_csv"]
+           "run_experiment", "save_figure", "settings_from_args", "write_csv"]
 
 SCALES = ("smoke", "cpu", "full")
 
@@ -189,10 +189,9 @@ def claim_at_least(statement: str, a: float, b: float, factor: float = 1.0) -> C
     return _decide(statement, float(a), float(b), float(factor), smaller=False)
 
 
-def _parser(name: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python paper_figures/{name}.py", description=description)
-    p.add_argument("--out", default=None,
-                   help=f"output folder (default: paper_figures/output/{name})")
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of every experiment run: ``--full``/``--smoke``, ``--pdf``, ``--seed``,
+    ``--device``, ``--no-progress`` (read back by :func:`settings_from_args`)."""
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--full", action="store_true",
                        help="the paper's sizes (expects a GPU; default: CPU scale, minutes)")
@@ -203,6 +202,21 @@ def _parser(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None,
                    help="cpu or cuda (default: cuda with --full when available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def settings_from_args(args: argparse.Namespace, out: Path) -> Settings:
+    """The :class:`Settings` of the options of :func:`add_run_options`, writing into ``out``."""
+    scale = "full" if args.full else "smoke" if args.smoke else "cpu"
+    return Settings(out=out, scale=scale, seed=args.seed, pdf=args.pdf,
+                    device=args.device or _default_device(args.full),
+                    progress=not args.no_progress)
+
+
+def _parser(name: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python paper_figures/{name}.py", description=description)
+    p.add_argument("--out", default=None,
+                   help=f"output folder (default: paper_figures/output/{name})")
+    add_run_options(p)
     return p
 
 
@@ -250,12 +264,8 @@ def main(name: str, description: str, run: Callable[[Settings], ExperimentResult
     """Entry point of a thin script ``paper_figures/<name>.py``: parse the options, run, write
     the files and print the table. Bad options print one line and return 2."""
     args = _parser(name, description).parse_args(argv)
-    scale = "full" if args.full else "smoke" if args.smoke else "cpu"
     try:
-        settings = Settings(out=Path(args.out or Path("paper_figures/output") / name),
-                            scale=scale, seed=args.seed, pdf=args.pdf,
-                            device=args.device or _default_device(args.full),
-                            progress=not args.no_progress)
+        settings = settings_from_args(args, Path(args.out or Path("paper_figures/output") / name))
         result = run_experiment(run, settings)
     except InputError as err:
         print(f"{name}: error: {err}", file=sys.stderr)

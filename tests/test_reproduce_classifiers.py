@@ -1,0 +1,76 @@
+"""Tables 2, 9, 10 reproduction: the smoke run writes its files with finite numbers, and the
+claims are decided from the numbers both ways."""
+
+from __future__ import annotations
+
+import math
+
+from reproduce_helpers import finite, run_smoke
+
+from lipbound.reproduce import classifiers
+
+
+def test_smoke_run_writes_files_with_finite_numbers(tmp_path):
+    result, back, rows = run_smoke(classifiers.run, tmp_path)
+    main = [f"{c} {m} {r}" for c in classifiers.COUPLINGS for m in classifiers.MIXINGS
+            for r in ("none", "fd", "nf")]
+    assert set(main) <= set(back.ours)
+    for key in main:
+        ours = back.ours[key]
+        for column in ("test_acc", "recon_err", "cond", "min_sv", "max_sv"):
+            assert finite(ours[column]), (key, column, ours[column])
+        assert 0 <= ours["test_acc"] <= 100
+        assert ours["min_sv"] <= ours["max_sv"] and ours["cond"] >= 1
+        # four steps from a near-identity initialisation: still invertible
+        assert ours["inv"] is True
+    by_model = {r["model"]: r for r in rows}
+    assert by_model["affine conv fd"]["memory_saving"] == "True"
+    assert by_model["affine conv none"]["memory_saving"] == "False"
+    assert "table2_classifiers.png" in result.files
+    assert len(back.claims) == len(result.claims) == 7
+    assert back.claims[6].holds is None  # no coefficient sweep at smoke scale
+
+
+def test_coeff_name():
+    assert classifiers.coeff_name(1e-3) == "1e-3"
+    assert classifiers.coeff_name(5e-5) == "5e-5"
+
+
+def _table(affine_none_inv=False, affine_none_cond=1e12, affine_none_sv=1e-10, reg_cond=1e2,
+           reg_sv=1e-1, reg_acc=89.0, reg_inv=True, sweep=(1e2, 1e3)) -> dict:
+    ours = {}
+    for c in classifiers.COUPLINGS:
+        for m in classifiers.MIXINGS:
+            none = {"inv": True, "cond": 1e3, "min_sv": 1e-2, "test_acc": 89.5}
+            if c == "affine":
+                none = {"inv": affine_none_inv, "cond": affine_none_cond,
+                        "min_sv": affine_none_sv, "test_acc": 89.5}
+            ours[f"{c} {m} none"] = none
+            for r in ("fd", "nf"):
+                ours[f"{c} {m} {r}"] = {"inv": reg_inv, "cond": reg_cond, "min_sv": reg_sv,
+                                        "test_acc": reg_acc}
+    # Table 9 sweep: coefficient 1e-3 and 1e-4 for FD
+    ours["affine conv fd 1e-3"] = {"cond": sweep[0]}
+    ours["affine conv fd 1e-4"] = {"cond": sweep[1]}
+    return ours
+
+
+def test_claims_hold_on_the_papers_pattern():
+    claims = classifiers.claims(_table())
+    assert [c.holds for c in claims] == [True] * 7, [c.evidence for c in claims]
+
+
+def test_claims_fail_the_other_way():
+    claims = classifiers.claims(_table(affine_none_inv=True, affine_none_cond=1e3,
+                                       affine_none_sv=1e-2, reg_acc=80.0, reg_inv=False,
+                                       sweep=(1e3, 1e2)))
+    assert [c.holds for c in claims] == [False, False, True, False, False, False, False]
+    assert "largest drop" in claims[5].evidence
+
+
+def test_nan_condition_counts_as_infinite_and_no_sweep_is_undecided():
+    ours = _table(affine_none_cond=math.nan)
+    claims = classifiers.claims(ours)
+    assert claims[3].holds is True  # a non-finite Jacobian: the regularized ratio is 0
+    del ours["affine conv fd 1e-3"], ours["affine conv fd 1e-4"]
+    assert classifiers.claims(ours)[6].holds is None
