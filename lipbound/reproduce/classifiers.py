@@ -107,11 +107,12 @@ def _overrides(coupling: str, mixing: str, regularizer: str, coeff: float, every
 
 def _measure(trainer: Any, result: Any, spectrum_samples: int) -> dict[str, Any]:
     """Our row for one trained classifier (module docstring)."""
-    task, flow = trainer.task, trainer.flow
+    flow = trainer.flow
+    _, test_x, _ = trainer.task.eval_data()
     with eval_mode(flow):
-        record = stability_figures(flow, task.test_x[:spectrum_samples], spectrum_samples,
+        record = stability_figures(flow, test_x[:spectrum_samples], spectrum_samples,
                                    trainer.config.seed)
-        stats = reconstruction_stats(flow, task.test_x, trainer.config.dtype, "x->z->x")
+        stats = reconstruction_stats(flow, test_x, trainer.config.dtype, "x->z->x")
     rec = stats.summary()
     return {
         "inv": bool((stats.relative_errors < INVERTIBLE_RTOL).all()),

@@ -119,8 +119,9 @@ def run(settings: Settings) -> ExperimentResult:
         flow, task = trainer.flow, trainer.task
         gen = torch.Generator(device=trainer.device).manual_seed(settings.seed + 7)
         train_x, _ = task.batch(torch.arange(task.n_train), gen)
+        _, test_x, _ = task.eval_data()
         with torch.no_grad(), eval_mode(flow):
-            shape = flow(task.test_x[:1]).shape[1:]
+            shape = flow(test_x[:1]).shape[1:]
         z = torch.randn((n_samples, *shape), generator=torch.Generator().manual_seed(
             settings.seed + 8), dtype=torch.float64).to(trainer.device, trainer.dtype)
         stats = reconstruction_stats(flow, z, trainer.config.dtype, "z->x->z")
@@ -132,7 +133,7 @@ def run(settings: Settings) -> ExperimentResult:
         failed = ~(stats.relative_errors <= FAIL_RTOL)  # NaN and Inf fail as well
         ours[label] = {
             "train_bpd": dataset_bpd(flow, train_x, task.n_bins),
-            "test_bpd": dataset_bpd(flow, task.test_x, task.n_bins),
+            "test_bpd": dataset_bpd(flow, test_x, task.n_bins),
             "reliable_sample_bpd": bool(finite.all()) and math.isfinite(sample_bpd),
             "samples_reconstruct": not bool(failed.any()),
             "sample_bpd": sample_bpd,
@@ -150,7 +151,7 @@ def run(settings: Settings) -> ExperimentResult:
         order = torch.cat([torch.nonzero(~finite).flatten()[:8], torch.nonzero(finite).flatten()])
         samples[f"{label}\n{int((~finite).sum())} of {n_samples}\nnon-finite"] = (
             x[order[:16].to(x.device)].double().cpu().numpy())
-    files = _figure(task.test_x[:16].double().cpu().numpy(), samples, settings)
+    files = _figure(test_x[:16].double().cpu().numpy(), samples, settings)
     return ExperimentResult(
         name="table1_flows", title="Table 1 and Figure 5 (section 4.1.2, appendix D)",
         scale=settings.scale,

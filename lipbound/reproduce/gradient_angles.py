@@ -152,8 +152,8 @@ def run(settings: Settings) -> ExperimentResult:
         trainer, result = train_run(preset, overrides, folder, settings, callbacks=(keep,))
         task, flow, head = trainer.task, trainer.flow, trainer.head
         bs = min(trainer.config.batch_size, task.n_train // n_batches)
-        batches = [(task.train_x[i * bs:(i + 1) * bs], task.train_y[i * bs:(i + 1) * bs])
-                   for i in range(n_batches)]
+        gen = torch.Generator(device=trainer.device).manual_seed(settings.seed + 5)
+        batches = [task.batch(torch.arange(i * bs, (i + 1) * bs), gen) for i in range(n_batches)]
 
         def loss_fn(net: Any, batch: Any, task=task, head=head) -> torch.Tensor:
             with eval_mode(head):
