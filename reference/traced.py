@@ -17,6 +17,15 @@ recomputed at twice the precision, up to ``max_prec`` bits, then refused with
 :func:`compile_traced` is the oracle of a whole invertible model (a lipbound block or any model
 :func:`lipbound.adapters.adapt` accepts) with the interface of :func:`reference.compile`: every
 leaf block's forward and inverse are traced (once per input shape) and evaluated as above.
+Iterative blocks stop on data, which no capture holds: for lipbound's ``InvertibleResidual`` and
+``NeuralODE`` it captures their parts (the residual branch ``g``, the vector field ``f``) and
+runs the hand-written oracle's iteration on them (:func:`reference.blocks.fixed_point_inverse`,
+:class:`reference.ode.FlowSolver`), so that the two oracles compute the same map.
+
+Captures are cached (:func:`trace`): per module object, method, input shapes and dtypes, valid
+while the module's :func:`state_key` (its tensors' identities and version counters, its plain
+attributes) is unchanged, so one capture serves every oracle, backend, precision and call of
+a model until it changes.
 
 >>> import torch, reference
 >>> from lipbound.blocks import figure1_chain

@@ -541,7 +541,10 @@ def decompose(model: Any, x: Tensor, precision: str = "float32",
     The oracle is the hand-written reference where every block type has one, else the traced
     one (:func:`reference.oracle`): models of other libraries are adapted
     (:func:`lipbound.adapters.adapt`) and their captured ATen graphs run in the reference
-    arithmetic.
+    arithmetic. The cast copies of ``model`` that the runs and the oracles use are kept per
+    model and dtype while the model is unchanged (:func:`reference.state_key`), so the traced
+    oracle's captured graphs serve later calls and the second precision: a repeated call
+    captures nothing.
 
     Args:
         model: an invertible block, or any model :func:`lipbound.adapters.adapt` accepts (not
