@@ -244,14 +244,15 @@ class TracedFunction:
             raise InputError(f"{self.name} was traced for {len(self.input_shapes)} inputs, got "
                              f"{len(values)}")
         out = []
-        for v, shape in zip(values, self.input_shapes, strict=True):
+        for i, (v, shape) in enumerate(zip(values, self.input_shapes, strict=True)):
             if isinstance(v, Tensor):
                 v = RTensor.from_array(v, backend)
             if not isinstance(v, (RTensor, DualTensor)):
                 raise InputTypeError(f"x must be a torch.Tensor or RTensor, got "
                                      f"{type(v).__name__}")
             if tuple(v.shape) != shape:
-                raise InputError(f"{self.name} was traced for input shape {shape}, got "
+                which = f"input {i + 1}'s shape" if len(values) > 1 else "input shape"
+                raise InputError(f"{self.name} was traced for {which} {shape}, got "
                                  f"{tuple(v.shape)}; trace it again for this shape")
             out.append(v)
         return out

@@ -215,6 +215,26 @@ def test_bad_inputs():
         reference.trace(lambda x: x if float(x.sum()) > 0 else -x, torch.zeros(2))
     with pytest.raises(InputError, match="capture must be one of auto, export, make_fx"):
         reference.trace(nn.Tanh(), torch.zeros(2), capture="jit")
+    with pytest.raises(InputError, match="iterations must be 'converged' or 'as_float', got "
+                                         "'exact'"):
+        reference.compile_traced(figure1_chain(2).double(), PREC, iterations="exact")
+    with pytest.raises(InputTypeError, match=r"\(or a tuple of them, one per input\), got "
+                                             "an empty tuple"):
+        reference.trace(nn.Tanh(), ())
+
+
+def test_several_inputs():
+    """A vector field ``f(t, x)``: one graph of two inputs, each checked."""
+    field = reference.trace(lambda t, x: torch.tanh(x) * t,
+                            (torch.zeros((), dtype=torch.float64), torch.zeros(1, 2)))
+    t, x = torch.tensor(0.5, dtype=torch.float64), torch.tensor([[1.0, -2.0]])
+    y = field.evaluate((t, x), PREC)
+    assert np.abs(y.to_numpy() - 0.5 * np.tanh(x.numpy())).max() <= 1e-15
+    assert field.input_shape == ((), (1, 2))
+    with pytest.raises(InputError, match="was traced for 2 inputs, got 1"):
+        field.evaluate(x, PREC)
+    with pytest.raises(InputError, match=r"traced for input 2's shape \(1, 2\), got \(2, 2\)"):
+        field.evaluate((t, torch.zeros(2, 2)), PREC)
 
 
 def _soft_permutation_inn():
