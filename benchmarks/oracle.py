@@ -1,11 +1,12 @@
 """Oracle benchmark: the reference backends side by side, and the default Figure 1 sweep.
 
 Run ``python benchmarks/oracle.py`` (about three minutes on two cores; ``--only traced`` runs the
-traced-oracle part alone, about a minute). Every ratio is measured in this one run; the last line
-is one JSON object with ``arb_vs_mp_speedup``, ``arb_vs_float64_slowdown``,
+traced-oracle part alone, about a minute and a half). Every ratio is measured in this one run; the
+last line is one JSON object with ``arb_vs_mp_speedup``, ``arb_vs_float64_slowdown``,
 ``glow_cifar_arb113_seconds``, ``paper_classifier_arb113_seconds``, ``sweep_seconds``,
-``traced_vs_handwritten_slowdown``, ``traced_capture_seconds``, ``zuko_realnvp_seconds`` and
-``zuko_realnvp_capture_seconds``, plus the per-batch ratios. Goals (issue 4): speedup >= 50,
+``traced_vs_handwritten_slowdown``, ``traced_capture_seconds``, ``traced_repeat_capture_seconds``,
+``zuko_realnvp_seconds``, ``zuko_realnvp_capture_seconds`` and the ``zuko_nsf_decompose_*``
+times, plus the per-batch ratios. Goals (issue 4): speedup >= 50,
 slowdown <= 300, Glow-like (2 levels x 4 steps, hidden 64) < 60 s, the paper's classifier body (3
 levels x 16 steps, hidden 128, appendix G) < 300 s, sweep < 10 s, on 2 cores; (issue 12) traced
 against hand-written oracle slowdown <= 2.
@@ -27,12 +28,20 @@ How it measures, and why:
   one (:func:`reference.compile`) on the same model, the affine MLP coupling network with
   ``d = 2``, 8 blocks, hidden 64, a batch of 64 at ``arb:113``, forward then inverse. The traced
   oracle captures its graphs on the first call for an input shape; ``traced_capture_seconds`` is
-  that first call's time less one evaluation, and ``traced_vs_handwritten_slowdown`` compares
-  evaluations only (medians of three, the two oracles alternating so that load moves both alike).
+  that first call's time less one evaluation (the trace cache emptied first; in a fresh process
+  it includes torch.export's first import, seconds), and ``traced_vs_handwritten_slowdown``
+  compares evaluations only (medians of three, the two oracles alternating so that load moves
+  both alike). ``traced_repeat_capture_seconds`` is the same for a second oracle of the same
+  model: its graphs come from :func:`reference.trace`'s cache (near 0).
   ``zuko_realnvp_seconds`` is the traced oracle's evaluation (forward then inverse, median of
   three) of a zuko ``RealNVP`` (``d = 8``, 8 transforms, zuko's default hidden layers 64, 64),
-  batch 64, at ``arb:113``, with ``zuko_realnvp_capture_seconds`` apart; without zuko installed
-  those two keys are left out.
+  batch 64, at ``arb:113``, with ``zuko_realnvp_capture_seconds`` apart. ``decompose`` of a zuko
+  ``NSF`` (``d = 4``, 2 transforms, 8 samples, float32 against ``arb:113``):
+  ``zuko_nsf_decompose_seconds`` the first call (about 10 graphs captured, most of its time),
+  ``zuko_nsf_decompose_repeat_seconds`` the same call again (no capture: decompose keeps its cast
+  copies, the graphs stay cached), ``zuko_nsf_decompose_float64_after_float32_seconds`` then at
+  float64 (only the batch-1 Jacobian graphs are new). Without zuko installed the zuko keys are
+  left out.
 * ``sweep_seconds`` is the wall time of ``lipbound sweep`` as a fresh process (what a user waits
   for, imports of torch and matplotlib included); ``sweep_in_process_seconds`` leaves them out.
 """
@@ -48,6 +57,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -106,25 +116,29 @@ def _traced_times(ref: reference.ReferenceModel, x: torch.Tensor,
 
 
 def _traced_results(gen: torch.Generator) -> dict[str, float]:
-    """The traced oracle beside the hand-written one, and on a zuko RealNVP (module docstring)."""
+    """The traced oracle beside the hand-written one, and on zuko flows (module docstring)."""
     results: dict[str, float] = {}
     model = randomize_parameters(coupling_mlp(2, 8, 64, "affine"), generator=gen).eval()
     x = torch.randn(64, 2, generator=gen)
     hand = reference.compile(model, "arb:113")
+    reference.clear_trace_cache()
     traced = reference.compile_traced(model, "arb:113")
     capture, t_traced, traced_times, hand_times = _traced_times(traced, x, _round_trip(hand, x))
     t_hand = statistics.median(hand_times)
     results["traced_vs_handwritten_slowdown"] = t_traced / t_hand
     results["traced_capture_seconds"] = capture
+    repeat, *_ = _traced_times(reference.compile_traced(model, "arb:113"), x)
+    results["traced_repeat_capture_seconds"] = repeat
     print(f"MLP coupling (d = 2, 8 blocks, hidden 64, batch 64) at arb:113, forward + inverse: "
           f"hand-written {t_hand:.2f} s (range {min(hand_times):.2f}-{max(hand_times):.2f}), "
           f"traced {t_traced:.2f} s (range {min(traced_times):.2f}-{max(traced_times):.2f}) "
           f"-> traced/hand-written slowdown {t_traced / t_hand:.2f}x; traced capture "
-          f"{capture:.1f} s, once per input shape", flush=True)
+          f"{capture:.1f} s, once per input shape; a new oracle of the same model captures "
+          f"nothing ({repeat:.2f} s over its evaluation)", flush=True)
     try:
         import zuko
     except ImportError:
-        print("zuko is not installed: no zuko RealNVP timing", flush=True)
+        print("zuko is not installed: no zuko timings", flush=True)
         return results
     torch.manual_seed(0)
     flow = zuko.flows.RealNVP(features=8, context=0, transforms=8).to(torch.float64)
@@ -135,7 +149,29 @@ def _traced_results(gen: torch.Generator) -> dict[str, float]:
     print(f"zuko RealNVP (d = 8, 8 transforms, hidden 64, 64, batch 64) at arb:113, traced, "
           f"forward + inverse: {t_zuko:.2f} s (range {min(zuko_times):.2f}-"
           f"{max(zuko_times):.2f}); capture {capture:.1f} s", flush=True)
+    results.update(_decompose_results(zuko, gen))
     return results
+
+
+def _decompose_results(zuko: Any, gen: torch.Generator) -> dict[str, float]:
+    """``decompose`` of a zuko NSF (d = 4, 2 transforms, hidden 64, 64; 8 samples, float32,
+    arb:113): the first call (its captures included), the same call again (graphs cached), then
+    float64 (its new shapes only)."""
+    from lipbound.precision.decompose import decompose
+
+    torch.manual_seed(0)
+    flow = zuko.flows.NSF(features=4, context=0, transforms=2)
+    x = torch.randn(8, 4, generator=gen)
+    reference.clear_trace_cache()
+    times = {name: _seconds(lambda p=p: decompose(flow, x, p, "arb:113"))
+             for name, p in (("first", "float32"), ("repeat", "float32"),
+                             ("float64", "float64"))}
+    print(f"decompose of a zuko NSF (d = 4, 2 transforms, 8 samples) at float32 against "
+          f"arb:113: first call {times['first']:.1f} s, again {times['repeat']:.1f} s (graphs "
+          f"cached), then float64 {times['float64']:.1f} s", flush=True)
+    return {"zuko_nsf_decompose_seconds": times["first"],
+            "zuko_nsf_decompose_repeat_seconds": times["repeat"],
+            "zuko_nsf_decompose_float64_after_float32_seconds": times["float64"]}
 
 
 def main_benchmark(only: str | None = None) -> dict[str, float]:

@@ -24,7 +24,16 @@ from .model import ReferenceModel, as_backend, compile
 from .registry import Compiler, UnknownLayerError, register, registered_types
 from .tensor import DualTensor, Elementwise, RTensor
 from .toy import figure1_reference
-from .traced import TracedFunction, TracedModel, TraceError, compile_traced, oracle, trace
+from .traced import (
+    TracedFunction,
+    TracedModel,
+    TraceError,
+    clear_trace_cache,
+    compile_traced,
+    oracle,
+    state_key,
+    trace,
+)
 
 __all__ = [
     "ArbBackend",
@@ -48,6 +57,7 @@ __all__ = [
     "certified_forward",
     "certified_inverse",
     "certified_singular_values",
+    "clear_trace_cache",
     "compile",
     "compile_traced",
     "figure1_reference",
@@ -58,5 +68,6 @@ __all__ = [
     "registered_ops",
     "registered_types",
     "singular_values",
+    "state_key",
     "trace",
 ]

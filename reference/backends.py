@@ -65,6 +65,15 @@ class Backend(ABC):
     def active(self) -> Iterator[None]:
         """Set the library's working precision to ``prec`` for the duration of the block."""
 
+    def working(self) -> Backend:
+        """This backend at the library's working precision now (that of the innermost
+        :meth:`active` block, e.g. with an ODE solver's guard bits)."""
+        return self.at(self._working_prec())
+
+    @abstractmethod
+    def _working_prec(self) -> int:
+        """The library's current working precision in bits."""
+
     @abstractmethod
     def from_floats(self, values: Sequence[float]) -> list[Scalar]:
         """Exact conversion of Python floats (each a dyadic rational)."""
@@ -192,6 +201,9 @@ class ArbBackend(Backend):
         finally:
             flint.ctx.prec = old
 
+    def _working_prec(self) -> int:
+        return int(flint.ctx.prec)
+
     def from_floats(self, values: Sequence[float]) -> list[Scalar]:
         arb = flint.arb
         out = []
@@ -298,6 +310,9 @@ class MpBackend(Backend):
     def active(self) -> Iterator[None]:
         with mpmath.workprec(self.prec):
             yield
+
+    def _working_prec(self) -> int:
+        return int(mpmath.mp.prec)
 
     def from_floats(self, values: Sequence[float]) -> list[Scalar]:
         out = []

@@ -46,11 +46,13 @@ from lipbound.blocks.sequential import InvertibleSequential
 from lipbound.errors import InputError, InputTypeError
 
 from . import functions as fn
+from .backends import Backend
 from .ode import FlowSolver
 from .registry import Compiler, register
 from .tensor import RTensor, Tensorish, midpoint_norm
 
-__all__ = ["MAX_FIXED_POINT_ITERATIONS", "RefBlock", "RefSequential", "squeeze_index"]
+__all__ = ["MAX_FIXED_POINT_ITERATIONS", "RefBlock", "RefSequential", "fixed_point_inverse",
+           "squeeze_index"]
 
 #: Iteration cap of the converged reference fixed point.
 MAX_FIXED_POINT_ITERATIONS = 100_000
@@ -302,42 +304,54 @@ def _squeeze(block: Squeeze, c: Compiler) -> RefBlock:
     return RefBlock("Squeeze", forward, inverse)
 
 
+def fixed_point_inverse(g: Map, y: RTensor, backend: Backend, iterations: str,
+                        block: InvertibleResidual) -> tuple[RTensor, ConvergenceInfo]:
+    """``x = F^-1(y)`` of ``F(x) = x + g(x)`` by the fixed point ``x_{k+1} = y - g(x_k)`` from
+    ``x_0 = y``, in the working precision ``2^-prec`` of ``y``'s backend; with how it ended.
+
+    ``iterations="converged"`` iterates on midpoints until the step is below
+    ``2^-prec (1 + ||x||)`` (at most :data:`MAX_FIXED_POINT_ITERATIONS`), widens the result's
+    radius by the a-posteriori estimate ``step r / (1 - r)`` (``r`` the observed contraction of
+    the last steps) and applies one step ``y - g(x)`` in ball arithmetic, so that the radius of
+    ``y`` is carried too: an enclosure if the estimate holds, not a proof, as ``Lip(g)`` is not
+    certified. ``"as_float"`` runs exactly as many iterations as the torch ``block`` ran in its
+    last inverse (or its ``max_iter``) and returns the last iterate: the truncated map.
+
+    One implementation for both oracles: the hand-written one passes its own ``g``, the traced
+    one (:class:`reference.TracedModel`) the captured graph of ``block.g``."""
+    if iterations == "as_float":
+        info = block.last_convergence
+        cap, tol = (info.iterations if info is not None else block.max_iter), 0.0
+    else:
+        cap, tol = MAX_FIXED_POINT_ITERATIONS, 2.0 ** -backend.prec
+    x, step, previous, k = y, math.inf, math.inf, 0
+    while k < cap:
+        k += 1
+        x_next = (y - g(x)).midpoint()
+        previous, step = step, midpoint_norm(x_next - x)
+        x = x_next
+        if step <= tol * (1 + midpoint_norm(x)):
+            break
+    converged = iterations == "as_float" or step <= tol * (1 + midpoint_norm(x))
+    info = ConvergenceInfo(converged, k, step, tol)
+    if iterations == "as_float":
+        return x, info  # k iterations exactly: the midpoints are the iterates
+    rate = step / previous if 0 < step < previous else 0.5
+    # a posteriori estimate ||x* - x_k|| <= step r / (1 - r), r the observed contraction;
+    # one ball step y - g(ball) then carries y's own radius into the result
+    return y - g(x.widen(step * rate / (1 - rate) if step > 0 else 0.0)), info
+
+
 @register(InvertibleResidual)
 def _residual(block: InvertibleResidual, c: Compiler) -> RefBlock:
-    """``y = x + g(x)``; inverse ``x_{k+1} = y - g(x_k)`` from ``x_0 = y``. Converged mode
-    iterates on midpoints until the step is below ``2^-prec (1 + ||x||)`` (at most
-    :data:`MAX_FIXED_POINT_ITERATIONS`) and widens the result's radius by the a-posteriori
-    estimate ``step r / (1 - r)`` (``r`` the observed contraction of the last steps), then
-    applies one step ``y - g(x)`` in ball arithmetic, so that the radius of ``y`` is carried
-    too: an enclosure if the estimate holds, not a proof, as ``Lip(g)`` is not certified.
-    ``as_float`` mode runs exactly as many iterations as the torch block ran in its last
-    inverse, or its ``max_iter``."""
+    """``y = x + g(x)``; inverse by :func:`fixed_point_inverse` (``c.iterations`` decides
+    converged or as many iterations as the float run)."""
     g = c.compile(block.g)
-    bk = c.backend
     ref = RefBlock("InvertibleResidual", lambda x: x + g(x), lambda y: y, iterative=True)
 
     def inverse(y: RTensor) -> RTensor:
-        if c.iterations == "as_float":
-            info = block.last_convergence
-            cap, tol = (info.iterations if info is not None else block.max_iter), 0.0
-        else:
-            cap, tol = MAX_FIXED_POINT_ITERATIONS, 2.0 ** -bk.prec
-        x, step, previous, k = y, math.inf, math.inf, 0
-        while k < cap:
-            k += 1
-            x_next = (y - g(x)).midpoint()
-            previous, step = step, midpoint_norm(x_next - x)
-            x = x_next
-            if step <= tol * (1 + midpoint_norm(x)):
-                break
-        converged = c.iterations == "as_float" or step <= tol * (1 + midpoint_norm(x))
-        ref.last_convergence = ConvergenceInfo(converged, k, step, tol)
-        if c.iterations == "as_float":
-            return x  # k iterations exactly: the midpoints are the iterates
-        rate = step / previous if 0 < step < previous else 0.5
-        # a posteriori estimate ||x* - x_k|| <= step r / (1 - r), r the observed contraction;
-        # one ball step y - g(ball) then carries y's own radius into the result
-        return y - g(x.widen(step * rate / (1 - rate) if step > 0 else 0.0))
+        x, ref.last_convergence = fixed_point_inverse(g, y, c.backend, c.iterations, block)
+        return x
 
     ref._inverse = inverse
     return ref

@@ -26,7 +26,8 @@ from lipbound.errors import InputError, InputTypeError
 from .backends import Backend
 from .tensor import RTensor
 
-__all__ = ["Compiler", "UnknownLayerError", "register", "registered_types"]
+__all__ = ["Compiler", "ITERATIONS", "UnknownLayerError", "check_iterations", "register",
+           "registered_types"]
 
 Builder = Callable[[nn.Module, "Compiler"], Any]
 
@@ -54,6 +55,15 @@ def registered_types() -> list[type]:
     return list(_REGISTRY)
 
 
+ITERATIONS = ("converged", "as_float")
+
+
+def check_iterations(iterations: str) -> None:
+    """:class:`InputError` unless ``iterations`` is ``"converged"`` or ``"as_float"``."""
+    if iterations not in ITERATIONS:
+        raise InputError(f"iterations must be 'converged' or 'as_float', got {iterations!r}")
+
+
 class Compiler:
     """Builds reference objects for a backend, converting parameters exactly.
 
@@ -69,8 +79,7 @@ class Compiler:
 
     def __init__(self, backend: Backend, iterations: str = "converged",
                  exact_constants: dict[float, str] | None = None) -> None:
-        if iterations not in ("converged", "as_float"):
-            raise InputError(f"iterations must be 'converged' or 'as_float', got {iterations!r}")
+        check_iterations(iterations)
         self.backend = backend
         self.iterations = iterations
         self.exact_constants = dict(exact_constants or {})

@@ -46,12 +46,13 @@ converged map).
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 import reference
@@ -159,6 +160,26 @@ class Decomposition:
 #: Required accuracy of the exact values, relative to their scale: far below any float error.
 EXACT_TOL = 2.0 ** -64
 
+#: The cast copies of each model that the float runs and the oracles use, per dtype, with the
+#: model's state when cast (:func:`reference.state_key`). The traced oracle's captured graphs
+#: are cached per module object (:func:`reference.trace`), so the same copies in every call
+#: and at every precision let one capture serve them all, until the model changes.
+_CAST_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[torch.dtype, tuple[Any, nn.Module]]]
+_CAST_COPIES = weakref.WeakKeyDictionary()
+
+
+def _cast(model: InvertibleBlock, dtype: torch.dtype, original: Any) -> InvertibleBlock:
+    """``cast_model(model, dtype)``, the same copy again while ``original`` (the model as the
+    caller gave it, of which ``model`` is the adapted form) is unchanged."""
+    if not isinstance(original, nn.Module):
+        return cast_model(model, dtype)
+    entries = _CAST_COPIES.setdefault(original, {})
+    state = reference.state_key(original)
+    hit = entries.get(dtype)
+    if hit is None or hit[0] != state:
+        hit = entries[dtype] = (state, cast_model(model, dtype))
+    return hit[1]
+
 
 def _exact_inverse(ref: reference.ReferenceModel, z: np.ndarray
                    ) -> tuple[np.ndarray, reference.RTensor | None]:
@@ -230,11 +251,11 @@ class _Runs:
                    1e-300)
 
 
-def _runs(model: InvertibleBlock, x: Tensor, p: Precision, reference_name: str, trace: bool
-          ) -> _Runs:
+def _runs(model: InvertibleBlock, x: Tensor, p: Precision, reference_name: str, trace: bool,
+          original: Any = None) -> _Runs:
     """``z_p = F_p(x)`` and ``F_p^-1(z_p)`` in float (traced per block when ``trace``), and the
     exact ``z = F(x)`` (with its per-block trace) and ``x_1 = F^-1(z_p)``."""
-    model_p = cast_model(model, p.dtype)
+    model_p = _cast(model, p.dtype, original)
     xp = x.detach().to(p.dtype)
     x64 = xp.double().numpy()
     fwd = run_forward(model_p, xp, p.name, trace=trace, copy_model=False)
@@ -350,14 +371,14 @@ def _same_significand(r: _Runs) -> dict[str, Any]:
             "delta": _worst(row_norms(exact_difference(r.ref, z_mp.to_numpy(), r.z)))}
 
 
-def _errors_at(model: InvertibleBlock, x: np.ndarray, name: str, reference_name: str
-               ) -> tuple[float, float]:
+def _errors_at(model: InvertibleBlock, x: np.ndarray, name: str, reference_name: str,
+               original: Any = None) -> tuple[float, float]:
     """Forward and inverse float error at precision ``name`` against the exact maps of the
     ``name``-cast network, each on the same (cast) input (worst sample)."""
     p = parse_precision(name)
     xp = torch.from_numpy(x).to(p.dtype)
     fwd = run_forward(model, xp, name)
-    ref = reference.oracle(cast_model(model, p.dtype), reference_name)
+    ref = reference.oracle(_cast(model, p.dtype, original), reference_name)
     z = reference.certified_forward(ref, xp, tol=EXACT_TOL).value
     zp = torch.from_numpy(fwd.values).to(p.dtype)
     inv = run_inverse(model, zp, name)
@@ -375,15 +396,15 @@ def _not_shrinking(err_low: float, err_high: float, u_low: float, u_high: float,
     return err_high * math.sqrt(u_low / u_high) > err_low
 
 
-def _second_precision(model: InvertibleBlock, r: _Runs, t: _Terms, reference_name: str
-                      ) -> tuple[dict[str, Any], list[str]]:
+def _second_precision(model: InvertibleBlock, r: _Runs, t: _Terms, reference_name: str,
+                      original: Any = None) -> tuple[dict[str, Any], list[str]]:
     """``||delta||`` and ``||delta2||`` at a second float precision ``q`` (float64, or float32
     when ``p`` is float64), and the reasons for "wrong in exact arithmetic" they give: rounding
     errors shrink with the unit roundoff, bugs do not."""
     p = r.p
     other = "float64" if p.name != "float64" else "float32"
     u_p, u_o = p.unit_roundoff, parse_precision(other).unit_roundoff
-    f_o, i_o = _errors_at(model, r.x64, other, reference_name)
+    f_o, i_o = _errors_at(model, r.x64, other, reference_name, original)
     low, high = ((p.name, other) if u_p > u_o else (other, p.name))
     errs = {p.name: (_worst(t.delta), _worst(t.delta2)), other: (f_o, i_o)}
     u = {p.name: u_p, other: u_o}
@@ -402,7 +423,7 @@ def _truncation(r: _Runs, reference_name: str, total: float
     in exact arithmetic" when they account for most of the ``total``; ``None`` otherwise."""
     if not r.ref.root.iterative:
         return None, []
-    ref_k = reference.compile(r.model_p, reference_name, iterations="as_float")
+    ref_k = reference.oracle(r.model_p, reference_name, iterations="as_float")
     t_fwd = _worst(row_norms(_exact_minus(r.ref, ref_k.forward(r.x64), r.z)))
     t_inv = (_worst(row_norms(_exact_minus(r.ref, ref_k.inverse(r.fwd.values), r.x1_exact)))
              if r.x1_exact is not None else math.nan)
@@ -432,10 +453,11 @@ def _inconsistent_inverse(r: _Runs, total: float) -> list[str]:
     return []
 
 
-def _parameter_rounding(model: InvertibleBlock, r: _Runs, reference_name: str) -> float:
+def _parameter_rounding(model: InvertibleBlock, r: _Runs, reference_name: str,
+                        original: Any = None) -> float:
     """``||F_64(x) - F(x)||``: the exact maps with float64 master weights against the weights
     cast to ``p`` (worst sample)."""
-    ref64 = reference.oracle(cast_model(model, torch.float64), reference_name)
+    ref64 = reference.oracle(_cast(model, torch.float64, original), reference_name)
     return _worst(row_norms(_exact_minus(r.ref, ref64.forward(r.x64), r.z)))
 
 
@@ -519,7 +541,10 @@ def decompose(model: Any, x: Tensor, precision: str = "float32",
     The oracle is the hand-written reference where every block type has one, else the traced
     one (:func:`reference.oracle`): models of other libraries are adapted
     (:func:`lipbound.adapters.adapt`) and their captured ATen graphs run in the reference
-    arithmetic.
+    arithmetic. The cast copies of ``model`` that the runs and the oracles use are kept per
+    model and dtype while the model is unchanged (:func:`reference.state_key`), so the traced
+    oracle's captured graphs serve later calls and the second precision: a repeated call
+    captures nothing.
 
     Args:
         model: an invertible block, or any model :func:`lipbound.adapters.adapt` accepts (not
@@ -537,7 +562,7 @@ def decompose(model: Any, x: Tensor, precision: str = "float32",
             minutes for a large image model).
     """
     p = _check_arguments(precision, reference_name, x)
-    model = adapt(model)
+    original, model = model, adapt(model)
     bar = tqdm(total=8, desc=f"verify {p.name}", disable=not progress, unit="stage")
 
     def stage(name: str) -> None:
@@ -546,7 +571,7 @@ def decompose(model: Any, x: Tensor, precision: str = "float32",
         bar.set_postfix_str(name)
 
     bar.set_postfix_str("float and exact runs")
-    r = _runs(model, x, p, reference_name, trace)
+    r = _runs(model, x, p, reference_name, trace, original)
     terms = _error_terms(r)
     amp = _amplification(terms.recon_exact, terms.delta)
 
@@ -569,7 +594,7 @@ def decompose(model: Any, x: Tensor, precision: str = "float32",
     sm = _same_significand(r) if run_sm else None
 
     stage("second float precision")
-    comparison, reasons = _second_precision(model, r, terms, reference_name)
+    comparison, reasons = _second_precision(model, r, terms, reference_name, original)
 
     stage("truncation")
     total = _worst(terms.total)
@@ -577,7 +602,8 @@ def decompose(model: Any, x: Tensor, precision: str = "float32",
     why = why + _inconsistent_inverse(r, total)
 
     stage("parameter rounding")
-    param_round = _parameter_rounding(model, r, reference_name) if parameter_rounding else None
+    param_round = (_parameter_rounding(model, r, reference_name, original) if parameter_rounding
+                   else None)
 
     stage("verdict")
     verdict, reasons = _verdict(r, reasons + why, exact_trace, sm, amp, lip, total)
