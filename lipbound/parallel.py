@@ -32,6 +32,7 @@ mixed. Ctrl-C loses only the samples in flight.
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import hashlib
 import json
 import multiprocessing
@@ -47,7 +48,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .errors import InputError
+from .errors import InputError, LipboundError
 from .io import check_output_path
 from .jsonio import jsonable
 
@@ -255,6 +256,10 @@ def _processes(fn: SampleFunction, model: nn.Module, x: Tensor, todo: list[int],
         futures = [pool.submit(_worker_sample, i) for i in todo]
         for future in concurrent.futures.as_completed(futures):
             yield future.result()
+    except concurrent.futures.process.BrokenProcessPool as err:
+        raise LipboundError(f"a --workers process ended abruptly (killed, or out of memory?): "
+                            f"{err}; the finished samples are kept in --out, if given: rerun "
+                            "to compute the others") from err
     finally:  # an error, Ctrl-C or a consumer that stops: drop the samples not started
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -284,7 +289,7 @@ def _dask(fn: SampleFunction, model: nn.Module, x: Tensor, todo: list[int], addr
     """One Dask task per sample; the model and inputs are scattered (broadcast) to every worker
     once, and each task refers to them and names an index."""
     client = _dask_client(address, timeout)
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
 
     futures: list[Any] = []
     try:
@@ -292,6 +297,10 @@ def _dask(fn: SampleFunction, model: nn.Module, x: Tensor, todo: list[int], addr
         futures = [client.submit(_dask_sample, fn, model_f, x_f, i, pure=False) for i in todo]
         for future in as_completed(futures, loop=client.loop):
             yield future.result()
+    except KilledWorker as err:
+        raise LipboundError(f"--scheduler {address!r}: Dask gave up on a sample after its "
+                            f"workers died running it ({err}); the finished samples are kept "
+                            "in --out, if given: rerun to compute the others") from err
     finally:
         if futures:
             client.cancel(futures)

@@ -6,6 +6,7 @@ summary against the batch decomposition; a ``lipbound train`` checkpoint as MODE
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 
@@ -17,6 +18,7 @@ from cli_helpers import cli_error
 from lipbound.blocks import coupling_mlp, figure1_chain, randomize_parameters
 from lipbound.cli import main
 from lipbound.diagnostics import checkerboard
+from lipbound.errors import LipboundError
 from lipbound.io import save_model
 from lipbound.jsonio import jsonable
 from lipbound.parallel import map_samples
@@ -167,6 +169,28 @@ def test_an_interrupted_run_keeps_its_lines_and_a_rerun_finishes_it(files, tmp_p
     assert second.computed == [4, 5]
     with torch.no_grad():
         assert [r["value"] for r in rows] == [float(model(x[i:i + 1]).sum()) for i in range(N)]
+
+
+class _ExitAt:
+    """A per-sample function whose process dies at sample ``stop`` (as if killed)."""
+
+    def __init__(self, stop):
+        self.stop = stop
+
+    def __call__(self, model, x, i):
+        if i == self.stop:
+            os._exit(1)
+        return {"value": i}
+
+
+def test_a_worker_that_dies_is_a_clear_error_and_keeps_the_finished_lines(files, tmp_path):
+    model, x = load_network(files["model"]), torch.from_numpy(np.load(files["x"]))
+    out = tmp_path / "run.jsonl"
+    with pytest.raises(LipboundError, match="a --workers process ended abruptly"):
+        map_samples(_ExitAt(stop=2), model, x, workers=1, out=out)
+    done = [r["sample"] for r in lines(out)[1]]
+    assert 2 not in done and set(done) <= {0, 1}
+    assert [r["value"] for r in lines(out)[1]] == done
 
 
 def test_merge_takes_the_most_severe_verdict_and_the_worst_terms():
