@@ -276,9 +276,18 @@ def _dask_client(address: str, timeout: float) -> Any:
     except ImportError as err:
         raise InputError(f"--scheduler needs Dask distributed, which is not installed: "
                          f"{CLUSTER_EXTRA}") from err
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except (ValueError, TypeError) as err:
+        raise InputError(f"--scheduler {address!r} is not a Dask scheduler address ({err}); "
+                         "expected tcp://HOST:PORT, e.g. tcp://node1:8786") from err
     try:
         return Client(address, timeout=timeout, set_as_default=False)
-    except (OSError, TimeoutError, ValueError, TypeError) as err:
+    except (OSError, TimeoutError, ValueError) as err:
         raise InputError(f"--scheduler {address!r}: no Dask scheduler answered within "
                          f"{timeout:g} s ({type(err).__name__}: {err}); start one with "
                          "'dask scheduler' and pass its address, tcp://HOST:8786") from err
