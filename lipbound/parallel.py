@@ -68,14 +68,34 @@ CLUSTER_EXTRA = "pip install 'lipbound[cluster]'"
 
 
 def check_engine(workers: int | None, scheduler: str | None) -> None:
-    """:class:`InputError` for ``--workers`` below 1, or ``--workers`` together with
-    ``--scheduler``."""
+    """:class:`InputError` for ``--workers`` below 1, ``--workers`` together with
+    ``--scheduler``, a ``--scheduler`` that is not a Dask address, or Dask not installed."""
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be >= 1 (local processes), got {workers}")
     if workers is not None and scheduler is not None:
         raise InputError("--workers and --scheduler exclude each other: --workers N runs N local "
                          "processes, --scheduler ADDRESS runs on the Dask cluster's workers "
                          "(size it with 'dask worker ADDRESS --nworkers N')")
+    if scheduler is not None:
+        _check_address(scheduler)
+
+
+def _check_address(address: str) -> None:
+    """:class:`InputError` naming ``--scheduler`` when Dask is missing or ``address`` is not of
+    the form ``tcp://HOST:PORT`` (or another Dask scheme)."""
+    try:
+        import distributed  # noqa: F401  (its absence is the error, even with submodules loaded)
+        from distributed.comm.addressing import parse_address, parse_host_port
+    except ImportError as err:
+        raise InputError(f"--scheduler needs Dask distributed, which is not installed: "
+                         f"{CLUSTER_EXTRA}") from err
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except (ValueError, TypeError) as err:
+        raise InputError(f"--scheduler {address!r} is not a Dask scheduler address ({err}); "
+                         "expected tcp://HOST:PORT, e.g. tcp://node1:8786") from err
 
 
 # -- fingerprints -------------------------------------------------------------------------------
@@ -269,22 +289,11 @@ def _dask_sample(fn: SampleFunction, model: nn.Module, x: Tensor, i: int) -> dic
 
 
 def _dask_client(address: str, timeout: float) -> Any:
-    """A :class:`distributed.Client` connected to ``address``; :class:`InputError` naming
-    ``--scheduler`` when Dask is missing or no scheduler answers within ``timeout`` seconds."""
-    try:
-        from distributed import Client
-    except ImportError as err:
-        raise InputError(f"--scheduler needs Dask distributed, which is not installed: "
-                         f"{CLUSTER_EXTRA}") from err
-    from distributed.comm.addressing import parse_address, parse_host_port
+    """A :class:`distributed.Client` connected to ``address`` (checked by
+    :func:`check_engine`); :class:`InputError` naming ``--scheduler`` when no scheduler answers
+    within ``timeout`` seconds."""
+    from distributed import Client
 
-    try:
-        scheme, location = parse_address(address)
-        if scheme in ("tcp", "tls"):
-            parse_host_port(location)
-    except (ValueError, TypeError) as err:
-        raise InputError(f"--scheduler {address!r} is not a Dask scheduler address ({err}); "
-                         "expected tcp://HOST:PORT, e.g. tcp://node1:8786") from err
     try:
         return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as err:

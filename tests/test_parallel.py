@@ -297,7 +297,8 @@ def test_an_unreachable_scheduler_is_a_clear_error(files, capsys):
                      "--scheduler-timeout", "1", "--no-progress"], capsys)
     assert "--scheduler 'tcp://127.0.0.1:9': no Dask scheduler answered within 1 s" in err
     assert "start one with 'dask scheduler'" in err
-    err = cli_error(["verify", files["model"], files["x"], "--scheduler", "node1"], capsys)
+    err = cli_error(["verify", files["model"], files["x"], "--scheduler", "node1",
+                     "--no-progress"], capsys)
     assert "--scheduler 'node1' is not a Dask scheduler address (missing port number in " \
            "address 'node1'); expected tcp://HOST:PORT, e.g. tcp://node1:8786" in err
 
