@@ -6,14 +6,18 @@ nflows, zuko, normflows or memcnn (seen through :func:`lipbound.adapters.adapt`)
 ``.pt``/``.npy``/``.npz`` array, ``checkerboard`` or ``checkerboard:N`` (the paper's 2D data, N
 points, default 2000) or ``digits`` (scikit-learn's 8x8 digits, 17 grey levels: the attack box is
 their dequantization cell unless ``--radius`` is given). ``--reference arb:256`` adds the oracle's
-decomposition of section 2 for models whose blocks all have a reference implementation (not
-adapted models).
+decomposition of section 2 (the traced oracle for models of other libraries); with ``--out
+FILE.jsonl``, ``--workers N`` or ``--scheduler ADDRESS`` it runs one sample at a time (locally, on
+N processes or on a Dask cluster), streams one JSON line per sample, resumes from the file and
+summarises the samples (:mod:`lipbound.precision.samples`). MODEL may also be a ``lipbound
+train`` run folder or its ``checkpoint.pt``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -21,15 +25,24 @@ from torch import Tensor
 
 from ..adapters import adapt
 from ..errors import InputError
-from ..io import INPUT_SUFFIXES, check_output_path, load_inputs, load_saved
+from ..io import INPUT_SUFFIXES, check_output_path, load_inputs
 from ..jsonio import dump_json
 from ..precision.names import parse_precision
+from ..precision.samples import OracleSample, decompose_samples
+from ..precision.verify_cli import (
+    add_engine_arguments,
+    check_engine_arguments,
+    interrupted_message,
+    load_network,
+    per_sample,
+)
 from ..shape import check_batch, output_shape
 from .data import checkerboard, load_digits
 from .histogram import plot_error_histograms
 from .maps import grid_maps, plot_grid_maps
 from .reconstruction import DIRECTIONS
 from .report import (
+    ORACLE_REFUSALS,
     AttackSettings,
     OracleSettings,
     diagnose,
@@ -120,6 +133,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-samples", type=int, default=4,
                    help="first samples of DATA the oracle decomposition runs on "
                         "(default: %(default)s)")
+    add_engine_arguments(p)
     p.add_argument("--seed", type=int, default=0,
                    help="seed of checkerboard/digits, latent samples and the attack's random "
                         "directions (default: %(default)s)")
@@ -168,6 +182,10 @@ def _check_options(args: argparse.Namespace) -> None:
     for option, (value, low) in at_least.items():
         if value is not None and value < low:
             raise InputError(f"{option} must be >= {low}, got {value}")
+    check_engine_arguments(args)
+    if per_sample(args) and args.reference is None:
+        raise InputError("--out, --workers and --scheduler run the oracle decomposition one "
+                         "sample at a time: add --reference (e.g. --reference arb:256)")
     if args.json:
         check_output_path(args.json, "--json")
     if args.plot:
@@ -176,7 +194,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     _check_options(args)
-    model = adapt(load_saved(args.model))
+    model = adapt(load_network(args.model))
     x = load_data(args.data, args.seed)
     if args.n is not None:
         x = x[:args.n]
@@ -190,11 +208,27 @@ def _run(args: argparse.Namespace) -> int:
     levels = DATA_LEVELS.get(args.data) if args.bits is None else None
     attack = AttackSettings(args.attack_samples, args.attack_steps, args.attack_step,
                             8 if args.bits is None else args.bits, args.radius, levels=levels)
-    oracle = (None if args.reference is None
+    oracle = (None if args.reference is None or per_sample(args)
               else OracleSettings(args.reference, args.reference_samples))
+    decomposition, note = [], None
+    if per_sample(args):  # first: a --out file of another run is refused before any work
+        try:
+            decomposition = decompose_samples(
+                model, x[:args.reference_samples], OracleSample(tuple(args.precision),
+                                                               args.reference),
+                workers=args.workers, scheduler=args.scheduler, out=args.out,
+                info={"command": "diagnose", "model": args.model, "data": args.data},
+                progress=progress, connect_timeout=args.scheduler_timeout)
+        except ORACLE_REFUSALS as err:
+            note = f"no oracle decomposition: {err}"
+        except KeyboardInterrupt:
+            print(interrupted_message("diagnose", args.out), file=sys.stderr)
+            return 130
     result = diagnose(model, x, tuple(args.precision), tuple(args.direction), args.tol,
                       args.spectrum_samples, args.spectrum_method, args.max_full_dim, attack,
                       args.seed, progress, oracle, allow_nonfinite=args.allow_nonfinite)
+    if per_sample(args):
+        result.decomposition, result.oracle_note = decomposition, note
     print(f"lipbound diagnose: {args.model} on {args.data}")
     print(format_diagnosis(result))
     if args.json:

@@ -39,6 +39,7 @@ from .spectrum import Spectrum, spectrum
 from .views import at_precision, non_finite_rows
 
 __all__ = [
+    "ORACLE_REFUSALS",
     "AttackSettings",
     "Diagnosis",
     "OracleSettings",
@@ -133,6 +134,12 @@ def _convergence(model: InvertibleBlock, x: Tensor, progress: bool) -> list[dict
             for i, b in enumerate(run.flat_blocks()) if b.last_convergence is not None]
 
 
+#: What the oracle raises when it refuses a model (an unregistered layer or ATen operation, a
+#: comparison no precision up to the cap decides, a graph it cannot capture).
+ORACLE_REFUSALS = (reference.UnknownLayerError, reference.UnsupportedOpError,
+                   reference.UndecidedComparisonError, reference.TraceError)
+
+
 def _oracle(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...],
             settings: OracleSettings, progress: bool) -> tuple[list[Decomposition], str | None]:
     """The decompositions at every precision, or none and the reason the oracle gave none.
@@ -144,8 +151,7 @@ def _oracle(model: InvertibleBlock, x: Tensor, precisions: tuple[str, ...],
     try:
         return [decompose(model, x[:settings.samples], p, settings.reference, progress=progress)
                 for p in precisions], None
-    except (reference.UnknownLayerError, reference.UnsupportedOpError,
-            reference.UndecidedComparisonError, reference.TraceError) as err:
+    except ORACLE_REFUSALS as err:
         return [], f"no oracle decomposition: {err}"
 
 

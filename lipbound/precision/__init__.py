@@ -9,6 +9,9 @@
   marked so, where a CPU kernel is missing).
 * :mod:`.decompose`: the error decomposition of section 2 of the paper against the oracle, with
   a verdict (``lipbound verify``).
+* :mod:`.samples`: the decomposition one sample at a time over a dataset, serially, on local
+  processes or on a Dask cluster, with a resumable JSON-lines file (``lipbound verify --out``,
+  ``--workers``, ``--scheduler``).
 * :mod:`.sweep`: the Figure 1 depth sweep (``lipbound sweep``).
 """
 
