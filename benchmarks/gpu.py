@@ -59,11 +59,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training import _status_bytes, _timed  # noqa: E402  (benchmarks/training.py)
+from training import _status_bytes  # noqa: E402  (benchmarks/training.py)
 
 from lipbound.blocks import glow_like  # noqa: E402
 from lipbound.diagnostics import reconstruction_stats  # noqa: E402
 from lipbound.jsonio import jsonable  # noqa: E402
+from lipbound.reproduce.fd_overhead import timed as _timed  # noqa: E402
 from lipbound.training import fd_regularizer, memory_saving  # noqa: E402
 
 #: The preset whose architecture is measured, when :mod:`lipbound.training.presets` has it.
