@@ -24,8 +24,9 @@ from ..errors import InputError
 from ..io import check_output_path, load_inputs, load_model
 from ..shape import infer_shape, model_shape
 from .compose import LocalBounds, NetworkBound, bound_model, local_bounds
-from .report import FORMATS, format_local, format_report
+from .report import FORMATS, format_local, format_report, format_split
 from .spec import load_spec, spec_bounds
+from .split import SplitBound, split_bounds
 
 __all__ = ["add_arguments", "infer_shape", "run"]
 
@@ -51,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-box", nargs=2, type=float, metavar=("A", "B"),
                         help="bound the inverses on outputs in [A, B]^d, carried backward "
                              "(default: on the forward images of --box)")
+    parser.add_argument("--split-budget", type=float, metavar="SECONDS",
+                        help="with --box, refine the bounds by splitting the input box (branch "
+                             "and bound, inputs of at most 16 coordinates) for SECONDS and "
+                             "report the bound reached (default: no splitting)")
     parser.add_argument("--shape", nargs="+", type=int, metavar="N",
                         help="per-sample input shape of a model, e.g. 2 or 3 32 32 (default: "
                              "read from the model; image models need it)")
@@ -93,6 +98,15 @@ def _local(args: argparse.Namespace) -> LocalBounds:
                         not args.no_progress)
 
 
+def _split(args: argparse.Namespace) -> SplitBound:
+    if Path(args.source).suffix.lower() == ".json" or args.box is None:
+        raise InputError("--split-budget needs a saved model and --box A B (it splits that box)")
+    if args.around is not None or args.output_box is not None:
+        raise InputError("--split-budget splits --box: leave out --around and --output-box")
+    model = load_model(args.source)
+    return split_bounds(model, model_shape(model, args.shape), tuple(args.box), args.split_budget)
+
+
 def run(args: argparse.Namespace) -> int:
     """Print (or write) the report; 1 when a bound is refused (not merely symbolic)."""
     for option, box in (("--box", args.box), ("--output-box", args.output_box)):
@@ -106,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
     if args.around is not None:
         local = _local(args)
         text, refused = format_local(local, args.format), local.refusals()
+    elif args.split_budget is not None:
+        split = _split(args)
+        text, refused = format_split(split, args.format), split.start.refusals()
     else:
         net = bounds_for(args.source, args.box, args.output_box, args.shape,
                          not args.no_progress)
