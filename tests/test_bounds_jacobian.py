@@ -317,3 +317,17 @@ def test_cli_names_the_method_and_splits(tmp_path, capsys):
              "leave out --around and --output-box")):
         assert main(["bounds", str(path), *args, "--no-progress"]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_relu_kink_gives_the_clarke_derivative():
+    """On [0, 1] the pre-activation reaches the kink: the enclosure must hold ReLU'(0) = 0 (torch's
+    convention) and 1, the ends of the Clarke derivative."""
+    net = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1)).double()
+    with torch.no_grad():
+        for layer in (net[0], net[2]):
+            layer.weight.fill_(1.0)
+            layer.bias.zero_()
+    jac, _ = subnet_jacobian(net, Box.uniform(0.0, 1.0, (1,)))
+    lo, hi = jac.ends()
+    assert float(lo) <= 0.0 and float(hi) >= 1.0
+    assert float(batch_jacobian(net, torch.zeros(1, 1, dtype=torch.float64)).detach()) == 0.0

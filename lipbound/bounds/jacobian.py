@@ -4,21 +4,32 @@ computation itself (after Shi et al., NeurIPS 2022), instead of the product of p
 For ``F = F_L o ... o F_1`` and ``x`` in a box ``X_0``, the chain rule gives
 ``J_F(x) = J_L(x_{L-1}) ... J_1(x_0)`` with ``x_k = F_k(x_{k-1})`` in the box ``X_k``. Each block
 rule (:class:`JacobianRule`) encloses ``{J_k(z) : z in X_{k-1}}`` in an interval matrix
-(:mod:`.intervalmatrix`), and the interval product ``P_k = [J_k] P_{k-1}`` encloses the Jacobian of
-the prefix ``F_k o ... o F_1`` over all of ``X_0``. The network bound is the norm bound of
-``P_L`` (``||M||_2 + ||R||_2`` or ``|| |M| + R ||_2``, the smaller).
+(:mod:`.intervalmatrix`), and their product ``P_k`` encloses the Jacobian of the prefix
+``F_k o ... o F_1`` over all of ``X_0`` (:class:`ChainProduct`: the plain interval product
+intersected with a telescoped enclosure around the product of the midpoints, which does not wrap
+through the exact factors). The network bound is the norm bound of ``P_L`` (``||M||_2 + ||R||_2``
+or ``|| |M| + R ||_2``, or ``||Pi|| + eps`` of the telescoped form, the smallest).
+
+Where a map is not differentiable (a ReLU kink) the enclosures hold its Clarke generalized
+Jacobian, for which the chain rule (as an inclusion) and the mean-value theorem below hold, and
+whose norm bounds the Lipschitz constant.
 
 **Boxes, centred form.** The boxes ``X_k`` are what make the block enclosures narrow, so they are
 carried by the mean-value form rather than by interval propagation alone: with ``c`` the centre and
 ``r`` the radius of ``X_0``, each coordinate ``i`` of the prefix satisfies
 ``F_i(x) - F_i(c) = grad F_i(xi) (x - c)`` with ``xi`` on the segment, inside ``X_0``, so
 
-.. math:: X_k \subseteq F_{1..k}(c) + (|M_k| + R_k)\,[-r, r],
+.. math:: X_k \subseteq F_{1..k}(c) + (|M_k| + R_k)\,[-r, r]
 
-where ``F_{1..k}(c)`` is enclosed by interval propagation of the point ``c`` (widened by rounding
-only). The box used is that intersected with the block rule's interval image of ``X_{k-1}``
+(or ``|Pi_k| r + eps_k ||r||_2`` per coordinate from the telescoped form, the smaller), where
+``F_{1..k}(c)`` is enclosed by interval propagation of the point ``c`` (widened by rounding only).
+The box used is that intersected with the block rule's interval image of ``X_{k-1}``
 (:attr:`.blocks.BlockRule.forward_box`): never wider than before. The per-block rows (Table 3) are
-then evaluated on these boxes too.
+then evaluated on these boxes too. The same centred form (:class:`Centred`) narrows the ranges
+inside the blocks: the pre-activations of the coupling sub-networks, ``h = s(.)`` and ``t``, as
+``z(point) + |J_z P_{k-1}| [-r, r]``, which avoids the hull of a rotated box that interval
+propagation through a 1x1 convolution takes. Once a prefix bound passes :data:`GIVE_UP` (or a
+block has no rule) the product stops and later boxes are carried by intervals alone.
 
 **Inverse.** On the forward image, ``J_{F^-1}(F(x)) = J_F(x)^{-1}``, bounded two ways, the smaller
 kept: from ``P_L`` itself (:meth:`.IntervalMatrix.inverse_norm_upper`: ``||X|| / (1 - ||I - M X||
@@ -224,10 +235,13 @@ def _even_bump(fn: Callable[[Tensor], Tensor]) -> Callable[[nn.Module, Box], Box
 
 
 def _piecewise_linear(layer: nn.Module, z: Box) -> Box:
+    """ReLU / LeakyReLU(a): ``1`` on ``z > 0``, ``a`` on ``z < 0``, and both (the Clarke
+    derivative ``[min(a, 1), max(a, 1)]``, which the mean-value theorem for Lipschitz maps
+    needs) where the range reaches the kink at 0."""
     a = 0.0 if type(layer) is nn.ReLU else float(layer.negative_slope)
     low, high = min(a, 1.0), max(a, 1.0)
-    lo = torch.where(z.lo >= 0, 1.0, torch.where(z.hi < 0, a, low)).to(torch.float64)
-    hi = torch.where(z.lo >= 0, 1.0, torch.where(z.hi < 0, a, high)).to(torch.float64)
+    lo = torch.where(z.lo > 0, 1.0, torch.where(z.hi < 0, a, low)).to(torch.float64)
+    hi = torch.where(z.lo > 0, 1.0, torch.where(z.hi < 0, a, high)).to(torch.float64)
     return Box(lo, hi)
 
 
