@@ -331,3 +331,16 @@ def test_relu_kink_gives_the_clarke_derivative():
     lo, hi = jac.ends()
     assert float(lo) <= 0.0 and float(hi) >= 1.0
     assert float(batch_jacobian(net, torch.zeros(1, 1, dtype=torch.float64)).detach()) == 0.0
+
+
+@pytest.mark.parametrize("name", ["additive_mlp_actnorm", "linear"])
+def test_global_bounds_are_unchanged(name):
+    """Without a box there is no interval Jacobian: the global bound is the product of rows."""
+    model, shape = MODELS[name]()
+    net = bound_model(model.double(), shape)
+    assert net.jacobian.reason == "no box" and net.jacobian.forward is None
+    assert net.forward == net.forward_composed and net.inverse == net.inverse_composed
+    assert net.forward_method.startswith("product")
+    box = Box.uniform(-3.0, 3.0, shape)
+    assert max_jacobian_norm(model.double(), box, **SEARCH) <= net.forward
+    assert max_jacobian_norm(model.double(), box, invert=True, **SEARCH) <= net.inverse
