@@ -257,7 +257,7 @@ def test_every_bounds_option_states_its_default():
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     assert {a.dest for a in options} == {"box", "output_box", "shape", "format", "output",
                                          "progress", "no_progress", "around",
-                                         "radius", "bits", "split_budget"}
+                                         "radius", "bits", "split_budget", "threads"}
     for action in options:
         assert action.help and "(default: " in action.help, action.dest
 

@@ -314,7 +314,8 @@ def test_cli_names_the_method_and_splits(tmp_path, capsys):
             (["--box", "0", "1", "--split-budget", "-1"],
              "split budget (--split-budget) must be a finite number of seconds >= 0"),
             (["--box", "0", "1", "--split-budget", "1", "--output-box", "0", "1"],
-             "leave out --around and --output-box")):
+             "leave out --around and --output-box"),
+            (["--threads", "0"], "--threads must be >= 1, got 0")):
         assert main(["bounds", str(path), *args, "--no-progress"]) == 2
         assert message in capsys.readouterr().err
 
