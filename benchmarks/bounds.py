@@ -9,12 +9,13 @@ bounds and that of the product over blocks (:func:`_glow_tightness`). Speed: a 1
 architecture bounded symbolically (a spec with distinct symbols per block) and numerically (a
 100-block coupling model with weights). Goals (issue 3): within 3x for single additive, ActNorm,
 1x1 conv and i-ResNet blocks, 100 blocks in under 2 s; the line before the last says which are
-met. Then the keys of issue 11 (:func:`issue11`): deep affine
+met (wall-clock seconds; the CPU seconds beside them are steadier on a busy machine). Then the
+keys of issue 11 (:func:`issue11`): deep affine
 couplings, a Glow-like model on the dequantization cell of a point, and (``--cifar``) a CIFAR-size
 Glow from its weights. The last line is one JSON object: ``{"tightness": {kind: ratio},
 "seconds_100_blocks": {...}, "tightness_affine_mlp_8": ..., ...}``.
 
-Run: ``PYTHONPATH=. python benchmarks/bounds.py [--cifar]``
+Run: ``PYTHONPATH=. python benchmarks/bounds.py [--cifar] [--split-budget SECONDS]``
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from lipbound.bounds import Box, bound_model, local_bounds
 from lipbound.bounds.empirical import max_block_norms, max_jacobian_norm
 from lipbound.bounds.layers import lipschitz
 from lipbound.bounds.spec import spec_bounds
+from lipbound.bounds.split import split_bounds
 from lipbound.bounds.table import expr_str
 from lipbound.io import load_model, save_model
 from lipbound.jsonio import jsonable
@@ -153,20 +155,24 @@ def seconds_100_blocks() -> dict[str, float]:
     _ = (expr_str(net.forward_expr), expr_str(net.inverse_expr))
     symbolic = time.perf_counter() - t0
     model = _noise(coupling_mlp(2, 100, 32, "affine", "modified", n_hidden=1), 0.1)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     net = bound_model(model, (2,), box=(-4, 4))
     _ = (net.forward, net.inverse, net.forward_lower, expr_str(net.forward_expr))
-    numeric = time.perf_counter() - t0
-    print(f"100 blocks: symbolic spec {symbolic:.3f} s, numeric model {numeric:.3f} s")
-    return {"symbolic": symbolic, "numeric": numeric}
+    numeric, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"100 blocks: symbolic spec {symbolic:.3f} s, numeric model {numeric:.3f} s "
+          f"({cpu:.3f} s of CPU)")
+    return {"symbolic": symbolic, "numeric": numeric, "numeric_cpu": cpu}
 
 
-def issue11(cifar: bool) -> dict[str, float | None]:
+def issue11(cifar: bool, split_budget: float = 0.0) -> dict[str, float | None]:
     """The keys of issue 11 that are computable now (goals in brackets): deep affine couplings on
     ``[-1, 1]^4`` (8 blocks <= 10, 32 blocks <= 1e3), a Glow-like model on the dequantization cell
     of one point (forward <= 3, inverse finite and <= 10, in < 60 s) and, with ``--cifar``, the
     bound of a saved CIFAR-size Glow-like model from its weights (< 20 s). Weights: builder
-    initialisation plus N(0, 0.1^2) noise; ratios are bound / largest norm found (>= 1)."""
+    initialisation plus N(0, 0.1^2) noise; ratios are bound / largest norm found (>= 1). The
+    reported bound is the tightest sound method (:attr:`NetworkBound.forward_method` names it;
+    ``*_composed``: the product of per-block bounds alone); with ``split_budget`` seconds, also
+    the bound input splitting reaches (``*_split``)."""
     out: dict[str, float | None] = {}
     for n in (8, 32):
         torch.manual_seed(0)  # the builders draw their initialisation from the global generator
@@ -177,23 +183,39 @@ def issue11(cifar: bool) -> dict[str, float | None]:
         inv = max_jacobian_norm(model, box, invert=True, **SEARCH)
         out[f"tightness_affine_mlp_{n}"] = net.forward / fwd
         out[f"tightness_affine_mlp_{n}_inverse"] = net.inverse / inv
+        out[f"tightness_affine_mlp_{n}_composed"] = net.forward_composed / fwd
         print(f"affine mlp, {n} blocks, [-1, 1]^4: forward {net.forward:.4g} / {fwd:.4g} = "
               f"{net.forward / fwd:.4g}; inverse {net.inverse:.4g} / {inv:.4g} = "
-              f"{net.inverse / inv:.4g}")
+              f"{net.inverse / inv:.4g} (forward: {net.forward_method}; product of per-block "
+              f"bounds {net.forward_composed:.4g})")
+        if split_budget:
+            t0 = time.perf_counter()
+            split = split_bounds(model, (4,), box, split_budget)
+            out[f"tightness_affine_mlp_{n}_split"] = split.forward / fwd
+            out[f"tightness_affine_mlp_{n}_split_inverse"] = split.inverse / inv
+            print(f"  input splitting, {split_budget:g} s budget ({time.perf_counter() - t0:.3g} "
+                  f"s, {split.boxes} sub-boxes): forward {split.forward:.4g} / {fwd:.4g} = "
+                  f"{split.forward / fwd:.4g}; inverse {split.inverse:.4g} / {inv:.4g} = "
+                  f"{split.inverse / inv:.4g}")
     torch.manual_seed(0)
     model = _noise(glow_like((3, 8, 8), 1, 8, 16, "affine"), 0.1)
     x = torch.rand((1, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     local = local_bounds(model, x)  # radius 0.5 / 256
     out["seconds_glow_local"] = time.perf_counter() - t0
+    out["cpu_seconds_glow_local"] = time.process_time() - c0
     box = local.bounds[0].boxes[0]
     fwd = max_jacobian_norm(model, box, **SEARCH_GLOW)
     inv = max_jacobian_norm(model, box, invert=True, **SEARCH_GLOW)
     out["tightness_glow_local"] = local.forward / fwd
     out["tightness_glow_local_inverse"] = local.inverse / inv
+    net = local.bounds[0]
     print(f"glow (3, 8, 8), 8 affine steps, dequantization cell: forward {local.forward:.4g} / "
           f"{fwd:.4g} = {local.forward / fwd:.4g}; inverse {local.inverse:.4g} / {inv:.4g} = "
-          f"{local.inverse / inv:.4g}; {out['seconds_glow_local']:.3g} s")
+          f"{local.inverse / inv:.4g}; {out['seconds_glow_local']:.3g} s (forward: "
+          f"{net.forward_method}; product of per-block bounds {net.forward_composed:.4g}; "
+          f"interval Jacobian {net.jacobian.forward}, inverse {net.jacobian.inverse}"
+          + (f", {net.jacobian.reason}" if net.jacobian.reason else "") + ")")
     out["seconds_glow_cifar_weights"] = _cifar_seconds() if cifar else None
     return out
 
@@ -205,11 +227,12 @@ def _cifar_seconds() -> float:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "glow.pt"
         save_model(_noise(glow_like((3, 32, 32), 3, 16, 128, "additive"), 0.01), path)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         net = bound_model(load_model(path), (3, 32, 32))
         _ = (net.forward, net.inverse)
         seconds = time.perf_counter() - t0
-    print(f"CIFAR-size additive Glow from its weights: {seconds:.3g} s, Lip(F) <= "
+    print(f"CIFAR-size additive Glow from its weights: {seconds:.3g} s "
+          f"({time.process_time() - c0:.3g} s of CPU), Lip(F) <= "
           f"{net.forward:.4g}, Lip(F^-1) <= {net.inverse:.4g}")
     return seconds
 
@@ -243,10 +266,14 @@ if __name__ == "__main__":
     parser.add_argument("--cifar", action="store_true",
                         help="also time the CIFAR-size Glow from its weights (minutes; default: "
                              "off, seconds_glow_cifar_weights null)")
+    parser.add_argument("--split-budget", type=float, default=0.0, metavar="SECONDS",
+                        help="also split the box of the affine MLPs for SECONDS each (default: "
+                             "0, no splitting)")
     cli = parser.parse_args()
     torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)  # many threads are much slower on a busy machine
     ratios, seconds = tightness(), seconds_100_blocks()
-    local = issue11(cli.cifar)
+    local = issue11(cli.cifar, cli.split_budget)
     print(goals(ratios, seconds))
     print(issue11_goals(local))
     print(json.dumps(jsonable({"tightness": ratios, "seconds_100_blocks": seconds, **local})))

@@ -136,7 +136,12 @@ def test_exact_blocks_are_tight():
                                  Invertible1x1Conv(3), Permutation(3, "random"))
     randomize_parameters(model, 0.5, torch.Generator().manual_seed(0))
     net = bound_model(model, (3,), box=(-1, 1))
-    assert net.forward == bound_model(model, (3,)).forward  # global: the box changes nothing
+    # global: the box changes no row; the whole-network Jacobian of this linear network is its
+    # one matrix, so that bound is the norm of the product, within rounding
+    assert net.forward_composed == bound_model(model, (3,)).forward
+    whole = max_jacobian_norm(model, net.boxes[0], n_samples=4)
+    assert whole <= net.forward <= whole * (1 + 1e-3)
+    assert net.forward_method.startswith("interval Jacobian")
     for k, block in enumerate(model.flat_blocks()):
         found = max_jacobian_norm(block, net.boxes[k], n_samples=4)
         assert found <= net.blocks[k].forward.value <= found * (1 + 1e-3)
@@ -252,7 +257,7 @@ def test_every_bounds_option_states_its_default():
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     assert {a.dest for a in options} == {"box", "output_box", "shape", "format", "output",
                                          "progress", "no_progress", "around",
-                                         "radius", "bits"}
+                                         "radius", "bits", "split_budget", "threads"}
     for action in options:
         assert action.help and "(default: " in action.help, action.dest
 

@@ -10,6 +10,10 @@
   Lipschitz constants (:func:`register_layer`) and interval bound propagation; :mod:`.relax`,
   tighter ranges of ReLU sub-networks by linear relaxation (CROWN-style); :mod:`.registry`
   holds the rules of both by type.
+* :mod:`.jacobian`, :mod:`.intervalmatrix`: the whole network's Jacobian bounded over a box
+  (interval matrices through the chain rule, centred-form boxes; Shi et al., 2022), forward and
+  inverse, beside the product of per-block bounds (:class:`NetworkBound` reports the tighter and
+  names it); :mod:`.split`, input splitting with a time budget (:func:`split_bounds`).
 * :mod:`.scales`: the sups of Lemma 6 and the interval images of the affine couplings' scale
   functions, in ball arithmetic (:func:`register_scale`).
 * :mod:`.rounding`, :mod:`.evaluate`: the one rounding policy (every bound rounded up, every
@@ -23,6 +27,7 @@ from .compose import LocalBounds, NetworkBound, bound_model, local_bounds
 from .interval import Box
 from .layers import LayerRule, register_layer
 from .scales import ScaleRule, register_scale
+from .split import SplitBound, split_bounds
 from .table import BlockBound, Bound
 
 __all__ = [
@@ -35,9 +40,11 @@ __all__ = [
     "LocalBounds",
     "NetworkBound",
     "ScaleRule",
+    "SplitBound",
     "bound_model",
     "local_bounds",
     "register_block",
     "register_layer",
     "register_scale",
+    "split_bounds",
 ]

@@ -24,8 +24,9 @@ from ..errors import InputError
 from ..io import check_output_path, load_inputs, load_model
 from ..shape import infer_shape, model_shape
 from .compose import LocalBounds, NetworkBound, bound_model, local_bounds
-from .report import FORMATS, format_local, format_report
+from .report import FORMATS, format_local, format_report, format_split
 from .spec import load_spec, spec_bounds
+from .split import SplitBound, split_bounds
 
 __all__ = ["add_arguments", "infer_shape", "run"]
 
@@ -51,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-box", nargs=2, type=float, metavar=("A", "B"),
                         help="bound the inverses on outputs in [A, B]^d, carried backward "
                              "(default: on the forward images of --box)")
+    parser.add_argument("--split-budget", type=float, metavar="SECONDS",
+                        help="with --box, refine the bounds by splitting the input box (branch "
+                             "and bound, inputs of at most 16 coordinates) for SECONDS and "
+                             "report the bound reached (default: no splitting)")
     parser.add_argument("--shape", nargs="+", type=int, metavar="N",
                         help="per-sample input shape of a model, e.g. 2 or 3 32 32 (default: "
                              "read from the model; image models need it)")
@@ -62,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show progress bars on stderr (default: on; kept for old scripts)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (default: bars on stderr)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default: %(default)s: the bounds run many "
+                             "small operations, and on a busy 2-core machine two threads made "
+                             "the README's --around example several times slower)")
 
 
 def bounds_for(source: str, box: Sequence[float] | None = None,
@@ -93,8 +102,29 @@ def _local(args: argparse.Namespace) -> LocalBounds:
                         not args.no_progress)
 
 
+def _split(args: argparse.Namespace) -> SplitBound:
+    if Path(args.source).suffix.lower() == ".json" or args.box is None:
+        raise InputError("--split-budget needs a saved model and --box A B (it splits that box)")
+    if args.around is not None or args.output_box is not None:
+        raise InputError("--split-budget splits --box: leave out --around and --output-box")
+    model = load_model(args.source)
+    return split_bounds(model, model_shape(model, args.shape), tuple(args.box), args.split_budget)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Print (or write) the report; 1 when a bound is refused (not merely symbolic)."""
+    """Print (or write) the report with ``--threads`` torch threads (restored afterwards); 1
+    when a bound is refused (not merely symbolic)."""
+    if args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(args: argparse.Namespace) -> int:
     for option, box in (("--box", args.box), ("--output-box", args.output_box)):
         if box is not None and not (math.isfinite(box[0]) and math.isfinite(box[1])
                                     and box[0] <= box[1]):
@@ -106,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
     if args.around is not None:
         local = _local(args)
         text, refused = format_local(local, args.format), local.refusals()
+    elif args.split_budget is not None:
+        split = _split(args)
+        text, refused = format_split(split, args.format), split.start.refusals()
     else:
         net = bounds_for(args.source, args.box, args.output_box, args.shape,
                          not args.no_progress)

@@ -37,11 +37,16 @@ from ..errors import InputError
 from .blocks import BlockContext, block_rule, shared_propagation
 from .evaluate import ball_lower, ball_upper, working_precision
 from .interval import Box
+from .jacobian import METHOD as JACOBIAN_METHOD
+from .jacobian import JacobianBound, jacobian_bounds
 from .rounding import format_bound, widen
 from .table import BlockBound
 
 __all__ = ["LocalBounds", "NetworkBound", "as_box", "bound_model", "compact_indices",
            "dequantization_radius", "linf_ball", "local_bounds", "remark3_lower"]
+
+#: The name of the product of per-block bounds, as reports state it.
+COMPOSED_METHOD = "product of per-block bounds (Table 3 rows)"
 
 _LOST = ("the box carried to this block's input overflowed float64 (interval propagation "
          "through the blocks before it diverged), so there is no finite local bound here")
@@ -102,11 +107,14 @@ class NetworkBound:
         blocks: the rows.
         boxes: for models, the box each block's forward was bounded on (``None``: no box).
         inverse_boxes: for models, the box each block's inverse was bounded on.
+        jacobian: for models on a box, the whole-network interval Jacobian bounds
+            (:mod:`.jacobian`; ``reason`` says why there are none).
     """
 
     blocks: tuple[BlockBound, ...]
     boxes: tuple[Box | None, ...] = ()
     inverse_boxes: tuple[Box | None, ...] = ()
+    jacobian: JacobianBound | None = None
 
     def _direction(self, attr: str) -> list:
         return [getattr(b, attr) for b in self.blocks]
@@ -153,14 +161,43 @@ class NetworkBound:
         return _cumulative([b.value for b in self._direction("inverse")])
 
     @property
-    def forward(self) -> float | None:
-        """The network's forward bound (``1`` for no blocks), or ``None`` if not numeric."""
+    def forward_composed(self) -> float | None:
+        """The product of the per-block forward bounds (``1`` for no blocks), or ``None``."""
         return self.cumulative_forward[-1] if self.blocks else 1.0
 
     @property
-    def inverse(self) -> float | None:
-        """The network's inverse bound, or ``None`` if not numeric."""
+    def inverse_composed(self) -> float | None:
+        """The product of the per-block inverse bounds, or ``None``."""
         return self.cumulative_inverse[-1] if self.blocks else 1.0
+
+    def _best(self, direction: str) -> tuple[float | None, str]:
+        composed = getattr(self, f"{direction}_composed")
+        jac = None if self.jacobian is None else getattr(self.jacobian, direction)
+        if jac is not None and (composed is None or jac < composed):
+            return jac, JACOBIAN_METHOD
+        return composed, COMPOSED_METHOD
+
+    @property
+    def forward(self) -> float | None:
+        """The network's forward bound: the tightest of :attr:`forward_composed` and the
+        whole-network Jacobian bound (:attr:`forward_method` names it); ``None`` if neither is
+        numeric."""
+        return self._best("forward")[0]
+
+    @property
+    def inverse(self) -> float | None:
+        """The network's inverse bound, the tightest sound method (:attr:`inverse_method`)."""
+        return self._best("inverse")[0]
+
+    @property
+    def forward_method(self) -> str:
+        """Which method gave :attr:`forward`."""
+        return self._best("forward")[1]
+
+    @property
+    def inverse_method(self) -> str:
+        """Which method gave :attr:`inverse`."""
+        return self._best("inverse")[1]
 
     @cached_property
     def forward_paper(self) -> float | None:
@@ -342,9 +379,18 @@ def bound_model(model: InvertibleBlock, shape: Sequence[int],
     start = None if box is None else as_box(box, shapes[0], "box")
     end = None if output_box is None else as_box(output_box, shapes[-1], "output_box")
     with shared_propagation():
+        jac = jacobian_bounds(blocks, shapes, start, end)
         with torch.no_grad():
-            fwd = _carry(blocks, start, False, progress)
-            inv = fwd if end is None else _carry(blocks, end, True, progress)
+            if start is not None and jac.boxes:
+                fwd = list(jac.boxes)  # centred-form boxes, never wider than _carry's
+            else:
+                fwd = _carry(blocks, start, False, progress)
+            if end is None:
+                inv = fwd
+            elif jac.inverse_boxes:
+                inv = list(jac.inverse_boxes)
+            else:
+                inv = _carry(blocks, end, True, progress)
         rows = []
         for k, block in enumerate(tqdm(blocks, desc="bounds", disable=not progress, leave=False)):
             given_inverse = end is not None or start is not None
@@ -354,7 +400,7 @@ def bound_model(model: InvertibleBlock, shape: Sequence[int],
             row = block_rule(block).bound(block, ctx)
             rows.append(BlockBound(row.kind, row.scope, row.forward, row.inverse,
                                    row.assumptions, f"{k}: {type(block).__name__}"))
-    return NetworkBound(tuple(rows), tuple(fwd[:-1]), tuple(inv[1:]))
+    return NetworkBound(tuple(rows), tuple(fwd[:-1]), tuple(inv[1:]), jac)
 
 
 def linf_ball(center: torch.Tensor, radius: float) -> Box:

@@ -47,6 +47,7 @@ from .rounding import ETA, U, gamma, up, up_tensor
 __all__ = [
     "certified_inverse",
     "conv2d_norm_upper",
+    "frobenius_upper",
     "spectral_norm_upper",
 ]
 
@@ -57,7 +58,7 @@ _CHUNK_ENTRIES = 1 << 23
 _DENSE_MAX_DIM = 1024
 
 
-def _frobenius_upper(x: Tensor) -> Tensor:
+def frobenius_upper(x: Tensor) -> Tensor:
     """Upper bounds on ``||x[i]||_F`` for a batch ``(..., m, n)``: the float norm inflated by its
     summation error, plus the absolute error of squares that underflow."""
     n = x.shape[-1] * x.shape[-2]
@@ -87,7 +88,7 @@ def _norm_upper_batch(w: Tensor, rtol: float, max_squarings: int) -> Tensor:
     cplx = w.is_complex()
     estimate = torch.linalg.matrix_norm(w, 2)
     zero = (w == 0).flatten(1).all(dim=1)
-    fw = _frobenius_upper(w)
+    fw = frobenius_upper(w)
     if bool((fw > 2.0 ** 500).any()):
         raise InputError("matrix entries are too large (Frobenius norm > 2^500) to bound in "
                          "float64")
@@ -97,7 +98,7 @@ def _norm_upper_batch(w: Tensor, rtol: float, max_squarings: int) -> Tensor:
     scales: list[Tensor] = []
     errs: list[Tensor] = []
     while True:
-        fb = _frobenius_upper(b)
+        fb = frobenius_upper(b)
         rho = fb
         for e, err in zip(reversed(scales), reversed(errs), strict=True):
             rho = torch.ldexp(up_tensor(up_tensor(torch.sqrt(up_tensor(rho + err))) + n * ETA), e)
@@ -156,7 +157,7 @@ def certified_inverse(w: Tensor, rtol: float = 1e-4,
     except torch.linalg.LinAlgError as err:
         raise InputError(f"w is singular, no inverse norm bound ({err})") from err
     r = torch.eye(n, dtype=w.dtype) - w @ x
-    err_r = up(gamma(n + 1) * up(float(_frobenius_upper(w.abs() @ x.abs())) + math.sqrt(n)))
+    err_r = up(gamma(n + 1) * up(float(frobenius_upper(w.abs() @ x.abs())) + math.sqrt(n)))
     r_norm = up(spectral_norm_upper(r, rtol=1e-2) + err_r)
     x_norm = spectral_norm_upper(x, rtol)
     if error:
@@ -219,7 +220,7 @@ def _circular_norm_upper(wt: Tensor, grid: tuple[int, int], rtol: float) -> floa
     p1, p2 = _phases(kh, n1), _phases(kw, n2)  # (kh, n1), (kw, n2)
     taps = wt.permute(2, 3, 0, 1).reshape(kh * kw, c_out * c_in).to(torch.complex128)
     eps = up(2 * gamma(kh * kw + 4) + 64 * U)
-    err = up(eps * float(_frobenius_upper(wt.abs().sum(dim=(2, 3)))))
+    err = up(eps * float(frobenius_upper(wt.abs().sum(dim=(2, 3)))))
     per = max(1, _CHUNK_ENTRIES // (c_out * c_in))
     best = 0.0
     freqs = torch.cartesian_prod(torch.arange(n1), torch.arange(n2))

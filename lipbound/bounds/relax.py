@@ -42,7 +42,7 @@ from .interval import Box
 from .layers import ibp
 from .rounding import ETA, U, gamma
 
-__all__ = ["MAX_ENTRIES", "METHOD", "relaxed_box", "supports"]
+__all__ = ["MAX_ENTRIES", "METHOD", "dense_matrix", "out_shape", "relaxed_box", "supports"]
 
 #: Largest dense matrix (entries) the relaxation builds; larger networks use intervals alone.
 MAX_ENTRIES = 2_000_000
@@ -58,7 +58,8 @@ def _slope(layer: nn.Module) -> float | None:
     return None
 
 
-def _dense(layer: nn.Module, shape: tuple[int, ...]) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+def dense_matrix(layer: nn.Module, shape: tuple[int, ...]
+                 ) -> tuple[Tensor, Tensor, tuple[int, ...]]:
     """``(W, b, output shape)`` of a plain linear or stride-1 zero-padded convolution layer as a
     dense matrix on flattened samples (exact: each column is the layer on a one-hot input)."""
     n = math.prod(shape)
@@ -83,7 +84,7 @@ def _plain_conv(layer: nn.Module) -> bool:
             and not isinstance(layer.padding, str))
 
 
-def _out_shape(layer: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+def out_shape(layer: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...] | None:
     """The layer's per-sample output shape, or ``None`` if the relaxation does not take it."""
     if type(layer) is nn.Linear:
         return (layer.out_features,) if shape == (layer.in_features,) else None
@@ -102,7 +103,7 @@ def supports(net: nn.Module, shape: tuple[int, ...]) -> bool:
             if _slope(layer) is None:
                 return False
             continue
-        out = _out_shape(layer, tuple(shape))
+        out = out_shape(layer, tuple(shape))
         if out is None or math.prod(out) * math.prod(shape) > MAX_ENTRIES:
             return False
         shape = out
@@ -175,7 +176,7 @@ def relaxed_box(net: nn.Module, box: Box) -> Box | None:
     with torch.no_grad():
         for i, layer in enumerate(layers):
             if i % 2 == 0:
-                w, b, shape = _dense(layer, shape)
+                w, b, shape = dense_matrix(layer, shape)
                 mats.append((w, b))
             else:
                 slopes.append(_slope(layer))

@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..jsonio import jsonable
 from .compose import LocalBounds, NetworkBound, compact_indices
 from .rounding import format_bound
+from .split import SplitBound
 from .table import Bound, expr_latex, expr_str
 
 __all__ = ["FORMATS", "format_local", "format_report", "local_json", "to_json"]
@@ -91,6 +92,17 @@ def _network_lines(net: NetworkBound) -> list[tuple[str, str]]:
     lines = [
         ("Lip(F) <=", format_bound(net.forward)),
         ("Lip(F^-1) <=", format_bound(net.inverse)),
+    ]
+    if net.jacobian is not None and net.jacobian.reason != "no box":
+        lines += [
+            ("Lip(F) method", net.forward_method),
+            ("Lip(F^-1) method", net.inverse_method),
+            ("product of per-block bounds, Lip(F) <=", format_bound(net.forward_composed)),
+            ("product of per-block bounds, Lip(F^-1) <=", format_bound(net.inverse_composed)),
+        ]
+        if net.jacobian.reason:
+            lines.append(("interval Jacobian not used", net.jacobian.reason))
+    lines += [
         ("paper's product, Lip(F) <=", format_bound(net.forward_paper)),
         ("paper's product, Lip(F^-1) <=", format_bound(net.inverse_paper)),
         ("Remark 3: Lip(F) >=", _lower_cell(net.forward_lower, net.inverse, "Lip(F^-1)")),
@@ -182,8 +194,15 @@ def to_json(net: NetworkBound) -> dict[str, Any]:
                            {**row.forward.values, **row.inverse.values}.items()}
         entry["assumptions"] = list(row.assumptions)
         blocks.append(entry)
+    jac = net.jacobian
     network = {
         "forward": jsonable(net.forward), "inverse": jsonable(net.inverse),
+        "forward_method": net.forward_method, "inverse_method": net.inverse_method,
+        "forward_composed": jsonable(net.forward_composed),
+        "inverse_composed": jsonable(net.inverse_composed),
+        "forward_jacobian": None if jac is None else jsonable(jac.forward),
+        "inverse_jacobian": None if jac is None else jsonable(jac.inverse),
+        "jacobian_not_used": None if jac is None else jac.reason,
         "forward_lower": jsonable(net.forward_lower),
         "inverse_lower": jsonable(net.inverse_lower),
         "forward_lower_vacuous": _vacuous(net.forward_lower, net.inverse, "Lip(F^-1)"),
@@ -256,3 +275,19 @@ def format_local(local: LocalBounds, fmt: str = "text") -> str:
         lines += ["", f"{prefix}refused (no bound), for some inputs:"]
         lines += [f"{prefix}  {r}" for r in sorted(reasons)]
     return "\n".join(lines)
+
+
+def format_split(split: SplitBound, fmt: str = "text") -> str:
+    """The report on the whole box (:func:`format_report`) followed by the bounds input
+    splitting reached (JSON: a ``"split"`` object ``{"forward", "inverse", "boxes",
+    "seconds"}``)."""
+    fields = {"forward": jsonable(split.forward), "inverse": jsonable(split.inverse),
+              "boxes": split.boxes, "seconds": split.seconds}
+    if fmt == "json":
+        return json.dumps({**to_json(split.start), "split": fields}, indent=2)
+    prefix = "% " if fmt == "latex" else ""
+    return "\n".join([
+        format_report(split.start, fmt), "",
+        f"{prefix}input splitting ({split.boxes} sub-boxes, {split.seconds:.3g} s): "
+        f"Lip(F) <= {format_bound(split.forward)}, Lip(F^-1) <= {format_bound(split.inverse)} "
+        "(the maximum over the sub-boxes; the inverse on the forward image)"])

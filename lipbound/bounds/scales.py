@@ -53,7 +53,7 @@ from .evaluate import ball_lower, ball_upper, working_precision
 from .interval import Box
 from .registry import TypeRegistry
 
-__all__ = ["SUPS", "ScaleRule", "g_box", "register_scale", "scale_rule", "scale_sup"]
+__all__ = ["SUPS", "ScaleRule", "dg_box", "g_box", "register_scale", "scale_rule", "scale_sup"]
 
 #: The four sups of Lemma 6, by name: ``sup |g|``, ``sup |g'|``, ``sup |1/g|``, ``sup |(1/g)'|``.
 SUPS = ("g", "dg", "inv_g", "d_inv_g")
@@ -70,6 +70,9 @@ class ScaleRule:
         sup_g, sup_dg, sup_inv_g, sup_d_inv_g: ``(scale, lo, hi) -> ball`` whose ``|.|`` upper
             end bounds the sup of ``|g|``, ``|g'|``, ``|1/g|``, ``|(1/g)'|`` over ``[lo, hi]``
             (finite floats, ``lo <= hi``).
+        dg: ``(scale, h) -> g'(h)`` for an ``arb`` ball ``h`` (``g' >= 0`` is unimodal, so its
+            inf over ``[lo, hi]`` is at an end: :func:`dg_box`); ``None``: only ``g' >= 0``
+            is used.
     """
 
     value: Callable[[ScaleFunction, arb], arb]
@@ -77,6 +80,7 @@ class ScaleRule:
     sup_dg: ArbFn
     sup_inv_g: ArbFn
     sup_d_inv_g: ArbFn
+    dg: Callable[[ScaleFunction, arb], arb] | None = None
 
 
 _RULES = TypeRegistry(
@@ -126,6 +130,27 @@ def g_box(scale: ScaleFunction, h: Box) -> Box:
         return torch.tensor(out, dtype=torch.float64)[where]
 
     return Box(ends(h.lo, ball_lower), ends(h.hi, ball_upper))
+
+
+def dg_box(scale: ScaleFunction, h: Box) -> Box:
+    """A box holding ``g'(h)`` for every ``h`` in the box: per coordinate ``[min(g'(lo),
+    g'(hi)), sup g']`` (``g'`` is unimodal, so its inf is at an end; ``0`` where the rule has
+    no ``dg``), each end in ``arb`` and rounded outward."""
+    rule = scale_rule(scale)
+    pairs = torch.stack([h.lo.reshape(-1), h.hi.reshape(-1)], dim=1)
+    unique, where = torch.unique(pairs, dim=0, return_inverse=True)
+    lows, highs = [], []
+    for lo, hi in unique.tolist():
+        highs.append(scale_sup(scale, "dg", lo, hi))
+        if rule.dg is None:
+            lows.append(0.0)
+            continue
+        with working_precision():
+            lows.append(max(0.0, min(ball_lower(rule.dg(scale, arb(lo))),
+                                     ball_lower(rule.dg(scale, arb(hi))))))
+    lo_t = torch.tensor(lows, dtype=torch.float64)[where].reshape(h.lo.shape)
+    hi_t = torch.tensor(highs, dtype=torch.float64)[where].reshape(h.lo.shape)
+    return Box(lo_t, hi_t)
 
 
 def _unimodal_sup(f: Callable[[arb], arb], peak: arb | None, lo: float, hi: float) -> arb:
@@ -187,6 +212,7 @@ register_scale(SigmoidScale, ScaleRule(
     sup_inv_g=lambda s, lo, hi: 1 / _sigmoid_value(s, arb(lo)),
     sup_d_inv_g=lambda s, lo, hi: _unimodal_sup(lambda h: _sigmoid_d_inv(s, h),
                                                 _sigmoid_d_inv_peak(s), lo, hi),
+    dg=_sigmoid_dg,
 ))
 
 
@@ -198,6 +224,7 @@ register_scale(ExpScale, ScaleRule(
     sup_dg=lambda s, lo, hi: arb(hi).exp(),
     sup_inv_g=lambda s, lo, hi: (-arb(lo)).exp(),
     sup_d_inv_g=lambda s, lo, hi: (-arb(lo)).exp(),
+    dg=lambda s, h: h.exp(),
 ))
 
 
@@ -232,6 +259,7 @@ register_scale(SoftClampScale, ScaleRule(
     sup_inv_g=lambda s, lo, hi: (-_soft_clamp(s, arb(lo))[0]).exp(),
     sup_d_inv_g=lambda s, lo, hi: _unimodal_sup(lambda h: _soft_clamp_d_inv(s, h),
                                                 _soft_clamp_peak(s, -1), lo, hi),
+    dg=_soft_clamp_dg,
 ))
 
 
@@ -249,4 +277,5 @@ register_scale(IdentityScale, ScaleRule(
     sup_dg=lambda s, lo, hi: arb(1),
     sup_inv_g=lambda s, lo, hi: 1 / _min_abs(lo, hi),
     sup_d_inv_g=lambda s, lo, hi: 1 / _min_abs(lo, hi) ** 2,
+    dg=lambda s, h: arb(1),
 ))
