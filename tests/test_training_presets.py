@@ -15,7 +15,7 @@ from dataset_files import write_celeba, write_cifar10
 from lipbound.errors import InputError
 from lipbound.training.presets import CPU_PRESETS, FULL_SIZE, PRESETS, load_config
 from lipbound.training.tasks import TASKS, augment_batch
-from lipbound.training.trainers import TrainConfig, Trainer
+from lipbound.training.trainers import TrainConfig, Trainer, train
 
 
 def conv(c_in: int, c_out: int, k: int) -> int:
@@ -340,3 +340,28 @@ def test_checkpoints_without_the_data_keys_still_resume(tmp_path):
     save_checkpoint(state, tmp_path / "checkpoint.pt")  # as an older lipbound wrote it
     more = TrainConfig.from_dict({**cfg.to_dict(), "steps": 3})
     assert train(more, tmp_path, resume=True, progress=False).step == 3
+
+
+def test_checkpoint_network_rebuilds_without_the_data(tmp_path):
+    """``lipbound verify`` on a checkpoint of an image run: the network comes from the stored
+    config and input shape, so the data folder is not read (here: deleted after training)."""
+    from lipbound.precision.verify_cli import load_network
+
+    root = tmp_path / "data"
+    write_cifar10(root, n_train=8, n_test=4, side=8)
+    cfg = _config("cifar10-classifier-affine-1x1conv", data_root=str(root), workers=0,
+                  levels=1, blocks=1, hidden=4, batch_size=8, steps=1, epochs=None,
+                  dtype="float64", monitor_every=0, monitor_samples=1, monitor_batch=2,
+                  eval_every=0)
+    run = tmp_path / "run"
+    result = train(cfg, run, progress=False)
+    assert result.status == "done"
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["input_shape"] == [3, 8, 8]
+    shutil.rmtree(root)
+    net = load_network(run / "checkpoint.pt")
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in state["flow"].items())
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    saved = torch.load(run / "model.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(net(x), saved.eval()(x))

@@ -44,9 +44,10 @@ RUN_FILES = ("checkpoint.pt", "model.pt")
 
 
 def _network_from_checkpoint(state: dict[str, Any], path: Path) -> torch.nn.Module:
-    """The network of a ``lipbound train`` checkpoint: rebuilt by the run's task from the stored
-    config (on the CPU, in the run's dtype), then its stored parameters and buffers loaded."""
-    from ..training.tasks import TASKS
+    """The network of a ``lipbound train`` checkpoint: rebuilt from the stored config and input
+    shape (on the CPU, in the run's dtype; checkpoints of older lipbound without the shape build
+    the run's task, which reads its data), then its stored parameters and buffers loaded."""
+    from ..training.tasks import TASKS, build_network
     from ..training.trainers import TrainConfig
     from .names import torch_dtype
 
@@ -56,7 +57,10 @@ def _network_from_checkpoint(state: dict[str, Any], path: Path) -> torch.nn.Modu
                          "dict), as lipbound train writes them")
     config = TrainConfig.from_dict(state["config"], source=source)
     dtype = torch_dtype(config.dtype)
-    flow = TASKS[config.task](config, torch.device("cpu"), dtype).build_flow().to(dtype=dtype)
+    if state.get("input_shape") is not None:
+        flow = build_network(config, tuple(state["input_shape"])).to(dtype=dtype)
+    else:
+        flow = TASKS[config.task](config, torch.device("cpu"), dtype).build_flow().to(dtype=dtype)
     try:
         flow.load_state_dict(state["flow"])
     except RuntimeError as err:

@@ -58,8 +58,8 @@ from ..errors import InputError
 from .datasets import IMAGE_SETS, ImageSet, load_image_set
 from .losses import nf_loss
 
-__all__ = ["TASKS", "Task", "augment_batch", "channel_statistics", "digits_levels", "eval_mode",
-           "image_residual_flow", "regression_data", "vector_glow"]
+__all__ = ["TASKS", "Task", "augment_batch", "build_network", "channel_statistics",
+           "digits_levels", "eval_mode", "image_residual_flow", "regression_data", "vector_glow"]
 
 #: Grey levels of scikit-learn's digits (0..16).
 DIGITS_LEVELS = 17
@@ -326,14 +326,7 @@ class _ImageTask(Task):
         return self.inputs(self._levels(self.train_set.images, index), None), y, None
 
     def build_flow(self) -> InvertibleBlock:
-        c = self.config
-        if c.arch == "residual":
-            return image_residual_flow(self.in_shape, c.levels, c.blocks, c.hidden,
-                                       activation=c.activation or "lipswish", actnorm=c.actnorm,
-                                       fc_blocks=c.fc_blocks, fc_hidden=c.fc_hidden,
-                                       series_terms=c.series_terms)
-        return glow_like(self.in_shape, c.levels, c.blocks, c.hidden, **_model_config(c),
-                         activation=c.activation or "relu")
+        return _image_flow(self.config, self.in_shape)
 
 
 class ClassifierTask(_ImageTask):
@@ -459,6 +452,25 @@ def image_residual_flow(in_shape: tuple[int, ...], levels: int, blocks: int, hid
                           nn.Unflatten(1, (c, h, w)))
         layers.append(residual(g))
     return InvertibleSequential(*layers)
+
+
+def _image_flow(c: Any, in_shape: tuple[int, ...]) -> InvertibleBlock:
+    """The image model: a multi-scale Residual Flow (``arch`` ``"residual"``) or Glow-like."""
+    if c.arch == "residual":
+        return image_residual_flow(in_shape, c.levels, c.blocks, c.hidden,
+                                   activation=c.activation or "lipswish", actnorm=c.actnorm,
+                                   fc_blocks=c.fc_blocks, fc_hidden=c.fc_hidden,
+                                   series_terms=c.series_terms)
+    return glow_like(in_shape, c.levels, c.blocks, c.hidden, **_model_config(c),
+                     activation=c.activation or "relu")
+
+
+def build_network(config: Any, input_shape: tuple[int, ...]) -> InvertibleBlock:
+    """The invertible network a run of ``config`` trains, built without reading its data (the
+    shape of one input given): how ``lipbound verify`` rebuilds a checkpoint's network."""
+    if issubclass(TASKS[config.task], _ImageTask):
+        return _image_flow(config, tuple(input_shape))
+    return _vector_flow(config)
 
 
 def _vector_flow(cfg: Any) -> InvertibleBlock:

@@ -581,6 +581,7 @@ class Trainer:
         """Everything :meth:`load_state_dict` needs to continue exactly."""
         return {
             "config": self.config.to_dict(),
+            "input_shape": list(self.task.input_shape),
             "flow": self.flow.state_dict(),
             "head": None if self.head is None else self.head.state_dict(),
             "optimizer": self.optimizer.state_dict(),
