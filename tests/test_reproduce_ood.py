@@ -62,3 +62,10 @@ def test_claims_both_ways():
     fails = ood_claims({"affine": {"in": 2.0, "Uniform": 0.0, "china": 0.0},
                         "resflow": {"in": 0.0, "Uniform": 1.0, "china": 0.0}}, "in")
     assert [c.holds for c in fails] == [False, False, False]
+    broken = {"affine": {"in": 0.0, "Uniform": 0.0}, "resflow": {"in": 0.0, "Uniform": 0.0}}
+    large = ood_claims(broken, "in", {"affine": {"in": 0.0, "Uniform": 40.0},
+                                      "resflow": {"in": 0.0, "Uniform": 0.0}})
+    assert large[0].holds is True and "Uniform" in large[0].statement
+    small = ood_claims(broken, "in", {"affine": {"in": 0.0, "Uniform": 1.0},
+                                      "resflow": {"in": 0.0, "Uniform": 1.0}})
+    assert small[0].holds is False

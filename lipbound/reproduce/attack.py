@@ -108,7 +108,8 @@ def run(settings: Settings) -> ExperimentResult:
             rows.append({"model": label, "images": n, "start_max_error": worst_error(
                 start.errors), "attacked_max_error": worst_error(stats.errors),
                 "attacked_mean_error": s["mean"], "pct_inf": s["pct_inf"],
-                "pct_nan": s["pct_nan"], "flagged": int(result.flagged.sum())})
+                "pct_nan": s["pct_nan"],
+                "failed": sum(f is not None for f in stats.failures)})
             if name == "resflow":
                 resflow_errors[label] = worst_error(stats.errors)
         worst[name] = rows[-1]["attacked_max_error"]
