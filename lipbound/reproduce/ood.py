@@ -157,11 +157,12 @@ def _plot(rows: list[dict], settings: Settings) -> list[str]:
     for i, model in enumerate(MODELS):
         mine = {r["dataset"]: r for r in rows if r["model"] == model}
         pos = np.arange(len(datasets)) + (i - 0.5) * width
-        axes[0].bar(pos, [mine[d]["pct_inf"] + mine[d]["pct_nan"] for d in datasets], width,
-                    label=model)
+        axes[0].bar(pos, [mine[d]["pct_inf"] + mine[d]["pct_nan"] + mine[d]["pct_over_1e-3"]
+                          for d in datasets], width, label=model)
         errors = [mine[d]["mean_error"] for d in datasets]
         axes[1].bar(pos, [math.nan if e is None else e for e in errors], width, label=model)
-    for ax, title in zip(axes, ("% of images with Inf or NaN round trip",
+    axes[0].set_ylim(0, 100)
+    for ax, title in zip(axes, (f"% of round trips failed (error > {FAIL_ERROR:g}, Inf or NaN)",
                                 "mean error over finite round trips (float32)"), strict=True):
         ax.set_xticks(np.arange(len(datasets)), datasets, rotation=30, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
