@@ -92,7 +92,8 @@ def run(settings: Settings) -> ExperimentResult:
         notes.append(f"{name}: {flow.description}, test {flow.test_bpd:.3f} bpd"
                      + (" (cached)" if flow.cached else ""))
         model = flow.model.cpu()
-        x = flow.task.train_x[:n].cpu()
+        noise = torch.Generator(device=flow.task.device).manual_seed(settings.seed + 11)
+        x = flow.task.batch(torch.arange(n), noise)[0].cpu()
         centres = dequantization_centres(x, flow.levels, flow.offset)
         attacked_model = truncated(model) if name == "resflow" else model
         result = invertibility_attack(attacked_model, centres, radius=0.5 / flow.levels,

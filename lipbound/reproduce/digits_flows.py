@@ -55,7 +55,7 @@ class DigitsFlow:
     Attributes:
         name: ``"affine"``, ``"modified-affine"`` or ``"resflow"``.
         model: the network (float32, evaluation mode).
-        task: the training task (``task.test_x``: dequantised test data).
+        task: the training task (``task.eval_data()``: dequantised test data).
         levels: quantisation levels of the data; offset: ``x = offset + (k + u) / levels``.
         test_bpd: bits per dimension on the test data.
         cached: whether the model came from the cache.
@@ -101,7 +101,7 @@ def _train_resflow(config: TrainConfig, task: Task, sizes: tuple[int, int, int],
         return load_model(folder / "model.pt"), True
     empty_folder(folder)
     torch.manual_seed(config.seed)
-    shape = tuple(task.train_x.shape[1:])
+    shape = task.input_shape
     model = residual_flow(shape, blocks, hidden, coeff=0.98, actnorm=True, log_det="series",
                           n_series_terms=SERIES_TERMS).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)

@@ -177,9 +177,9 @@ def run(settings: Settings) -> ExperimentResult:
     gen = torch.Generator().manual_seed(settings.seed)
     flows = {name: digits_flow(name, settings) for name in MODELS}
     first = flows["affine"]
-    shape = tuple(first.task.test_x.shape[1:])
+    shape = first.task.input_shape
     in_name = "digits (test)"
-    datasets = {in_name: first.task.test_x.to(torch.float64).cpu()}
+    datasets = {in_name: first.task.eval_data()[1].to(torch.float64).cpu()}
     datasets.update(noise_datasets(n, shape, gen))
     if shape[0] == 1 and len(shape) == 3:
         for name, image in shipped_images().items():
