@@ -22,6 +22,7 @@ import torch
 
 from ..errors import InputError
 from ..io import check_output_path, load_inputs, load_model
+from ..runtime import torch_threads
 from ..shape import infer_shape, model_shape
 from .compose import LocalBounds, NetworkBound, bound_model, local_bounds
 from .report import FORMATS, format_local, format_report, format_split
@@ -114,14 +115,8 @@ def _split(args: argparse.Namespace) -> SplitBound:
 def run(args: argparse.Namespace) -> int:
     """Print (or write) the report with ``--threads`` torch threads (restored afterwards); 1
     when a bound is refused (not merely symbolic)."""
-    if args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from ..precision.verify_cli import (
     load_network,
     per_sample,
 )
+from ..runtime import torch_threads
 from ..shape import check_batch, output_shape
 from .data import checkerboard, load_digits
 from .histogram import plot_error_histograms
@@ -152,14 +153,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``lipbound diagnose`` with ``--threads`` torch threads (restored afterwards)."""
-    if args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _check_options(args: argparse.Namespace) -> None:
