@@ -95,9 +95,9 @@ def run(settings: Settings) -> ExperimentResult:
         flow = digits_flow(name, settings)
         notes.append(f"{name}: {flow.description}, test {flow.test_bpd:.3f} bpd"
                      + (" (cached)" if flow.cached else ""))
-        model = flow.model.cpu()
+        model = flow.model  # on settings.device, like the task's data
         noise = torch.Generator(device=flow.task.device).manual_seed(settings.seed + 11)
-        x = flow.task.batch(torch.arange(n), noise)[0].cpu()
+        x = flow.task.batch(torch.arange(n), noise)[0]
         centres = dequantization_centres(x, flow.levels, flow.offset)
         attacked_model = truncated(model) if name == "resflow" else model
         result = invertibility_attack(attacked_model, centres, radius=0.5 / flow.levels,

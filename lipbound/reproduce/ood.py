@@ -187,7 +187,8 @@ def run(settings: Settings) -> ExperimentResult:
     rows, broken, failed = [], {m: {} for m in MODELS}, {m: {} for m in MODELS}
     for model_name, flow in flows.items():
         for data_name, x in datasets.items():
-            errors = reconstruction_stats(flow.model.cpu(), x, "float32").errors
+            device = next(flow.model.parameters()).device
+            errors = reconstruction_stats(flow.model, x.to(device), "float32").errors.cpu()
             s = error_summary(errors)
             over = 100.0 * float((torch.isfinite(errors) & (errors > FAIL_ERROR)).sum()) / s["n"]
             rows.append({"model": model_name, "dataset": data_name, "n": s["n"],
