@@ -26,6 +26,9 @@ def test_smoke_run_writes_files_with_finite_numbers(tmp_path):
     by_model = {r["model"]: r for r in rows}
     assert by_model["affine conv fd"]["memory_saving"] == "True"
     assert by_model["affine conv none"]["memory_saving"] == "False"
+    # paper, footnote 3: only FD trained memory-efficiently, NF with standard backprop
+    assert by_model["affine conv nf"]["memory_saving"] == "False"
+    assert by_model["additive shuffle nf"]["memory_saving"] == "False"
     assert "table2_classifiers.png" in result.files
     assert len(back.claims) == len(result.claims) == 7
     assert back.claims[6].holds is None  # no coefficient sweep at smoke scale
