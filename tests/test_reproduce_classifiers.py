@@ -77,3 +77,23 @@ def test_nan_condition_counts_as_infinite_and_no_sweep_is_undecided():
     assert claims[3].holds is True  # a non-finite Jacobian: the regularized ratio is 0
     del ours["affine conv fd 1e-3"], ours["affine conv fd 1e-4"]
     assert classifiers.claims(ours)[6].holds is None
+
+
+def test_nan_ratio_or_accuracy_leaves_the_claim_undecided():
+    ours = _table()
+    # conv: both condition numbers non-finite, the ratio inf/inf is NaN; shuffle: 1e-10
+    ours["affine conv none"]["cond"] = ours["affine conv fd"]["cond"] = math.nan
+    assert classifiers.claims(ours)[3].holds is None
+    ours = _table()
+    ours["affine conv nf"]["test_acc"] = math.nan
+    claim = classifiers.claims(ours)[5]
+    assert claim.holds is None and "affine conv nf" in claim.evidence
+    ours = _table()
+    ours["affine conv nf"]["min_sv"] = math.nan
+    assert classifiers.claims(ours)[4].holds is None
+
+
+def test_accuracy_drop_is_reported_positive():
+    claim = classifiers.claims(_table(reg_acc=80.0))[5]
+    assert claim.holds is False
+    assert claim.evidence.startswith("largest drop unregularized - regularized (points): 9.5")
