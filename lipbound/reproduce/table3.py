@@ -15,10 +15,11 @@ random points of their symbols (sups and Lipschitz constants log-uniform in ``[1
 ``Lip(g)`` uniform in ``[0, 0.999]``, box ends ``a, a* <= 0 <= b, b*`` of magnitude log-uniform in
 ``[1e-3, 10]``; the neural ODE's ``Lip(f) T`` is kept at most :data:`MAX_LIP_T` by redrawing
 ``T``, so that the paper's ``exp(Lip(f) T)`` stays a finite float): a point *violates* the
-claim when the proved form's lower end exceeds the paper's upper end there (a certain ``tight > paper``). The claim holds when no point violates it;
-the table reports the largest ratio ``tight / paper`` seen (``<= 1``) and the smallest (how much
-tighter the proved form gets), over the points where all four ends are finite; points where an
-end overflowed are counted apart (``overflowed``) and give no ratio.
+claim when the proved form's lower end exceeds the paper's upper end there (a certain
+``tight > paper``). The claim holds when no point violates it; the table reports the largest
+ratio ``tight / paper`` seen (``<= 1``) and the smallest (how much tighter the proved form
+gets), over the points where all four ends are finite; points where an end overflowed are
+counted apart (``overflowed``) and give no ratio.
 """
 
 from __future__ import annotations
