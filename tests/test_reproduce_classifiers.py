@@ -97,3 +97,13 @@ def test_accuracy_drop_is_reported_positive():
     claim = classifiers.claims(_table(reg_acc=80.0))[5]
     assert claim.holds is False
     assert claim.evidence.startswith("largest drop unregularized - regularized (points): 9.5")
+
+
+def test_table9_claim_is_fd_only_as_the_papers_nf_sweep_grows():
+    ours = _table()
+    for name, values in classifiers.PAPER_SWEEP.items():  # the paper's own Table 9 rows
+        ours[name] = {"cond": values["cond"]}
+    claim = classifiers.claims(ours)[6]
+    assert claim.holds is True and "nf" not in claim.evidence
+    ours["affine conv fd 1e-3"] = {"cond": 1e3}  # FD: larger coefficient, larger condition
+    assert classifiers.claims(ours)[6].holds is False
