@@ -8,6 +8,7 @@ import math
 from reproduce_helpers import finite, run_smoke
 
 from lipbound.reproduce import classifiers
+from lipbound.reproduce.common import Settings
 
 
 def test_smoke_run_writes_files_with_finite_numbers(tmp_path):
@@ -107,3 +108,15 @@ def test_table9_claim_is_fd_only_as_the_papers_nf_sweep_grows():
     assert claim.holds is True and "nf" not in claim.evidence
     ours["affine conv fd 1e-3"] = {"cond": 1e3}  # FD: larger coefficient, larger condition
     assert classifiers.claims(ours)[6].holds is False
+
+
+def test_full_scale_uses_the_papers_coefficient_per_row(tmp_path):
+    """Appendix G: FD 1e-4 every 10 steps, but 5e-5 for additive with 1x1 convolutions (the
+    paper's row it is compared with); NF 1e-5 every step."""
+    full = Settings(out=tmp_path / "full", scale="full")
+    assert classifiers.model_coefficient(full, "additive", "conv", "fd") == (5e-5, 10)
+    assert classifiers.model_coefficient(full, "additive", "shuffle", "fd") == (1e-4, 10)
+    assert classifiers.model_coefficient(full, "affine", "conv", "fd") == (1e-4, 10)
+    assert classifiers.model_coefficient(full, "additive", "conv", "nf") == (1e-5, 1)
+    cpu = Settings(out=tmp_path / "cpu", scale="cpu")
+    assert classifiers.model_coefficient(cpu, "additive", "conv", "fd") == (1e-4, 10)
