@@ -104,3 +104,15 @@ def test_in_model_range_shifts_by_the_offset():
     assert torch.equal(ood.in_model_range(x, -0.5)["u"], x["u"])
     assert torch.equal(ood.in_model_range(x, 0.0)["u"],
                        torch.tensor([[0.0, 0.5, 1.0]], dtype=torch.float64))
+
+
+def test_no_broken_set_names_none_and_the_note_names_the_data():
+    zero = {"digits (test)": 0.0, "Uniform": 0.0, "Gaussian": 0.0}
+    claim = ood_claims({"affine": zero, "resflow": zero}, "digits (test)")[1]
+    assert claim.holds is False and "Uniform" not in claim.statement
+    assert "none broke" in claim.statement
+    some = ood_claims({"affine": {**zero, "Gaussian": 30.0}, "resflow": zero},
+                      "digits (test)")[1]
+    assert some.holds is True and "most: Gaussian" in some.statement
+    assert ood.trained_on((1, 8, 8)) == "8x8 digits"
+    assert "8x8" not in ood.trained_on((3, 64, 64)) and "3 x 64 x 64" in ood.trained_on((3, 64, 64))
