@@ -53,7 +53,7 @@ def test_dequantization_centres():
 def test_worst_error_and_claims_both_ways():
     assert worst_error(torch.tensor([1e-3, 2e-3])) == 2e-3
     assert worst_error(torch.tensor([1e-3, math.nan])) == math.inf
-    holds = attack_claims({"affine": math.inf, "modified-affine": 1e-6, "resflow": 1e-6},
+    holds = attack_claims({"affine": math.inf, "modified-affine": 1e-3, "resflow": 1e-6},
                           1e-3, 1e-6)
     assert [c.holds for c in holds] == [True, True, True]
     fails = attack_claims({"affine": 1e-5, "modified-affine": 1e-6, "resflow": 1e-6},
@@ -61,4 +61,11 @@ def test_worst_error_and_claims_both_ways():
     assert [c.holds for c in fails] == [False, False, False]
     both_broke = attack_claims({"affine": math.inf, "modified-affine": math.inf,
                                 "resflow": 1e-6}, 1e-3, 1e-6)
-    assert both_broke[0].holds is False and "both" in both_broke[0].evidence
+    assert [c.holds for c in both_broke] == [True, True, True]  # the paper's Figure 11
+    one_stable = attack_claims({"affine": math.inf, "modified-affine": 1e-6,
+                                "resflow": 1e-6}, 1e-3, 1e-6)
+    assert [c.holds for c in one_stable] == [True, False, True]
+    resflow_broke = attack_claims({"affine": math.inf, "modified-affine": math.inf,
+                                   "resflow": math.inf}, 1e-3, 1e-6)
+    assert resflow_broke[0].holds is False and resflow_broke[1].holds is False
+    assert "Residual Flow" in resflow_broke[0].evidence

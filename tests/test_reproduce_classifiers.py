@@ -8,6 +8,7 @@ import math
 from reproduce_helpers import finite, run_smoke
 
 from lipbound.reproduce import classifiers
+from lipbound.reproduce.common import Settings
 
 
 def test_smoke_run_writes_files_with_finite_numbers(tmp_path):
@@ -26,6 +27,9 @@ def test_smoke_run_writes_files_with_finite_numbers(tmp_path):
     by_model = {r["model"]: r for r in rows}
     assert by_model["affine conv fd"]["memory_saving"] == "True"
     assert by_model["affine conv none"]["memory_saving"] == "False"
+    # paper, footnote 3: only FD trained memory-efficiently, NF with standard backprop
+    assert by_model["affine conv nf"]["memory_saving"] == "False"
+    assert by_model["additive shuffle nf"]["memory_saving"] == "False"
     assert "table2_classifiers.png" in result.files
     assert len(back.claims) == len(result.claims) == 7
     assert back.claims[6].holds is None  # no coefficient sweep at smoke scale
@@ -74,3 +78,45 @@ def test_nan_condition_counts_as_infinite_and_no_sweep_is_undecided():
     assert claims[3].holds is True  # a non-finite Jacobian: the regularized ratio is 0
     del ours["affine conv fd 1e-3"], ours["affine conv fd 1e-4"]
     assert classifiers.claims(ours)[6].holds is None
+
+
+def test_nan_ratio_or_accuracy_leaves_the_claim_undecided():
+    ours = _table()
+    # conv: both condition numbers non-finite, the ratio inf/inf is NaN; shuffle: 1e-10
+    ours["affine conv none"]["cond"] = ours["affine conv fd"]["cond"] = math.nan
+    assert classifiers.claims(ours)[3].holds is None
+    ours = _table()
+    ours["affine conv nf"]["test_acc"] = math.nan
+    claim = classifiers.claims(ours)[5]
+    assert claim.holds is None and "affine conv nf" in claim.evidence
+    ours = _table()
+    ours["affine conv nf"]["min_sv"] = math.nan
+    assert classifiers.claims(ours)[4].holds is None
+
+
+def test_accuracy_drop_is_reported_positive():
+    claim = classifiers.claims(_table(reg_acc=80.0))[5]
+    assert claim.holds is False
+    assert claim.evidence.startswith("largest drop unregularized - regularized (points): 9.5")
+
+
+def test_table9_claim_is_fd_only_as_the_papers_nf_sweep_grows():
+    ours = _table()
+    for name, values in classifiers.PAPER_SWEEP.items():  # the paper's own Table 9 rows
+        ours[name] = {"cond": values["cond"]}
+    claim = classifiers.claims(ours)[6]
+    assert claim.holds is True and "nf" not in claim.evidence
+    ours["affine conv fd 1e-3"] = {"cond": 1e3}  # FD: larger coefficient, larger condition
+    assert classifiers.claims(ours)[6].holds is False
+
+
+def test_full_scale_uses_the_papers_coefficient_per_row(tmp_path):
+    """Appendix G: FD 1e-4 every 10 steps, but 5e-5 for additive with 1x1 convolutions (the
+    paper's row it is compared with); NF 1e-5 every step."""
+    full = Settings(out=tmp_path / "full", scale="full")
+    assert classifiers.model_coefficient(full, "additive", "conv", "fd") == (5e-5, 10)
+    assert classifiers.model_coefficient(full, "additive", "shuffle", "fd") == (1e-4, 10)
+    assert classifiers.model_coefficient(full, "affine", "conv", "fd") == (1e-4, 10)
+    assert classifiers.model_coefficient(full, "additive", "conv", "nf") == (1e-5, 1)
+    cpu = Settings(out=tmp_path / "cpu", scale="cpu")
+    assert classifiers.model_coefficient(cpu, "additive", "conv", "fd") == (1e-4, 10)

@@ -10,8 +10,19 @@ from reproduce_helpers import finite, run_smoke
 from lipbound.reproduce import gradient_angles
 
 
-def test_smoke_run_writes_files_with_finite_numbers(tmp_path):
+def test_smoke_run_writes_files_with_finite_numbers(tmp_path, monkeypatch):
+    memory_saving = {}
+    train_run = gradient_angles.train_run
+
+    def recording(preset, overrides, folder, settings, **kwargs):
+        memory_saving[(overrides["coupling"], overrides["regularizer"])] = (
+            overrides["memory_saving"])
+        return train_run(preset, overrides, folder, settings, **kwargs)
+
+    monkeypatch.setattr(gradient_angles, "train_run", recording)
     result, back, rows = run_smoke(gradient_angles.run, tmp_path)
+    # paper, footnote 3: only FD trained memory-efficiently, None and NF with standard backprop
+    assert memory_saving == {m: m[1] == "fd" for m in gradient_angles.MODELS.values()}
     assert [(r["model"], int(r["step"])) for r in rows] == [
         (m, s) for m in gradient_angles.MODELS for s in (2, 4)]
     for row in result.rows:

@@ -4,6 +4,7 @@ the training range; the claims are checked on synthetic numbers both ways."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from lipbound.errors import InputError
+from lipbound.reproduce import ood
 from lipbound.reproduce.common import Settings, run_experiment
 from lipbound.reproduce.ood import image_patches, noise_datasets, ood_claims, run, shipped_images
 
@@ -69,3 +71,48 @@ def test_claims_both_ways():
     small = ood_claims(broken, "in", {"affine": {"in": 0.0, "Uniform": 1.0},
                                       "resflow": {"in": 0.0, "Uniform": 1.0}})
     assert small[0].holds is False
+
+
+def test_ood_sets_lie_in_each_models_training_range(tmp_path, monkeypatch):
+    """A model trained on [0, 1) (centered=False, offset 0) sees its OOD sets in [0, 1], a
+    centred one (offset -1/2) in [-1/2, 1/2]."""
+    real = ood.digits_flow
+
+    def flow(name, settings):
+        f = real(name, settings)
+        return dataclasses.replace(f, offset=0.0) if name == "resflow" else f
+
+    seen = []
+    stats = ood.reconstruction_stats
+
+    def recording(model, x, *args, **kwargs):
+        seen.append((float(x.min()), float(x.max())))
+        return stats(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(ood, "digits_flow", flow)
+    monkeypatch.setattr(ood, "reconstruction_stats", recording)
+    ood.run(Settings(out=tmp_path / "ood", scale="smoke", progress=False))
+    half = len(seen) // 2  # ood.MODELS in order, each on its test data and then the OOD sets
+    assert ood.MODELS == ("affine", "resflow") and len(seen) == 2 * half
+    for ranges, lo in ((seen[1:half], -0.5), (seen[half + 1:], 0.0)):
+        assert ranges and all(lo - 1e-12 <= a and b <= lo + 1 + 1e-12 for a, b in ranges), lo
+        assert min(a for a, _ in ranges) < lo + 0.05  # Uniform/Rademacher reach the bottom
+
+
+def test_in_model_range_shifts_by_the_offset():
+    x = {"u": torch.tensor([[-0.5, 0.0, 0.5]], dtype=torch.float64)}
+    assert torch.equal(ood.in_model_range(x, -0.5)["u"], x["u"])
+    assert torch.equal(ood.in_model_range(x, 0.0)["u"],
+                       torch.tensor([[0.0, 0.5, 1.0]], dtype=torch.float64))
+
+
+def test_no_broken_set_names_none_and_the_note_names_the_data():
+    zero = {"digits (test)": 0.0, "Uniform": 0.0, "Gaussian": 0.0}
+    claim = ood_claims({"affine": zero, "resflow": zero}, "digits (test)")[1]
+    assert claim.holds is False and "Uniform" not in claim.statement
+    assert "none broke" in claim.statement
+    some = ood_claims({"affine": {**zero, "Gaussian": 30.0}, "resflow": zero},
+                      "digits (test)")[1]
+    assert some.holds is True and "most: Gaussian" in some.statement
+    assert ood.trained_on((1, 8, 8)) == "8x8 digits"
+    assert "8x8" not in ood.trained_on((3, 64, 64)) and "3 x 64 x 64" in ood.trained_on((3, 64, 64))

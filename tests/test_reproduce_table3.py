@@ -12,10 +12,12 @@ from lipbound.bounds import table as rows_of
 from lipbound.bounds.evaluate import upper
 from lipbound.reproduce.common import main
 from lipbound.reproduce.table3 import (
+    MAX_LIP_T,
     ROWS,
     compact,
     compare_forms,
     named_subexpressions,
+    random_values,
     run,
     tight_claim,
 )
@@ -63,3 +65,18 @@ def test_tight_claim_both_ways():
     assert tight_claim(0, 100).holds is True
     assert tight_claim(3, 100).holds is False
     assert tight_claim(0, 0).holds is None
+
+
+def test_neural_ode_points_stay_finite_so_no_ratio_is_an_overflow():
+    """exp(Lip(f) T) overflowed at Lip(f) T ~ 1e4 and gave ratios of 0; sampled Lip(f) T stays
+    <= MAX_LIP_T, every end is finite and the proved RK4 form is tighter but never 0 x."""
+    bound = rows_of.neural_ode(rows_of.Symbols(), method="rk4", steps=8).forward
+    symbols = bound.paper.free_symbols | bound.tight.free_symbols
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        values = random_values(symbols, rng)
+        assert float(np.prod(list(values.values()))) <= MAX_LIP_T
+        assert np.isfinite(upper(bound.paper, values)) and np.isfinite(upper(bound.tight, values))
+    check = compare_forms(bound, 300, np.random.default_rng(0))
+    assert check["overflowed"] == 0 and check["violations"] == 0
+    assert 0 < check["min_ratio"] <= check["max_ratio"] <= 1 + 1e-12

@@ -142,7 +142,8 @@ def digits_flow(name: str, settings: Settings) -> DigitsFlow:
         description = (f"Glow-like, {config.levels} x {config.blocks} blocks of width "
                        f"{config.hidden}, {config.scale} scale, {config.steps or config.epochs} "
                        f"{'steps' if config.steps else 'epochs'}")
-    model = model.float().eval()
+    # load_model maps a cached model to the CPU; the task's data sit on settings.device
+    model = model.to(settings.device).float().eval()
     bpd = task.evaluate(model, None).get("test_bpd", float("nan"))
     levels, offset = _quantisation(config, task)
     return DigitsFlow(name, model, task, levels, offset, float(bpd), cached, description)

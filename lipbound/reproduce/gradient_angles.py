@@ -2,12 +2,12 @@ r"""Figure 18 and the introduction figure (section 1, appendix G): the angle bet
 memory-saving gradients over training, for additive and affine INN classifiers with 1x1
 convolutions, unregularized and with the FD (eq. 6) or NF (eq. 7) regularizer.
 
-As in the paper, the unregularized models train with ordinary backprop (memory-saving training
-of the unstable affine model would be meaningless) and the regularized ones with memory-saving
-gradients; every ``every`` steps the network and head are saved. Afterwards each checkpoint is
-loaded and :func:`~lipbound.training.gradient_agreement` takes, on a fixed set of training
-mini-batches, the true gradient and the raw memory-saving gradient (no fallback) of the task
-loss and the angle between them. Per checkpoint the mean angle over the batches is reported; it
+As in the paper (footnote 3 of section 4.2), the FD models train with memory-saving gradients
+and the unregularized and NF ones with ordinary backprop; every ``every`` steps the network and
+head are saved. Afterwards each checkpoint is loaded and
+:func:`~lipbound.training.gradient_agreement` takes, on a fixed set of training mini-batches,
+the true gradient and the raw memory-saving gradient (no fallback) of the task loss and the
+angle between them. Per checkpoint the mean angle over the batches is reported; it
 is NaN when any batch's gradient was not finite (as the paper's curve becomes NaN), and such
 checkpoints are marked in the figure and kept in the table, never dropped.
 """
@@ -31,7 +31,7 @@ from .common import (
     format_value,
     save_figure,
 )
-from .runs import pick_preset, run_overrides, train_run
+from .runs import memory_efficient, pick_preset, run_overrides, train_run
 
 __all__ = ["MODELS", "SMALL_ANGLE_DEG", "claims", "curve_summary", "run"]
 
@@ -148,7 +148,7 @@ def run(settings: Settings) -> ExperimentResult:
 
         overrides = {**common, "coupling": coupling, "regularizer": reg,
                      "coeff": coeffs[reg][0], "every": coeffs[reg][1],
-                     "memory_saving": reg != "none"}
+                     "memory_saving": memory_efficient(reg)}
         trainer, result = train_run(preset, overrides, folder, settings, callbacks=(keep,))
         task, flow, head = trainer.task, trainer.flow, trainer.head
         bs = min(trainer.config.batch_size, task.n_train // n_batches)
@@ -185,7 +185,7 @@ def run(settings: Settings) -> ExperimentResult:
         paper=PAPER, ours=ours, claims=claims(ours), rows=rows,
         files=_figure(curves, settings),
         notes=[f"FD coefficient {coeffs['fd'][0]:g} every {coeffs['fd'][1]} steps, NF "
-               f"{coeffs['nf'][0]:g} every step; regularized runs train with memory-saving "
-               "gradients, unregularized ones with ordinary backprop (as in the paper).",
+               f"{coeffs['nf'][0]:g} every step; FD runs train with memory-saving gradients, "
+               "unregularized and NF ones with ordinary backprop (paper, footnote 3).",
                "A checkpoint's angle is the mean over the mini-batches, NaN when any batch's "
                "gradient held NaN or Inf (nan_batches counts them)."])

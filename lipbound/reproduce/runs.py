@@ -23,13 +23,19 @@ from ..training.tasks import eval_mode
 from ..training.trainers import Callback, TrainConfig, Trainer, TrainResult
 from .common import Settings
 
-__all__ = ["SMOKE", "dataset_bpd", "pick_preset", "run_overrides", "stability_figures",
-           "train_run"]
+__all__ = ["SMOKE", "dataset_bpd", "memory_efficient", "pick_preset", "run_overrides",
+           "stability_figures", "train_run"]
 
 #: TrainConfig overrides of every run at smoke scale: a tiny network, no monitoring during
 #: training, a checkpoint only at the end.
 SMOKE: dict[str, Any] = {"levels": 1, "blocks": 2, "hidden": 8, "monitor_every": 0,
                          "monitor_samples": 0, "checkpoint_every": 0}
+
+
+def memory_efficient(regularizer: str) -> bool:
+    """Whether the paper trained a classifier with ``regularizer`` memory-efficiently (footnote
+    3 of section 4.2: the FD runs were, the None and NF runs used standard backprop)."""
+    return regularizer == "fd"
 
 
 def pick_preset(settings: Settings, cpu: str, full: Sequence[str]) -> str:
