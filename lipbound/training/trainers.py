@@ -586,7 +586,7 @@ class Trainer:
             "head": None if self.head is None else self.head.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "data_gen": self.data_gen.get_state(),
             "noise_gen": self.noise_gen.get_state(),
             "step": self.step, "epoch": self.epoch, "position": self.position,
@@ -613,7 +613,7 @@ class Trainer:
             self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.device)
         self.data_gen.set_state(state["data_gen"])
         self.noise_gen.set_state(state["noise_gen"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
