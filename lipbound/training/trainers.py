@@ -97,7 +97,8 @@ class TrainConfig:
         seed: seeds the network, the data, their order and the dequantization noise.
         dtype: ``"float32"`` or ``"float64"`` (also ``"float16"``/``"bfloat16"``).
         amp: ``"none"``, ``"bf16"`` or ``"fp16"``: automatic mixed precision of a float32 model
-            (``torch.autocast``; fp16 with a gradient scaler; :mod:`.amp`).
+            (``torch.autocast``; fp16 with a gradient scaler; :mod:`.amp`) of the training
+            steps; evaluations run in the model's dtype.
         log_every, eval_every, checkpoint_every, monitor_every: intervals in steps (0: only at
             the end; the monitor also measures at step 0).
         monitor_samples: samples whose Jacobian spectrum the monitor computes;
@@ -723,7 +724,7 @@ class Trainer:
         """The evaluation record (rank 0; empty elsewhere)."""
         if not self.dist.is_main:
             return {}
-        with self._aside(), self.autocast():
+        with self._aside():  # float32 metrics: the monitor reports amp round trips
             return {"kind": "eval", "step": self.step,
                     **self.task.evaluate(self.flow, self.head)}
 
