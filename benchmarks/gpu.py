@@ -3,7 +3,7 @@ prepared run of under 5 minutes that prints one JSON line.
 
 The model is appendix G's INN classifier: a Glow-like body (3 levels x 16 steps of ActNorm, 1x1
 convolution and affine coupling, coupling networks of width 128) on 3x32x32 inputs, the head
-BatchNorm1d -> ReLU -> Linear(3072, 10), cross-entropy, Adam, batch 64, float32. Its
+BatchNorm1d -> ReLU -> Linear(3072, 10), cross-entropy, Adam, batch 128 (Table 8), float32. Its
 architecture comes from the preset ``cifar10-classifier-affine-1x1conv`` of
 :mod:`lipbound.training.presets` when that preset exists, else it is built directly with the same
 numbers (``"architecture_source"`` in the JSON says which). The data are random images and labels
@@ -49,7 +49,7 @@ import pickle
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -87,21 +87,27 @@ class Size:
     small: bool = False
 
 
-FULL = Size((3, 32, 32), batch=64, repeats=10, fd_cycles=2, amp_steps=20)
+#: Table 8's batch, for when the preset does not exist.
+APPENDIX_G_BATCH = 128
+FULL = Size((3, 32, 32), batch=APPENDIX_G_BATCH, repeats=10, fd_cycles=2, amp_steps=20)
 SMALL = Size((3, 8, 8), batch=4, repeats=3, fd_cycles=1, amp_steps=3, small=True)
 #: The architecture of ``--small``: 2 levels x 2 steps, width 8.
 SMALL_ARCH = {"levels": 2, "blocks": 2, "hidden": 8}
 
 
-def architecture(size: Size) -> tuple[dict[str, Any], str]:
-    """The classifier's architecture (glow_like arguments) and where it came from."""
-    arch, source = dict(APPENDIX_G), "appendix G (built directly)"
+def _preset() -> dict[str, Any] | None:
     try:
         from lipbound.training.presets import PRESETS
     except ImportError:
-        PRESETS = {}
-    if PRESET in PRESETS:
-        values = PRESETS[PRESET][1]
+        return None
+    return PRESETS[PRESET][1] if PRESET in PRESETS else None
+
+
+def architecture(size: Size) -> tuple[dict[str, Any], str]:
+    """The classifier's architecture (glow_like arguments) and where it came from."""
+    arch, source = dict(APPENDIX_G), "appendix G (built directly)"
+    values = _preset()
+    if values is not None:
         arch = {k: values.get(k, v) for k, v in APPENDIX_G.items()}
         arch.update({k: values[k] for k in ("scale", "actnorm") if k in values})
         source = f"preset {PRESET}"
@@ -109,6 +115,13 @@ def architecture(size: Size) -> tuple[dict[str, Any], str]:
         arch.update(SMALL_ARCH)
         source += ", reduced by --small"
     return arch, source
+
+
+def full_size() -> Size:
+    """:data:`FULL` with the preset's batch (Table 8: 128; :data:`APPENDIX_G_BATCH` without
+    the preset)."""
+    values = _preset() or {}
+    return replace(FULL, batch=int(values.get("batch_size", APPENDIX_G_BATCH)))
 
 
 @dataclass
@@ -294,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    size = SMALL if args.small else FULL
+    size = SMALL if args.small else full_size()
     arch, source = architecture(size)
     out: dict[str, Any] = {"device": args.device, "torch": torch.__version__,
                            "architecture_source": source, "architecture": arch,

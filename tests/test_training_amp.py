@@ -197,3 +197,18 @@ def test_options_train_the_same_network_in_float64(tmp_path, options, regularize
     # (a wrong map moves a parameter by about lr = 1e-2)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("task", ["classifier", "flow"])
+def test_evaluation_under_bf16_training_is_float32(tmp_path, task):
+    """``--amp`` speeds up training only: the logged evaluation (test loss, accuracy, bits per
+    dimension) is the float32 evaluation of the trained network (the monitor reports the
+    round trips under amp separately)."""
+    values = {"task": "flow", "mixing": "reverse", "optimizer": "adamax"} if task == "flow" else {}
+    trainer = Trainer(config(dtype="float32", amp="bf16", monitor_every=0, **values), tmp_path,
+                      progress=False)
+    result = fit(trainer)
+    with trainer._aside(), torch.no_grad():
+        reference = trainer.task.evaluate(trainer.flow, trainer.head)
+    logged = {k: v for k, v in result.eval.items() if k not in ("kind", "step")}
+    assert logged == reference

@@ -5,6 +5,7 @@ classes give the same tensors when torchvision imports; bad inputs name what is 
 from __future__ import annotations
 
 import pickle
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,12 @@ import torch
 from dataset_files import write_celeba, write_cifar10, write_svhn
 
 from lipbound.errors import InputError
-from lipbound.training.datasets import load_image_set, torchvision_datasets
+from lipbound.training import datasets
+from lipbound.training.datasets import (
+    CELEBA_TORCHVISION_FILES,
+    load_image_set,
+    torchvision_datasets,
+)
 
 NO_TORCHVISION = ("torchvision does not import beside this torch (missing, or built for another "
                   "torch release)")
@@ -75,6 +81,33 @@ def test_backend_auto_is_direct_without_torchvision(tmp_path):
     assert torch.equal(auto.images, direct.images) and torch.equal(auto.labels, direct.labels)
     with pytest.raises(InputError, match="backend 'torchvision' needs a torchvision"):
         load_image_set("cifar10", tmp_path, "test", backend="torchvision")
+
+
+class _TorchvisionUsed(Exception):
+    pass
+
+
+def test_backend_auto_reads_celeba_directly_without_torchvisions_annotation_files(
+        tmp_path, monkeypatch):
+    """With torchvision importable (a stand-in here), ``auto`` takes its CelebA only when the
+    annotation files it reads exist; otherwise the direct reader, and backend 'torchvision'
+    names the missing files."""
+    def celeba(*args, **kwargs):
+        raise _TorchvisionUsed
+
+    monkeypatch.setattr(datasets, "torchvision_datasets", lambda: SimpleNamespace(CelebA=celeba))
+    write_celeba(tmp_path, [(10, 200, 30), (40, 80, 160)], splits=[0, 0])
+    with pytest.raises(_TorchvisionUsed):
+        load_image_set("celeba64", tmp_path, "train")
+    for f in CELEBA_TORCHVISION_FILES[1:]:
+        (tmp_path / "celeba" / f).unlink()
+    auto = load_image_set("celeba64", tmp_path, "train")
+    direct = load_image_set("celeba64", tmp_path, "train", backend="direct")
+    assert len(auto) == 2 and torch.equal(auto.images, direct.images)
+    with pytest.raises(FileNotFoundError, match=r"torchvision's CelebA reader needs "
+                       r"list_attr_celeba.txt, list_bbox_celeba.txt, "
+                       r"list_landmarks_align_celeba.txt in '.*celeba', which do not exist"):
+        load_image_set("celeba64", tmp_path, "train", backend="torchvision")
 
 
 @pytest.mark.skipif(torchvision_datasets() is None, reason=NO_TORCHVISION)

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from ddp_helpers import trainer_worker
 
@@ -111,6 +112,52 @@ def test_global_batch_norm_is_batch_norm_on_one_process():
     x = torch.randn(10, 2, 3)
     torch.testing.assert_close(converted(x), head(x))
     torch.testing.assert_close(converted[1].running_var, head[1].running_var)
+
+
+def _bf16_batch_norm_worker(rank, rendezvous, out):
+    """Rank ``rank``'s half of a bf16 batch through GlobalBatchNorm under CPU autocast; saves
+    the output, the input gradient and the running statistics to ``out/bn{rank}.pt``."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        x = _bf16_batch()[8 * rank:8 * (rank + 1)].clone().requires_grad_()
+        bn = GlobalBatchNorm(3, dtype=torch.float32)
+        torch.nn.init.normal_(bn.weight, generator=torch.Generator().manual_seed(1))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = bn(x)
+        y.float().square().sum().backward()
+        torch.save({"y": y.detach(), "grad": x.grad, "mean": bn.running_mean,
+                    "var": bn.running_var}, f"{out}/bn{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _bf16_batch():
+    x = torch.randn(16, 3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    return (x * 3 + 2).bfloat16()
+
+
+def test_global_batch_norm_under_bf16_autocast_on_two_processes(tmp_path):
+    """A bf16 input (autocast) on two processes: the statistics are float32, the output is bf16
+    and follows ``BatchNorm1d`` on the float32 global batch within bf16 rounding, and so do the
+    running statistics (which stay float32) and the input gradients."""
+    mp.spawn(_bf16_batch_norm_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)),
+             nprocs=2)
+    ranks = [torch.load(tmp_path / f"bn{r}.pt") for r in range(2)]
+    x = _bf16_batch().float().requires_grad_()
+    bn = torch.nn.BatchNorm1d(3, dtype=torch.float32)
+    torch.nn.init.normal_(bn.weight, generator=torch.Generator().manual_seed(1))
+    y = bn(x)
+    y.square().sum().backward()
+    assert all(r["y"].dtype == torch.bfloat16 for r in ranks)
+    ddp_y = torch.cat([r["y"] for r in ranks]).float()
+    torch.testing.assert_close(ddp_y, y.detach(), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(torch.cat([r["grad"] for r in ranks]).float(), x.grad,
+                               rtol=2e-2, atol=2e-2)
+    for r in ranks:
+        assert r["mean"].dtype == r["var"].dtype == torch.float32
+        torch.testing.assert_close(r["mean"], bn.running_mean)
+        torch.testing.assert_close(r["var"], bn.running_var)
 
 
 def test_one_process_context_has_no_collectives():

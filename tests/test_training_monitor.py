@@ -152,6 +152,42 @@ def test_monitor_bad_input():
         StabilityMonitor(model, torch.randn(2, 4), cond_threshold=0)
 
 
+def test_checkpoint_saves_and_restores_the_cuda_generator_of_the_trainers_device(
+        tmp_path, monkeypatch):
+    """Rank 0 saves its own device's CUDA generator (cuda:1 here), and every rank restores it
+    into its own device (cuda:3 here): the ranks share that stream, the other devices of rank
+    0's process are not saved. An old checkpoint (all devices, ``"cuda"``) restores as before.
+    (torch.cuda's functions stand in for a GPU.)"""
+    calls = []
+
+    def get_state(device="cuda"):
+        return torch.tensor([torch.device(device).index], dtype=torch.uint8)
+
+    def get_all():
+        raise AssertionError("only the trainer's device is saved")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", get_state)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", get_all)
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": calls.append(("one", state, device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all",
+                        lambda states: calls.append(("all", states, None)))
+    save_checkpoint({"rng": rng_state(torch.device("cuda:1"))}, tmp_path / "ck.pt")
+    saved = load_checkpoint(tmp_path / "ck.pt")["rng"]
+    set_rng_state(saved, torch.device("cuda:3"))
+    assert len(calls) == 1 and calls[0][0] == "one"
+    assert torch.equal(calls[0][1], torch.tensor([1], dtype=torch.uint8))
+    assert calls[0][2] == torch.device("cuda:3")
+    set_rng_state(saved, torch.device("cpu"))  # a CPU resume leaves CUDA alone
+    assert len(calls) == 1
+    assert rng_state(torch.device("cpu"))["cuda_device"] is None
+    old = {**saved, "cuda": [torch.zeros(2, dtype=torch.uint8)] * 2}
+    del old["cuda_device"]
+    set_rng_state(old, torch.device("cuda:3"))
+    assert calls[1][0] == "all" and len(calls[1][1]) == 2
+
+
 def test_checkpoint_atomic_round_trip_and_random_states(tmp_path):
     path = tmp_path / "ck.pt"
     save_checkpoint({"a": torch.arange(3), "n": 1}, path)

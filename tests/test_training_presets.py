@@ -365,3 +365,26 @@ def test_checkpoint_network_rebuilds_without_the_data(tmp_path):
     saved = torch.load(run / "model.pt", weights_only=False)
     with torch.no_grad():
         assert torch.equal(net(x), saved.eval()(x))
+
+
+def test_gpu_benchmark_trains_with_the_presets_batch(monkeypatch):
+    """``benchmarks/gpu.py`` measures the classifier at the batch of its preset (Table 8: 128),
+    and at Table 8's 128 when the preset does not exist."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    before = set(sys.modules)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        module = importlib.import_module("gpu")  # and benchmarks/training.py as "training"
+    finally:
+        for name in ("gpu", "training"):
+            if name not in before:
+                sys.modules.pop(name, None)
+    preset = PRESETS[module.PRESET][1]
+    assert preset["batch_size"] == 128
+    assert module.full_size().batch == preset["batch_size"]
+    assert module.full_size().shape == (3, 32, 32)
+    monkeypatch.setattr(module, "PRESET", "no-such-preset")
+    assert module.full_size().batch == 128

@@ -12,6 +12,7 @@ import torch
 
 from lipbound.errors import InputError
 from lipbound.io import load_model
+from lipbound.precision.verify_cli import load_network
 from lipbound.training import load_checkpoint, save_checkpoint
 from lipbound.training.trainers import TrainConfig, Trainer, train
 
@@ -71,6 +72,36 @@ def test_resume_after_ctrl_c_is_bit_for_bit(tmp_path, task):
     # the saved network is readable by the other lipbound commands
     model = load_model(tmp_path / "part" / "model.pt")
     assert states_equal(model.state_dict(), b["flow"])
+
+
+def test_image_residual_flow_resumes_bit_for_bit_and_its_checkpoint_loads(tmp_path):
+    """The spectrally normalised convolutions of an image Residual Flow learn their input shape,
+    and create their power-iteration vectors, at the first forward call: a fresh network still
+    loads a checkpoint's vectors, the resumed run continues their power iteration as the
+    uninterrupted run does, and ``lipbound verify``'s loader rebuilds the saved network."""
+    cfg = tiny("flow", arch="residual", steps=5, monitor_every=0, eval_every=0)
+    full = train(cfg, tmp_path / "full", progress=False)
+    part = train(cfg, tmp_path / "part", progress=False, callbacks=(interrupt_at(2),))
+    assert full.status == "done" and part.status == "interrupted"
+    resumed = train(cfg, tmp_path / "part", resume=True, progress=False)
+    assert resumed.status == "done" and resumed.step == 5
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert any(k.endswith(".u") for k in b["flow"]) and states_equal(a["flow"], b["flow"])
+    assert records(tmp_path / "full") == records(tmp_path / "part")
+    network = load_network(tmp_path / "part" / "checkpoint.pt")
+    model = load_model(tmp_path / "part" / "model.pt")
+    assert states_equal(network.state_dict(), model.state_dict())
+    x = torch.rand(3, *b["input_shape"], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(network(x), model.eval()(x))
+    # a stored network that does not fit: the message keeps every line of torch's report
+    bad = {**b, "flow": {**{k: v for k, v in b["flow"].items() if k != "blocks.1.bias"},
+                         "blocks.1.extra": torch.zeros(1)}}
+    save_checkpoint(bad, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="does not fit the architecture") as err:
+        load_network(tmp_path / "bad.pt")
+    assert "blocks.1.extra" in str(err.value) and "blocks.1.bias" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_resume_with_memory_saving_and_fd_is_bit_for_bit(tmp_path):

@@ -70,9 +70,12 @@ class SpectralNormLayer(nn.Module):
     ``.double()``, ``.to(float16)`` or a deep copy keep the stored vectors (the same network at
     another precision has the same stored parameters; a float32-built layer cast to float64 keeps
     vectors of float32 accuracy until ``refresh_vectors(force=True)``), and loading a state dict
-    with ``weight``, ``u`` and ``v`` marks them as belonging together. When the weight differs
-    from it (an optimizer step, :func:`~lipbound.blocks.randomize_parameters`, a state dict
-    without ``u`` and ``v``) and no training-mode step has updated them, the vectors are stale:
+    with ``weight``, ``u`` and ``v`` marks them as belonging together (a layer that has not seen
+    an input takes its input shape from the stored ``v``; training-mode calls after the load
+    continue the stored power iteration, as the saved layer would, so training resumes exactly).
+    When the weight differs from it (an optimizer step,
+    :func:`~lipbound.blocks.randomize_parameters`, a state dict without ``u`` and ``v``) and
+    no training-mode step has updated them, the vectors are stale:
     the next forward call recomputes and stores them, exactly or by power iteration run until
     ``sigma`` changes by at most ``4 eps`` relative (at most 1000 iterations; convolutions with
     clustered spectra may stop at the cap, some ``1e-6`` below ``sigma``). A new layer whose
@@ -236,10 +239,21 @@ class SpectralNormLayer(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any
                               ) -> None:
+        u, v = state_dict.get(prefix + "u"), state_dict.get(prefix + "v")
+        if self.v is None and isinstance(u, Tensor) and isinstance(v, Tensor) and v.dim() >= 2:
+            # a layer that has not seen an input yet takes its input shape from the stored
+            # vectors (a saved layer that had run): allocate them for the load to fill in
+            self.input_shape = tuple(v.shape[1:])
+            w = self.weight
+            self.u = torch.empty(u.shape, dtype=w.dtype, device=w.device)
+            self.v = torch.empty(v.shape, dtype=w.dtype, device=w.device)
         super()._load_from_state_dict(state_dict, prefix, *args)
         if self.v is not None and all(prefix + k in state_dict for k in ("weight", "u", "v")):
             self.weight_seen = self.weight.detach().clone()  # loaded together: they belong
             self._key = self._weight_key()
+            # stored vectors of a layer that ran: training-mode calls continue its power
+            # iteration, as the saved layer's next call would (exact resumption)
+            self._called = True
 
     def extra_repr(self) -> str:
         return (f"weight={tuple(self.weight.shape)}, coeff={self.coeff}, exact={self.exact}, "

@@ -65,7 +65,7 @@ def _network_from_checkpoint(state: dict[str, Any], path: Path) -> torch.nn.Modu
         flow.load_state_dict(state["flow"])
     except RuntimeError as err:
         raise InputError(f"{source}: its stored network does not fit the architecture its "
-                         f"config builds ({str(err).splitlines()[0]})") from err
+                         f"config builds ({' '.join(str(err).split())})") from err
     return flow.eval()
 
 

@@ -53,23 +53,41 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def rng_state() -> dict[str, Any]:
-    """The global random states of torch (CPU and every CUDA device), numpy and Python."""
+def rng_state(device: str | torch.device | None = None) -> dict[str, Any]:
+    """The global random states of torch (CPU, and the CUDA generator of ``device``), numpy
+    and Python.
+
+    Only the trainer's own device is saved (``"cuda_device"``): in a multi-GPU run every rank
+    draws from its own device's default generator, seeded alike, and rank 0 writes the
+    checkpoint, so its device's state is the one every rank restores (:func:`set_rng_state`).
+    ``"cuda"`` (every device of the saving process) is what older lipbound wrote; it stays
+    empty.
+    """
+    device = None if device is None else torch.device(device)
     np_state = np.random.get_state()  # noqa: NPY002 - the legacy global state is what we save
     py_version, py_internal, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [],
+        "cuda_device": (torch.cuda.get_rng_state(device)
+                        if device is not None and device.type == "cuda" else None),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
                   int(np_state[3]), float(np_state[4])],
         "python": [py_version, list(py_internal), py_gauss],
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the random states saved by :func:`rng_state`."""
+def set_rng_state(state: dict[str, Any], device: str | torch.device | None = None) -> None:
+    """Restore the random states saved by :func:`rng_state`; the saved CUDA generator state
+    goes into ``device``'s generator (on every rank alike). A checkpoint of older lipbound
+    (``"cuda"``: the states of every device of the saving process) restores them all, as
+    before."""
+    device = None if device is None else torch.device(device)
     torch.set_rng_state(state["torch"])
-    if state["cuda"]:
+    if state.get("cuda_device") is not None:
+        if device is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name,  # noqa: NPY002

@@ -15,7 +15,9 @@ Two readers give the same tensors from the same files:
   torchvision wheel is built for one torch release (torchvision 0.28 needs torch 2.14.1 and fails
   to import beside another), so a machine whose torch is pinned elsewhere still reads the data.
 
-``backend="auto"`` takes torchvision when it imports and the direct reader otherwise. The layouts
+``backend="auto"`` takes torchvision when it imports and the direct reader otherwise (for
+``celeba64`` torchvision only when the annotation files its ``CelebA`` reads,
+:data:`CELEBA_TORCHVISION_FILES`, are there too). The layouts
 (``root`` is the folder given to torchvision, the trainer's ``data_root``):
 
 ==============  ===========================================================================
@@ -53,7 +55,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import InputError
 
-__all__ = ["BACKENDS", "IMAGE_SETS", "ImageSet", "load_image_set", "torchvision_datasets"]
+__all__ = ["BACKENDS", "CELEBA_TORCHVISION_FILES", "IMAGE_SETS", "ImageSet", "load_image_set",
+           "torchvision_datasets"]
 
 #: Dataset name -> its splits.
 IMAGE_SETS: dict[str, tuple[str, ...]] = {
@@ -75,8 +78,14 @@ _DOWNLOAD = {
             "http://ufldl.stanford.edu/housenumbers/{{train,test}}_32x32.mat into {root!r})",
     "celeba64": "torchvision.datasets.CelebA({root!r}, download=True) (Google Drive; or put "
                 "img_align_celeba/ and list_eval_partition.txt from the CelebA site into "
-                "{root!r}/celeba)",
+                "{root!r}/celeba, and for backend 'torchvision' also "
+                "identity_CelebA.txt, list_attr_celeba.txt, list_bbox_celeba.txt and "
+                "list_landmarks_align_celeba.txt)",
 }
+#: The annotation files torchvision's CelebA reads besides the images and the split list (the
+#: flows use none of them; the direct reader does not need them).
+CELEBA_TORCHVISION_FILES = ("identity_CelebA.txt", "list_attr_celeba.txt",
+                            "list_bbox_celeba.txt", "list_landmarks_align_celeba.txt")
 
 
 @dataclass(frozen=True)
@@ -244,6 +253,11 @@ class _TorchvisionImages(Dataset):
         return (x, int(target)) if self.labels else x
 
 
+def _celeba_torchvision_missing(root: Path) -> list[str]:
+    """The files of :data:`CELEBA_TORCHVISION_FILES` missing from ``root/celeba``."""
+    return [f for f in CELEBA_TORCHVISION_FILES if not (root / "celeba" / f).is_file()]
+
+
 def _torchvision_source(tv: Any, name: str, root: Path, split: str, size: int) -> Dataset:
     if name == "cifar10":
         _cifar10_files(root, split)
@@ -253,6 +267,13 @@ def _torchvision_source(tv: Any, name: str, root: Path, split: str, size: int) -
         data = tv.SVHN(str(root), split=split, download=False)
     else:
         _celeba_names(root, split)
+        missing = _celeba_torchvision_missing(root)
+        if missing:
+            raise FileNotFoundError(
+                f"data_root {str(root)!r}: torchvision's CelebA reader needs "
+                f"{', '.join(missing)} in {str(root / 'celeba')!r}, which do not exist (backend "
+                "'direct' reads celeba64 without them); get them with "
+                + _DOWNLOAD[name].format(root=str(root)))
         data = tv.CelebA(str(root), split=split, target_type=[], download=False)
         return _TorchvisionImages(data, lambda im: celeba_transform(im, size), labels=False)
     to_tensor = importlib.import_module("torchvision.transforms").PILToTensor()
@@ -302,6 +323,8 @@ def load_image_set(name: str, root: str | Path, split: str = "train", *,
         raise FileNotFoundError(f"data_root {str(root)!r} is not a folder; get the data with "
                                 + _DOWNLOAD[name].format(root=str(root)))
     tv = torchvision_datasets() if backend != "direct" else None
+    if backend == "auto" and name == "celeba64" and _celeba_torchvision_missing(root):
+        tv = None  # torchvision's CelebA needs annotation files the direct reader does without
     if backend == "torchvision" and tv is None:
         raise InputError(f"backend 'torchvision' needs a torchvision that imports beside torch "
                          f"{torch.__version__}: pip install 'lipbound[datasets]', or use "

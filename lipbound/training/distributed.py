@@ -256,7 +256,8 @@ class GlobalBatchNorm(_BatchNorm):
     differentiable (``torch.distributed.nn``): the backward sums every rank's gradient with
     respect to the shared statistics, so with DDP's average the parameters get the gradient of
     the loss averaged over the global batch. The running variance takes the unbiased
-    ``sigma^2 N / (N - 1)``, as ``BatchNorm`` does.
+    ``sigma^2 N / (N - 1)``, as ``BatchNorm`` does. A bf16/fp16 input (autocast) is normalised
+    with statistics computed in float32 and the output is cast back to the input's dtype.
     """
 
     def _check_input_dim(self, x: Tensor) -> None:
@@ -268,23 +269,28 @@ class GlobalBatchNorm(_BatchNorm):
         if not (self.training and dist.is_available() and dist.is_initialized()
                 and dist.get_world_size() > 1):
             return super().forward(x)
-        dims = [0, *range(2, x.dim())]
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        n = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
-        sums = all_reduce(torch.cat([x.sum(dims), n]))
+        # statistics in float32 at least: under autocast the input is bf16/fp16, the running
+        # buffers float32, and sums of a global batch in bf16 lose most of their digits
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        dims = [0, *range(2, xf.dim())]
+        shape = (1, -1) + (1,) * (xf.dim() - 2)
+        n = torch.tensor([xf.numel() // xf.shape[1]], dtype=xf.dtype, device=xf.device)
+        sums = all_reduce(torch.cat([xf.sum(dims), n]))
         count = sums[-1].detach()
         mean = sums[:-1] / count
-        var = all_reduce((x - mean.reshape(shape)).square().sum(dims)) / count
+        var = all_reduce((xf - mean.reshape(shape)).square().sum(dims)) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
                           else self.momentum)
-                self.running_mean.lerp_(mean.detach(), factor)
-                self.running_var.lerp_(var.detach() * count / (count - 1), factor)
-        y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+                self.running_var.lerp_((var.detach() * count / (count - 1))
+                                       .to(self.running_var.dtype), factor)
+        y = (xf - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
         if self.affine:
             y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return y.to(x.dtype)
         return y
 
 

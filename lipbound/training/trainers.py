@@ -97,7 +97,8 @@ class TrainConfig:
         seed: seeds the network, the data, their order and the dequantization noise.
         dtype: ``"float32"`` or ``"float64"`` (also ``"float16"``/``"bfloat16"``).
         amp: ``"none"``, ``"bf16"`` or ``"fp16"``: automatic mixed precision of a float32 model
-            (``torch.autocast``; fp16 with a gradient scaler; :mod:`.amp`).
+            (``torch.autocast``; fp16 with a gradient scaler; :mod:`.amp`) of the training
+            steps; evaluations run in the model's dtype.
         log_every, eval_every, checkpoint_every, monitor_every: intervals in steps (0: only at
             the end; the monitor also measures at step 0).
         monitor_samples: samples whose Jacobian spectrum the monitor computes;
@@ -586,7 +587,7 @@ class Trainer:
             "head": None if self.head is None else self.head.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "data_gen": self.data_gen.get_state(),
             "noise_gen": self.noise_gen.get_state(),
             "step": self.step, "epoch": self.epoch, "position": self.position,
@@ -613,7 +614,7 @@ class Trainer:
             self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.device)
         self.data_gen.set_state(state["data_gen"])
         self.noise_gen.set_state(state["noise_gen"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
@@ -723,7 +724,7 @@ class Trainer:
         """The evaluation record (rank 0; empty elsewhere)."""
         if not self.dist.is_main:
             return {}
-        with self._aside(), self.autocast():
+        with self._aside():  # float32 metrics: the monitor reports amp round trips
             return {"kind": "eval", "step": self.step,
                     **self.task.evaluate(self.flow, self.head)}
 
