@@ -38,6 +38,9 @@ def test_smoke_run_writes_markdown_latex_and_holds(tmp_path):
     assert len(rows) == 2 * len(ROWS)
     for row in rows:
         assert float(row["max_tight_over_paper"]) <= 1 + 1e-12
+    # the ratio figure, a real PNG, listed among the files
+    assert "table3_ratios.png" in result["files"]
+    assert (out / "table3_ratios.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_compare_forms_finds_a_form_above_the_paper():
