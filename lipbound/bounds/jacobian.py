@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +71,7 @@ from .relax import dense_matrix, out_shape, relaxed_box
 from .relax import supports as relax_supports
 from .rounding import LIB_ULPS, U, up, up_tensor, widen
 from .scales import dg_box, g_box
+from .zonotope import Ranges, zonotope_ranges
 
 __all__ = ["MAX_DIM", "METHOD", "ChainProduct", "JacobianBound", "JacobianRule", "jacobian_bounds",
            "register_jacobian", "subnet_jacobian"]
@@ -155,12 +157,16 @@ def _matrix_of(fn: Callable[[Tensor], Tensor], shape: Shape) -> Tensor:
     return cols.reshape(n, -1).T.contiguous().to(torch.float64)
 
 
+def _rearrangement_matrix(block: InvertibleBlock, inverse: bool, shape: Shape) -> Tensor:
+    """The exact 0/1 matrix of a permutation or squeeze (or its inverse) on ``shape``."""
+    fn = block.inverse if inverse else block
+    return _shared(("jac-perm", block, inverse, shape), lambda: _matrix_of(fn, shape))
+
+
 def _rearrangement(inverse: bool) -> Callable[..., IntervalMatrix]:
     def rule(block: InvertibleBlock, box: Box, shape: Shape,
              centred: Centred | None = None) -> IntervalMatrix:
-        key = ("jac-perm", block, inverse, shape)
-        fn = block.inverse if inverse else block
-        return IntervalMatrix.point(_shared(key, lambda: _matrix_of(fn, shape)))
+        return IntervalMatrix.point(_rearrangement_matrix(block, inverse, shape))
     return rule
 
 
@@ -191,6 +197,16 @@ def _diagonal(inverse: bool) -> Callable[..., IntervalMatrix]:
     return rule
 
 
+def _mix(w: Tensor) -> Callable[[Tensor], Tensor]:
+    return lambda x: torch.einsum("ij,bj...->bi...", w, x)
+
+
+def _conv1x1_dense(block: Invertible1x1Conv, m: Tensor, shape: Shape,
+                   inverse: bool = False) -> Tensor:
+    """The channel mixing by the float matrix ``m`` as a dense matrix on ``shape``."""
+    return _shared(("jac-1x1", block, inverse, shape), lambda: _matrix_of(_mix(m), shape))
+
+
 def _conv1x1(inverse: bool) -> Callable[..., IntervalMatrix]:
     """``M +- e`` on the entries the channel mixing reaches (``|W - M|_ij <= ||W - M||_2 <=
     e``), with ``M, e`` from :func:`.blocks._matrix` (forward) or ``X = fl(M^-1)`` and
@@ -203,14 +219,11 @@ def _conv1x1(inverse: bool) -> Callable[..., IntervalMatrix]:
         else:
             m, e = _shared_matrix(block)
 
-        def mix(w: Tensor) -> Callable[[Tensor], Tensor]:
-            return lambda x: torch.einsum("ij,bj...->bi...", w, x)
-
-        dense = _shared(("jac-1x1", block, inverse, shape), lambda: _matrix_of(mix(m), shape))
+        dense = _conv1x1_dense(block, m, shape, inverse)
         if e == 0:
             return IntervalMatrix.point(dense)
         support = _shared(("jac-1x1-support", block, shape),
-                          lambda: _matrix_of(mix(torch.ones_like(m)), shape) != 0)
+                          lambda: _matrix_of(_mix(torch.ones_like(m)), shape) != 0)
         rad = torch.where(support, torch.full_like(dense, e), torch.zeros_like(dense))
         return IntervalMatrix(dense, up_tensor(rad, 2))
     return rule
@@ -295,7 +308,9 @@ def subnet_jacobian(net: nn.Module, box: Box, centred: Centred | None = None
                 return _pre_activation_box(layers[:i], box)
             prefix = nn.Sequential(*layers[:i])
             at_point = ibp(prefix, centred.point)
-            return ibp(prefix, box).intersect(centred.image(at_point, chain.best))
+            out = ibp(prefix, box).intersect(centred.image(at_point, chain.best))
+            known = _known_range(net, i)
+            return out if known is None else out.intersect(known)
 
         for i, layer in enumerate(layers):
             if i % 2 == 0:
@@ -314,6 +329,16 @@ def subnet_jacobian(net: nn.Module, box: Box, centred: Centred | None = None
     if centred is not None:
         return compute()
     return _shared(("jac-subnet", net, _contents(box)), compute)
+
+
+#: The zonotope ranges (:mod:`.zonotope`) of the forward pass being bounded, while it runs.
+_RANGES: ContextVar[Ranges | None] = ContextVar("_RANGES", default=None)
+
+
+def _known_range(net: nn.Module, i: int) -> Box | None:
+    """The zonotope range of the output of ``net``'s first ``i`` layers on the current box."""
+    ranges = _RANGES.get()
+    return None if ranges is None else ranges.range_of(net, i)
 
 
 # --- couplings ---------------------------------------------------------------------------------
@@ -464,7 +489,7 @@ class ChainProduct:
     (:class:`IntervalMatrix` products carry their rounding error).
     """
 
-    def __init__(self, n: int, window: int = 12) -> None:
+    def __init__(self, n: int, window: int = 32) -> None:
         eye = IntervalMatrix.point(torch.eye(n, dtype=torch.float64))
         self.best = eye
         self.mid = eye
@@ -549,12 +574,14 @@ class _Chained:
 
 
 def _chain(steps: Sequence[tuple[Callable[[Box, Centred], IntervalMatrix],
-                                  Callable[[Box], Box]]], box: Box) -> _Chained:
+                                  Callable[[Box], Box]]], box: Box,
+           known: Sequence[Box | None] = ()) -> _Chained:
     """The Jacobian of a chain of maps over ``box`` and the boxes between them: the centred form
     intersected with the interval image while the product lasts, the interval image alone after
     it stops (a block without a rule, a scale interval reaching 0, a prefix bound above
     :data:`GIVE_UP`); each step is ``(jacobian over a box and centred form, interval image of a
-    box)``."""
+    box)``. ``known[k]``, where given and not ``None``, is another enclosure of the box before
+    step ``k`` (the zonotope pass), intersected in."""
     c, r = box.center_radius()
     point = Box.point(c)
     out = _Chained(ChainProduct(c.numel()), [box], [])
@@ -576,6 +603,9 @@ def _chain(steps: Sequence[tuple[Callable[[Box, Centred], IntervalMatrix],
                 nxt = centred.intersect(nxt) if nxt.is_finite() else centred
             except (Unsupported, ValueError) as err:
                 out.chain, out.reason = None, f"{err} (at block {len(out.boxes) - 1})"
+        k = len(out.boxes)
+        if k < len(known) and known[k] is not None:
+            nxt = nxt.intersect(known[k])
         out.boxes.append(nxt if nxt.is_finite() else None)
     return out
 
@@ -621,21 +651,26 @@ def jacobian_bounds(blocks: Sequence[InvertibleBlock], shapes: Sequence[Shape], 
         steps = [(lambda x, f, b=b, s=s: _rule(b).forward(b, x, s, f),
                   lambda x, b=b: block_rule(b).forward_box(b, x))
                  for b, s in zip(blocks, shapes, strict=False)]
-        with torch.no_grad():
-            done = _chain(steps, box)
-        boxes = inverse_boxes = tuple(done.boxes)
-        if done.chain is None:
-            reasons.append(f"forward: {done.reason}")
-        else:
-            forward = done.chain.norm_upper()
-            if output_box is None:
-                inverse = done.chain.inverse_norm_upper()
-                product, why = _attempt(lambda: _inverse_product(blocks, shapes, done.boxes[1:],
-                                                                 done.forms))
-                if product is not None:
-                    inverse = min(inverse, product.norm_upper())
-                elif not math.isfinite(inverse):
-                    reasons.append(f"inverse: {why}")
+        ranges = zonotope_ranges(blocks, shapes, box)
+        token = _RANGES.set(ranges)
+        try:
+            with torch.no_grad():
+                done = _chain(steps, box, ranges.boxes)
+            boxes = inverse_boxes = tuple(done.boxes)
+            if done.chain is None:
+                reasons.append(f"forward: {done.reason}")
+            else:
+                forward = done.chain.norm_upper()
+                if output_box is None:
+                    inverse = done.chain.inverse_norm_upper()
+                    product, why = _attempt(lambda: _inverse_product(
+                        blocks, shapes, done.boxes[1:], done.forms))
+                    if product is not None:
+                        inverse = min(inverse, product.norm_upper())
+                    elif not math.isfinite(inverse):
+                        reasons.append(f"inverse: {why}")
+        finally:
+            _RANGES.reset(token)
     if output_box is not None:
         order = list(reversed(range(len(blocks))))
         steps = [(lambda y, f, k=k: _rule(blocks[k]).inverse(blocks[k], y, shapes[k + 1], f),

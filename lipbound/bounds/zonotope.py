@@ -1,0 +1,374 @@
+r"""Value ranges through a whole network by affine arithmetic (zonotopes), rigorous in floating
+point: the boxes between the blocks and the pre-activation ranges inside the coupling
+sub-networks, for :mod:`.jacobian`.
+
+A zonotope ``Z = {c + G eps + delta : |eps|_inf <= 1, |delta| <= e}`` (``c`` the centre, ``G`` the
+generators, ``e >= 0`` an independent error per coordinate) holds a vector that depends on the
+network input ``x in c_0 +- r``: it starts as ``c_0 + diag(r) eps``, and every coordinate after
+any number of blocks stays an affine function of the *same* ``eps`` plus small error terms. Interval
+propagation forgets that two coordinates depend on the same input, so its boxes widen block after
+block; the zonotope keeps the dependence (``x_2 g(s(x_1)) + t(x_1)``: ``x_2``, ``s`` and ``t`` share
+their generators), and its box ``c +- (|G| 1 + e)`` stays close to the true range on small input
+boxes (the dequantization cell of a data point).
+
+**Operations** (each exact in real arithmetic, as sets containing the true values):
+
+* affine maps ``W z + b`` (linear and stride-1 convolution layers as dense matrices, couplings'
+  selections, permutations, squeezes, 1x1 convolutions): ``(W c + b, W G, |W| e)``;
+* sums and coordinatewise products of two zonotopes over the same generators:
+  ``(a_0 + A eps)(b_0 + B eps) = a_0 b_0 + a_0 B eps + b_0 A eps + q`` with
+  ``|q| <= rad(a) rad(b)``, a new generator per coordinate;
+* ReLU / LeakyReLU(``a``) on ``[l, u]`` (the zonotope's own range): exact where stable; on an
+  unstable coordinate the chord slope ``lambda`` (any float in ``[a, 1]``) leaves
+  ``sigma(z) - lambda z in [0, M]``, ``M = max((a - lambda) l, (1 - lambda) u)``, so
+  ``sigma(z) = lambda z + M/2 + (M/2) eps_new`` (Singh et al., 2018, DeepZ);
+* any other differentiable elementwise map ``f`` (tanh, sigmoid, the coupling scale ``g`` of eq. 4)
+  by the mean-value form ``f(z) = f(c) + f'(xi)(z - c)``: with ``f'`` enclosed in ``[lambda - rho,
+  lambda + rho]`` over the range, ``f(z) = f(c) + lambda (z - c) + d``, ``|d| <= rho rad(z)``, a new
+  generator per coordinate (second order in the radius on small boxes).
+
+**Floating point.** Every float product and sum is charged its error bound (Higham, eq. 3.5:
+``|fl(W G) - W G| <= gamma(k) |W| |G|``, so the set moves by at most ``gamma(k) |W| (|G| 1)`` per
+row), added to ``e`` and rounded up, as in :mod:`.relax`. Values of library functions at the
+centre come from enclosures (:func:`.interval.monotone_map`, :func:`.scales.g_box` in ``arb``).
+
+Generators are capped at :data:`MAX_GENERATORS` between blocks: beyond it the smallest are folded
+into ``e`` (sound, a little looser); new generators are appended last, so zonotopes derived from
+a common one inside a block share their first columns. Blocks without a zonotope rule (i-ResNet,
+neural ODE) end the pass: the
+boxes after them are ``None`` and :mod:`.jacobian` carries them by its own means.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..blocks.base import InvertibleBlock
+from ..blocks.coupling import AdditiveCoupling, AffineCoupling
+from ..blocks.linear import ActNorm, DiagonalScaling, Invertible1x1Conv
+from ..blocks.reshape import Permutation, Squeeze
+from ..blocks.subnets import Constant
+from .blocks import _shared, _shared_matrix
+from .interval import Box, monotone_map
+from .relax import dense_matrix
+from .relax import out_shape as layer_out_shape
+from .rounding import ETA, U, gamma, up, up_tensor
+from .scales import dg_box, g_box
+
+__all__ = ["MAX_GENERATORS", "METHOD", "Ranges", "Zonotope", "zonotope_ranges"]
+
+#: Most generators a zonotope keeps; the smallest beyond it are folded into the error term.
+MAX_GENERATORS = 16384
+#: The method's name, as reports state it.
+METHOD = "affine arithmetic (zonotopes)"
+
+Shape = tuple[int, ...]
+
+
+class Unsupported(Exception):
+    """No zonotope rule for a block or layer (the reason is the text)."""
+
+
+def _inflate(t: Tensor, k: int) -> Tensor:
+    """``t`` (a float sum of non-negative terms of length ``k``) moved up to cover its own
+    rounding and underflow."""
+    return up_tensor(t * (1 + gamma(k + 4)) + (k + 4) * ETA)
+
+
+@dataclass(frozen=True)
+class Zonotope:
+    """``{c + G eps + delta : |eps| <= 1, |delta| <= e}`` on flattened coordinates."""
+
+    c: Tensor
+    g: Tensor
+    e: Tensor
+
+    @classmethod
+    def of_box(cls, box: Box) -> Zonotope:
+        """The box ``[lo, hi]`` itself: one generator per coordinate of non-zero width."""
+        lo, hi = box.lo.reshape(-1).to(torch.float64), box.hi.reshape(-1).to(torch.float64)
+        c = (lo + hi) / 2
+        r = up_tensor(torch.maximum(hi - c, c - lo))
+        return cls(c, torch.diag(r), torch.zeros_like(c))
+
+    @property
+    def n_gens(self) -> int:
+        return self.g.shape[1]
+
+    def radius(self) -> Tensor:
+        """An upper bound on ``|z - c|`` per coordinate."""
+        return _inflate(self.g.abs().sum(1) + self.e, self.n_gens + 1)
+
+    def mag(self) -> Tensor:
+        """An upper bound on ``|z|`` per coordinate."""
+        return _inflate(self.c.abs() + self.radius(), 2)
+
+    def box(self, shape: Shape) -> Box:
+        """The enclosing box, per-sample ``shape`` with a batch dimension of 1."""
+        r = self.radius()
+        inf = torch.full_like(r, math.inf)
+        lo = torch.nextafter(self.c - r, -inf)
+        hi = torch.nextafter(self.c + r, inf)
+        return Box(lo.reshape(1, *shape), hi.reshape(1, *shape))
+
+    def pad(self, m: int) -> Zonotope:
+        """The same set with zero generators up to ``m`` (new generators are appended last, so
+        zonotopes derived from a common one share the first columns)."""
+        if m == self.n_gens:
+            return self
+        extra = torch.zeros(len(self.c), m - self.n_gens, dtype=torch.float64)
+        return Zonotope(self.c, torch.cat([self.g, extra], 1), self.e)
+
+    def with_new(self, magnitude: Tensor) -> Zonotope:
+        """Each coordinate ``i`` widened by its own new generator of size ``magnitude_i``."""
+        idx = torch.nonzero(magnitude > 0).reshape(-1)
+        if not len(idx):
+            return self
+        cols = torch.zeros(len(self.c), len(idx), dtype=torch.float64)
+        cols[idx, torch.arange(len(idx))] = up_tensor(magnitude[idx])
+        return Zonotope(self.c, torch.cat([self.g, cols], 1), self.e)
+
+    def intersect_box(self, box: Box | None) -> Box:
+        """Not a zonotope operation: the box of ``self`` intersected with ``box``."""
+        own = self.box(tuple(box.shape) if box is not None else (len(self.c),))
+        return own if box is None else own.intersect(box)
+
+
+def _reduced(z: Zonotope) -> Zonotope:
+    if z.n_gens <= MAX_GENERATORS:
+        return z
+    size = z.g.abs().sum(0)
+    keep = torch.topk(size, MAX_GENERATORS * 3 // 4).indices.sort().values
+    drop = torch.ones(z.n_gens, dtype=torch.bool)
+    drop[keep] = False
+    folded = _inflate(z.e + z.g[:, drop].abs().sum(1), int(drop.sum()) + 1)
+    return Zonotope(z.c, z.g[:, keep], folded)
+
+
+def linear(z: Zonotope, w: Tensor, b: Tensor | None = None) -> Zonotope:
+    """``W z + b``."""
+    k = w.shape[1]
+    aw = w.abs()
+    c = w @ z.c + (0 if b is None else b)
+    g = w @ z.g
+    spread = z.g.abs().sum(1) * (1 + gamma(z.n_gens + 1))
+    charge = gamma(k + 2) * (aw @ (z.c.abs() + spread) + (0 if b is None else b.abs()))
+    return Zonotope(c, g, _inflate(aw @ z.e + charge, k + 4))
+
+
+def add(a: Zonotope, b: Zonotope) -> Zonotope:
+    """``a + b`` (the same generators, padded to the longer)."""
+    m = max(a.n_gens, b.n_gens)
+    a, b = a.pad(m), b.pad(m)
+    c, g = a.c + b.c, a.g + b.g
+    charge = U * (c.abs() + g.abs().sum(1) * (1 + gamma(m + 1)))
+    return Zonotope(c, g, _inflate(a.e + b.e + charge, 4))
+
+
+def scale(z: Zonotope, lam: Tensor, mu: Tensor | None = None) -> Zonotope:
+    """``lam * z + mu`` per coordinate (float ``lam``, ``mu``)."""
+    c = lam * z.c + (0 if mu is None else mu)
+    g = lam[:, None] * z.g
+    charge = 2 * U * ((lam * z.c).abs() + (0 if mu is None else mu.abs())) \
+        + U * lam.abs() * z.g.abs().sum(1) * (1 + gamma(z.n_gens + 1))
+    return Zonotope(c, g, _inflate(lam.abs() * z.e + charge, 4))
+
+
+def multiply(a: Zonotope, b: Zonotope) -> Zonotope:
+    """``a * b`` per coordinate: the bilinear term ``|q| <= rad(a) rad(b)`` as new generators."""
+    m = max(a.n_gens, b.n_gens)
+    a, b = a.pad(m), b.pad(m)
+    c = a.c * b.c
+    g = a.c[:, None] * b.g + b.c[:, None] * a.g
+    ga, gb = a.g.abs().sum(1), b.g.abs().sum(1)
+    charge = U * c.abs() + 2 * U * (a.c.abs() * gb + b.c.abs() * ga) * (1 + gamma(m + 1))
+    e = _inflate(a.c.abs() * b.e + b.c.abs() * a.e + charge, 4)
+    return Zonotope(c, g, e).with_new(_inflate(a.radius() * b.radius(), 2))
+
+
+def mean_value(z: Zonotope, value: Box, derivative: Box) -> Zonotope:
+    """``f(z)`` for an elementwise ``f`` with ``f(c)`` in ``value`` and ``f'`` in ``derivative``
+    over the range of ``z`` (module docstring)."""
+    vlo, vhi = value.lo.reshape(-1), value.hi.reshape(-1)
+    dlo, dhi = derivative.lo.reshape(-1), derivative.hi.reshape(-1)
+    if not bool(torch.isfinite(torch.cat([vlo, vhi, dlo, dhi])).all()):
+        raise Unsupported("a value or derivative enclosure is not finite")
+    vmid = (vlo + vhi) / 2
+    lam = (dlo + dhi) / 2
+    rho = up_tensor(torch.maximum(dhi - lam, lam - dlo), 2)
+    vrad = up_tensor(torch.maximum(vhi - vmid, vmid - vlo), 2)
+    g = lam[:, None] * z.g
+    charge = U * lam.abs() * z.g.abs().sum(1) * (1 + gamma(z.n_gens + 1))
+    e = _inflate(lam.abs() * z.e + charge, 4)
+    return Zonotope(vmid, g, e).with_new(_inflate(vrad + rho * z.radius(), 2))
+
+
+def piecewise_linear(z: Zonotope, a: float) -> Zonotope:
+    """``max(z, a z)`` for ``0 <= a <= 1`` (ReLU, LeakyReLU): exact on stable coordinates, the
+    chord relaxation on the others (module docstring)."""
+    if a == 1.0:
+        return z
+    r = z.radius()
+    lo, hi = z.c - r, z.c + r
+    neg, pos = hi <= 0, lo >= 0
+    unstable = ~(neg | pos)
+    width = torch.where(unstable, hi - lo, torch.ones_like(lo))
+    chord = ((torch.maximum(hi, a * hi) - torch.maximum(lo, a * lo)) / width).clamp(a, 1.0)
+    lam = torch.where(pos, 1.0, torch.where(neg, a, chord)).to(torch.float64)
+    gap = torch.maximum((a - lam) * lo, (1 - lam) * hi)
+    gap = up_tensor(gap * (1 + 4 * U) + 4 * ETA)
+    half = torch.where(unstable, up_tensor(gap / 2), torch.zeros_like(gap))
+    return scale(z, lam, half).with_new(half)
+
+
+def _activation(layer: nn.Module, z: Zonotope) -> Zonotope:
+    if type(layer) is nn.ReLU:
+        return piecewise_linear(z, 0.0)
+    if type(layer) is nn.LeakyReLU and 0.0 <= layer.negative_slope <= 1.0:
+        return piecewise_linear(z, float(layer.negative_slope))
+    if type(layer) is nn.Identity:
+        return z
+    from .jacobian import _DERIVATIVES  # the derivative ranges of the Jacobian method
+    fns = {nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}
+    if type(layer) not in fns:
+        raise Unsupported(f"no zonotope rule for the activation {type(layer).__name__}")
+    r = z.radius()
+    rng = Box(z.c - r, z.c + r)
+    value = monotone_map(Box.point(z.c), fns[type(layer)])
+    return mean_value(z, value, _DERIVATIVES[type(layer)](layer, rng))
+
+
+@dataclass
+class Ranges:
+    """What :func:`zonotope_ranges` found.
+
+    Attributes:
+        boxes: the boxes before each block and after the last (``None`` after a block without a
+            rule); per-sample shapes with a batch dimension of 1.
+        pre: ``(sub-network, i) -> Box``: the range of the output of the sub-network's first
+            ``i`` layers, for the couplings reached.
+        reason: why the pass stopped early (``None``: it went through).
+    """
+
+    boxes: list[Box | None]
+    pre: dict[tuple[int, int], Box] = field(default_factory=dict)
+    nets: list[nn.Module] = field(default_factory=list)
+    reason: str | None = None
+
+    def range_of(self, net: nn.Module, i: int) -> Box | None:
+        return self.pre.get((id(net), i))
+
+
+def _subnet(net: nn.Module, z: Zonotope, shape: Shape, out: Ranges) -> Zonotope:
+    """``net(z)`` for a chain of linear / stride-1 convolution layers and activations, recording
+    the range after every prefix in ``out.pre``."""
+    if type(net) is not nn.Sequential:
+        raise Unsupported(f"sub-network {type(net).__name__} is not an nn.Sequential")
+    out.nets.append(net)  # keeps the id() keys valid while the ranges live
+    for i, layer in enumerate(net):
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            nxt = layer_out_shape(layer, shape)
+            if nxt is None:
+                raise Unsupported(f"layer {layer} is not a plain linear or stride-1 convolution")
+            w, b, _ = _shared(("zono-dense", layer, shape),
+                              lambda lay=layer, sh=shape: dense_matrix(lay, sh))
+            z, shape = linear(z, w, b), nxt
+        else:
+            z = _activation(layer, z)
+        out.pre[(id(net), i + 1)] = z.box(shape)
+    return z
+
+
+def _coupling(block: AdditiveCoupling | AffineCoupling, z: Zonotope, shape: Shape,
+              out: Ranges) -> Zonotope:
+    from .jacobian import _layout
+    lay = _layout(block, shape)
+    cond, active = linear(z, lay.cond), linear(z, lay.active)
+    n_a = math.prod(lay.active_shape)
+
+    def part(net: nn.Module, base: Zonotope) -> Zonotope:
+        if isinstance(net, Constant):
+            value = net.value.detach().to(torch.float64).expand(lay.active_shape).reshape(-1)
+            return Zonotope(value.clone(), torch.zeros(n_a, base.n_gens, dtype=torch.float64),
+                            torch.zeros(n_a, dtype=torch.float64))
+        res = _subnet(net, base, lay.cond_shape, out)
+        if len(res.c) != n_a:
+            raise Unsupported("sub-network output is broadcast, not of the active part's shape")
+        return res
+
+    t = part(block.t, cond)
+    if isinstance(block, AdditiveCoupling):
+        y2 = add(active, t)
+    else:
+        h = part(block.s, cond.pad(t.n_gens))
+        r = h.radius()
+        rng = Box((h.c - r).reshape(1, -1), (h.c + r).reshape(1, -1))
+        if not rng.is_finite():
+            raise Unsupported("the range of s is not finite")
+        gz = mean_value(h, g_box(block.scale, Box.point(h.c.reshape(1, -1))),
+                        dg_box(block.scale, rng))
+        y2 = add(multiply(active, gz), t)
+    return add(linear(z, lay.keep), linear(y2, lay.put))
+
+
+def _per_channel(v: Tensor, shape: Shape) -> Tensor:
+    view = (-1,) + (1,) * (len(shape) - 1)
+    return v.reshape(view).expand(shape).reshape(-1)
+
+
+def _block(block: InvertibleBlock, z: Zonotope, shape: Shape, out: Ranges) -> Zonotope:
+    if isinstance(block, (AdditiveCoupling, AffineCoupling)):
+        return _coupling(block, z, shape, out)
+    if isinstance(block, ActNorm):
+        ls = block.log_scale.detach().to(torch.float64).reshape(1, -1)
+        factor = monotone_map(Box.point(ls), torch.exp)
+        flo, fhi = (_per_channel(t, shape) for t in (factor.lo, factor.hi))
+        bias = _per_channel(block.bias.detach().to(torch.float64), shape)
+        shifted = scale(z, torch.ones_like(bias), bias)
+        mid = (flo + fhi) / 2
+        rad = up_tensor(torch.maximum(fhi - mid, mid - flo))
+        res = scale(shifted, mid)
+        return Zonotope(res.c, res.g, _inflate(res.e + rad * shifted.mag(), 2))
+    if isinstance(block, DiagonalScaling):
+        d = block.diag.detach().to(torch.float64).expand(shape).reshape(-1)
+        return scale(z, d.clone())
+    if isinstance(block, Invertible1x1Conv):
+        from .jacobian import _conv1x1_dense
+        m, e = _shared_matrix(block)
+        res = linear(z, _conv1x1_dense(block, m, shape))
+        if e == 0:
+            return res
+        extra = up(e * float(torch.linalg.vector_norm(z.mag())) * (1 + 4 * U))
+        return Zonotope(res.c, res.g, _inflate(res.e + extra, 2))
+    if isinstance(block, (Permutation, Squeeze)):
+        from .jacobian import _rearrangement_matrix
+        return linear(z, _rearrangement_matrix(block, False, shape))
+    raise Unsupported(f"no zonotope rule for {type(block).__name__}")
+
+
+def zonotope_ranges(blocks: Sequence[InvertibleBlock], shapes: Sequence[Shape],
+                    box: Box) -> Ranges:
+    """The boxes between ``blocks`` (per-sample shapes ``shapes``, one more than blocks) for
+    inputs in ``box``, and the pre-activation ranges inside their coupling sub-networks, by the
+    zonotope pass of the module docstring. Never raises for a block it does not take: the boxes
+    after it are ``None`` and ``reason`` says why."""
+    out = Ranges([box])
+    with torch.no_grad():
+        z = Zonotope.of_box(box)
+        for k, block in enumerate(blocks):
+            try:
+                z = _reduced(_block(block, z, tuple(shapes[k]), out))
+                nxt = z.box(tuple(shapes[k + 1]))
+                if not nxt.is_finite():
+                    raise Unsupported("the zonotope overflowed")
+            except (Unsupported, ValueError) as err:
+                out.reason = f"{err} (at block {k})"
+                out.boxes += [None] * (len(blocks) - k)
+                return out
+            out.boxes.append(nxt)
+    return out
