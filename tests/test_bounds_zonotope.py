@@ -249,3 +249,16 @@ def test_glow_local_bounds_are_sound_and_the_inverse_is_finite():
     assert local.forward < 300 * max_jacobian_norm(model, box, **search)
     whole = bound_model(model, (3, 8, 8), box=box)
     assert whole.forward == local.forward
+
+
+def test_too_large_a_network_ends_the_pass_with_a_reason(monkeypatch):
+    import lipbound.bounds.zonotope as zonotope
+    model, shape = MODELS["glow_1x1"]()
+    blocks = model.flat_blocks()
+    shapes = [shape]
+    for b in blocks:
+        shapes.append(tuple(block_rule(b).out_shape(b, shapes[-1])))
+    monkeypatch.setattr(zonotope, "MAX_ENTRIES", 100)
+    ranges = zonotope_ranges(blocks, shapes, Box.uniform(0, 0.01, shape))
+    assert "too large for the zonotope pass" in ranges.reason
+    assert ranges.boxes[0] is not None and ranges.boxes[-1] is None

@@ -24,12 +24,17 @@ carried by the mean-value form rather than by interval propagation alone: with `
 (or ``|Pi_k| r + eps_k ||r||_2`` per coordinate from the telescoped form, the smaller), where
 ``F_{1..k}(c)`` is enclosed by interval propagation of the point ``c`` (widened by rounding only).
 The box used is that intersected with the block rule's interval image of ``X_{k-1}``
-(:attr:`.blocks.BlockRule.forward_box`): never wider than before. The per-block rows (Table 3) are
-then evaluated on these boxes too. The same centred form (:class:`Centred`) narrows the ranges
-inside the blocks: the pre-activations of the coupling sub-networks, ``h = s(.)`` and ``t``, as
-``z(point) + |J_z P_{k-1}| [-r, r]``, which avoids the hull of a rotated box that interval
-propagation through a 1x1 convolution takes. Once a prefix bound passes :data:`GIVE_UP` (or a
-block has no rule) the product stops and later boxes are carried by intervals alone.
+(:attr:`.blocks.BlockRule.forward_box`): never wider than before, and with the box of the
+zonotope pass (:mod:`.zonotope`, affine arithmetic through the whole network: it keeps the
+dependence of every coordinate on the input, so on a dequantization cell its boxes stay within a
+few times the sampled ranges where intervals grow by orders of magnitude per coupling); the
+zonotope's pre-activation ranges inside the coupling sub-networks are intersected into theirs.
+The per-block rows (Table 3) are then evaluated on these boxes too. The same centred form
+(:class:`Centred`) narrows the ranges inside the blocks: the pre-activations of the coupling
+sub-networks, ``h = s(.)`` and ``t``, as ``z(point) + |J_z P_{k-1}| [-r, r]``, which avoids the
+hull of a rotated box that interval propagation through a 1x1 convolution takes. Once a prefix
+bound passes :data:`GIVE_UP` (or a block has no rule) the product stops and later boxes are
+carried by intervals alone.
 
 **Inverse.** On the forward image, ``J_{F^-1}(F(x)) = J_F(x)^{-1}``, bounded two ways, the smaller
 kept: from ``P_L`` itself (:meth:`.IntervalMatrix.inverse_norm_upper`: ``||X|| / (1 - ||I - M X||

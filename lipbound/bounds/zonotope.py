@@ -64,6 +64,9 @@ __all__ = ["MAX_GENERATORS", "METHOD", "Ranges", "Zonotope", "zonotope_ranges"]
 
 #: Most generators a zonotope keeps; the smallest beyond it are folded into the error term.
 MAX_GENERATORS = 16384
+#: Largest generator matrix (entries) the pass builds; larger networks are left to the other
+#: methods (the pass stops with a reason).
+MAX_ENTRIES = 16_000_000
 #: The method's name, as reports state it.
 METHOD = "affine arithmetic (zonotopes)"
 
@@ -275,6 +278,9 @@ def _subnet(net: nn.Module, z: Zonotope, shape: Shape, out: Ranges) -> Zonotope:
             nxt = layer_out_shape(layer, shape)
             if nxt is None:
                 raise Unsupported(f"layer {layer} is not a plain linear or stride-1 convolution")
+            if math.prod(nxt) * max(math.prod(shape), z.n_gens) > MAX_ENTRIES:
+                raise Unsupported(f"layer {layer} on {shape} is too large for the zonotope pass "
+                                  f"(more than {MAX_ENTRIES} entries)")
             w, b, _ = _shared(("zono-dense", layer, shape),
                               lambda lay=layer, sh=shape: dense_matrix(lay, sh))
             z, shape = linear(z, w, b), nxt
