@@ -11,9 +11,10 @@
   tighter ranges of ReLU sub-networks by linear relaxation (CROWN-style); :mod:`.registry`
   holds the rules of both by type.
 * :mod:`.jacobian`, :mod:`.intervalmatrix`: the whole network's Jacobian bounded over a box
-  (interval matrices through the chain rule, centred-form boxes; Shi et al., 2022), forward and
-  inverse, beside the product of per-block bounds (:class:`NetworkBound` reports the tighter and
-  names it); :mod:`.split`, input splitting with a time budget (:func:`split_bounds`).
+  (interval matrices through the chain rule, zonotope and centred-form boxes; Shi et al., 2022),
+  forward and inverse, beside the product of per-block bounds (:class:`NetworkBound` reports the
+  tighter and names it); :mod:`.zonotope`, the value ranges by affine arithmetic; :mod:`.split`,
+  input splitting with a time budget (:func:`split_bounds`).
 * :mod:`.scales`: the sups of Lemma 6 and the interval images of the affine couplings' scale
   functions, in ball arithmetic (:func:`register_scale`).
 * :mod:`.rounding`, :mod:`.evaluate`: the one rounding policy (every bound rounded up, every

@@ -382,7 +382,7 @@ def bound_model(model: InvertibleBlock, shape: Sequence[int],
         jac = jacobian_bounds(blocks, shapes, start, end)
         with torch.no_grad():
             if start is not None and jac.boxes:
-                fwd = list(jac.boxes)  # centred-form boxes, never wider than _carry's
+                fwd = list(jac.boxes)  # zonotope and centred-form boxes, never wider than _carry's
             else:
                 fwd = _carry(blocks, start, False, progress)
             if end is None:

@@ -84,7 +84,7 @@ __all__ = ["MAX_DIM", "METHOD", "ChainProduct", "JacobianBound", "JacobianRule",
 #: Largest number of coordinates for which the dense interval Jacobian is formed.
 MAX_DIM = 1024
 #: The method's name, as reports state it.
-METHOD = "interval Jacobian of the whole network (centred-form boxes)"
+METHOD = "interval Jacobian of the whole network (zonotope and centred-form boxes)"
 
 Shape = tuple[int, ...]
 
