@@ -57,7 +57,7 @@ from .blocks import _shared, _shared_matrix
 from .interval import Box, monotone_map
 from .relax import dense_matrix
 from .relax import out_shape as layer_out_shape
-from .rounding import ETA, U, gamma, up, up_tensor
+from .rounding import ETA, U, gamma, up_tensor
 from .scales import dg_box, g_box
 
 __all__ = ["MAX_GENERATORS", "METHOD", "Ranges", "Zonotope", "zonotope_ranges"]
@@ -85,7 +85,10 @@ def _inflate(t: Tensor, k: int) -> Tensor:
 
 @dataclass(frozen=True)
 class Zonotope:
-    """``{c + G eps + delta : |eps| <= 1, |delta| <= e}`` on flattened coordinates."""
+    """``{c + G eps + delta : |eps| <= 1, |delta| <= e}`` on flattened coordinates, for a batch
+    of ``B`` independent input boxes: ``c`` and ``e`` are ``(B, n)``, ``G`` is ``(B, n, m)``
+    (the generator columns are aligned across the batch: column ``j`` comes from the same
+    operation in every box)."""
 
     c: Tensor
     g: Tensor
@@ -93,75 +96,77 @@ class Zonotope:
 
     @classmethod
     def of_box(cls, box: Box) -> Zonotope:
-        """The box ``[lo, hi]`` itself: one generator per coordinate of non-zero width."""
-        lo, hi = box.lo.reshape(-1).to(torch.float64), box.hi.reshape(-1).to(torch.float64)
+        """The box ``[lo, hi]`` itself (batch first): one generator per coordinate."""
+        lo = box.lo.reshape(len(box.lo), -1).to(torch.float64)
+        hi = box.hi.reshape(len(box.hi), -1).to(torch.float64)
         c = (lo + hi) / 2
         r = up_tensor(torch.maximum(hi - c, c - lo))
-        return cls(c, torch.diag(r), torch.zeros_like(c))
+        return cls(c, torch.diag_embed(r), torch.zeros_like(c))
 
     @property
     def n_gens(self) -> int:
-        return self.g.shape[1]
+        return self.g.shape[-1]
 
     def radius(self) -> Tensor:
         """An upper bound on ``|z - c|`` per coordinate."""
-        return _inflate(self.g.abs().sum(1) + self.e, self.n_gens + 1)
+        return _inflate(self.g.abs().sum(-1) + self.e, self.n_gens + 1)
 
     def mag(self) -> Tensor:
         """An upper bound on ``|z|`` per coordinate."""
         return _inflate(self.c.abs() + self.radius(), 2)
 
     def box(self, shape: Shape) -> Box:
-        """The enclosing box, per-sample ``shape`` with a batch dimension of 1."""
+        """The enclosing box, per-sample ``shape`` with the batch first."""
         r = self.radius()
         inf = torch.full_like(r, math.inf)
         lo = torch.nextafter(self.c - r, -inf)
         hi = torch.nextafter(self.c + r, inf)
-        return Box(lo.reshape(1, *shape), hi.reshape(1, *shape))
+        return Box(lo.reshape(-1, *shape), hi.reshape(-1, *shape))
 
     def pad(self, m: int) -> Zonotope:
         """The same set with zero generators up to ``m`` (new generators are appended last, so
         zonotopes derived from a common one share the first columns)."""
         if m == self.n_gens:
             return self
-        extra = torch.zeros(len(self.c), m - self.n_gens, dtype=torch.float64)
-        return Zonotope(self.c, torch.cat([self.g, extra], 1), self.e)
+        extra = self.g.new_zeros(*self.c.shape, m - self.n_gens)
+        return Zonotope(self.c, torch.cat([self.g, extra], -1), self.e)
 
     def with_new(self, magnitude: Tensor) -> Zonotope:
-        """Each coordinate ``i`` widened by its own new generator of size ``magnitude_i``."""
-        idx = torch.nonzero(magnitude > 0).reshape(-1)
+        """Each coordinate ``i`` widened by its own new generator of size ``magnitude_i``
+        (``(B, n)``; a column where any box of the batch needs one)."""
+        idx = torch.nonzero((magnitude > 0).any(0)).reshape(-1)
         if not len(idx):
             return self
-        cols = torch.zeros(len(self.c), len(idx), dtype=torch.float64)
-        cols[idx, torch.arange(len(idx))] = up_tensor(magnitude[idx])
-        return Zonotope(self.c, torch.cat([self.g, cols], 1), self.e)
-
-    def intersect_box(self, box: Box | None) -> Box:
-        """Not a zonotope operation: the box of ``self`` intersected with ``box``."""
-        own = self.box(tuple(box.shape) if box is not None else (len(self.c),))
-        return own if box is None else own.intersect(box)
+        cols = self.g.new_zeros(*self.c.shape, len(idx))
+        cols[:, idx, torch.arange(len(idx))] = up_tensor(magnitude[:, idx])
+        return Zonotope(self.c, torch.cat([self.g, cols], -1), self.e)
 
 
 def _reduced(z: Zonotope) -> Zonotope:
     if z.n_gens <= MAX_GENERATORS:
         return z
-    size = z.g.abs().sum(0)
+    size = z.g.abs().sum(1).amax(0)
     keep = torch.topk(size, MAX_GENERATORS * 3 // 4).indices.sort().values
     drop = torch.ones(z.n_gens, dtype=torch.bool)
     drop[keep] = False
-    folded = _inflate(z.e + z.g[:, drop].abs().sum(1), int(drop.sum()) + 1)
-    return Zonotope(z.c, z.g[:, keep], folded)
+    folded = _inflate(z.e + z.g[..., drop].abs().sum(-1), int(drop.sum()) + 1)
+    return Zonotope(z.c, z.g[..., keep], folded)
+
+
+def _rows(x: Tensor) -> Tensor:
+    """Per coordinate, ``sum_j |x_ij|`` over the generators (``(B, n)``)."""
+    return x.abs().sum(-1)
 
 
 def linear(z: Zonotope, w: Tensor, b: Tensor | None = None) -> Zonotope:
-    """``W z + b``."""
+    """``W z + b`` (the same ``W``, ``b`` for every box of the batch)."""
     k = w.shape[1]
     aw = w.abs()
-    c = w @ z.c + (0 if b is None else b)
-    g = w @ z.g
-    spread = z.g.abs().sum(1) * (1 + gamma(z.n_gens + 1))
-    charge = gamma(k + 2) * (aw @ (z.c.abs() + spread) + (0 if b is None else b.abs()))
-    return Zonotope(c, g, _inflate(aw @ z.e + charge, k + 4))
+    c = z.c @ w.T + (0 if b is None else b)
+    g = torch.matmul(w, z.g)
+    spread = _rows(z.g) * (1 + gamma(z.n_gens + 1))
+    charge = gamma(k + 2) * ((z.c.abs() + spread) @ aw.T + (0 if b is None else b.abs()))
+    return Zonotope(c, g, _inflate(z.e @ aw.T + charge, k + 4))
 
 
 def add(a: Zonotope, b: Zonotope) -> Zonotope:
@@ -169,16 +174,16 @@ def add(a: Zonotope, b: Zonotope) -> Zonotope:
     m = max(a.n_gens, b.n_gens)
     a, b = a.pad(m), b.pad(m)
     c, g = a.c + b.c, a.g + b.g
-    charge = U * (c.abs() + g.abs().sum(1) * (1 + gamma(m + 1)))
+    charge = U * (c.abs() + _rows(g) * (1 + gamma(m + 1)))
     return Zonotope(c, g, _inflate(a.e + b.e + charge, 4))
 
 
 def scale(z: Zonotope, lam: Tensor, mu: Tensor | None = None) -> Zonotope:
-    """``lam * z + mu`` per coordinate (float ``lam``, ``mu``)."""
+    """``lam * z + mu`` per coordinate (float ``lam``, ``mu``: ``(n,)`` or ``(B, n)``)."""
     c = lam * z.c + (0 if mu is None else mu)
-    g = lam[:, None] * z.g
+    g = lam[..., None] * z.g
     charge = 2 * U * ((lam * z.c).abs() + (0 if mu is None else mu.abs())) \
-        + U * lam.abs() * z.g.abs().sum(1) * (1 + gamma(z.n_gens + 1))
+        + U * lam.abs() * _rows(z.g) * (1 + gamma(z.n_gens + 1))
     return Zonotope(c, g, _inflate(lam.abs() * z.e + charge, 4))
 
 
@@ -187,8 +192,8 @@ def multiply(a: Zonotope, b: Zonotope) -> Zonotope:
     m = max(a.n_gens, b.n_gens)
     a, b = a.pad(m), b.pad(m)
     c = a.c * b.c
-    g = a.c[:, None] * b.g + b.c[:, None] * a.g
-    ga, gb = a.g.abs().sum(1), b.g.abs().sum(1)
+    g = a.c[..., None] * b.g + b.c[..., None] * a.g
+    ga, gb = _rows(a.g), _rows(b.g)
     charge = U * c.abs() + 2 * U * (a.c.abs() * gb + b.c.abs() * ga) * (1 + gamma(m + 1))
     e = _inflate(a.c.abs() * b.e + b.c.abs() * a.e + charge, 4)
     return Zonotope(c, g, e).with_new(_inflate(a.radius() * b.radius(), 2))
@@ -197,16 +202,16 @@ def multiply(a: Zonotope, b: Zonotope) -> Zonotope:
 def mean_value(z: Zonotope, value: Box, derivative: Box) -> Zonotope:
     """``f(z)`` for an elementwise ``f`` with ``f(c)`` in ``value`` and ``f'`` in ``derivative``
     over the range of ``z`` (module docstring)."""
-    vlo, vhi = value.lo.reshape(-1), value.hi.reshape(-1)
-    dlo, dhi = derivative.lo.reshape(-1), derivative.hi.reshape(-1)
+    vlo, vhi = (t.reshape(z.c.shape) for t in (value.lo, value.hi))
+    dlo, dhi = (t.reshape(z.c.shape) for t in (derivative.lo, derivative.hi))
     if not bool(torch.isfinite(torch.cat([vlo, vhi, dlo, dhi])).all()):
         raise Unsupported("a value or derivative enclosure is not finite")
     vmid = (vlo + vhi) / 2
     lam = (dlo + dhi) / 2
     rho = up_tensor(torch.maximum(dhi - lam, lam - dlo), 2)
     vrad = up_tensor(torch.maximum(vhi - vmid, vmid - vlo), 2)
-    g = lam[:, None] * z.g
-    charge = U * lam.abs() * z.g.abs().sum(1) * (1 + gamma(z.n_gens + 1))
+    g = lam[..., None] * z.g
+    charge = U * lam.abs() * _rows(z.g) * (1 + gamma(z.n_gens + 1))
     e = _inflate(lam.abs() * z.e + charge, 4)
     return Zonotope(vmid, g, e).with_new(_inflate(vrad + rho * z.radius(), 2))
 
@@ -300,10 +305,12 @@ def _coupling(block: AdditiveCoupling | AffineCoupling, z: Zonotope, shape: Shap
     def part(net: nn.Module, base: Zonotope) -> Zonotope:
         if isinstance(net, Constant):
             value = net.value.detach().to(torch.float64).expand(lay.active_shape).reshape(-1)
-            return Zonotope(value.clone(), torch.zeros(n_a, base.n_gens, dtype=torch.float64),
-                            torch.zeros(n_a, dtype=torch.float64))
+            batch = len(base.c)
+            return Zonotope(value.expand(batch, n_a).clone(), base.g.new_zeros(batch, n_a,
+                                                                               base.n_gens),
+                            base.c.new_zeros(batch, n_a))
         res = _subnet(net, base, lay.cond_shape, out)
-        if len(res.c) != n_a:
+        if res.c.shape[-1] != n_a:
             raise Unsupported("sub-network output is broadcast, not of the active part's shape")
         return res
 
@@ -313,11 +320,10 @@ def _coupling(block: AdditiveCoupling | AffineCoupling, z: Zonotope, shape: Shap
     else:
         h = part(block.s, cond.pad(t.n_gens))
         r = h.radius()
-        rng = Box((h.c - r).reshape(1, -1), (h.c + r).reshape(1, -1))
+        rng = Box(h.c - r, h.c + r)
         if not rng.is_finite():
             raise Unsupported("the range of s is not finite")
-        gz = mean_value(h, g_box(block.scale, Box.point(h.c.reshape(1, -1))),
-                        dg_box(block.scale, rng))
+        gz = mean_value(h, g_box(block.scale, Box.point(h.c)), dg_box(block.scale, rng))
         y2 = add(multiply(active, gz), t)
     return add(linear(z, lay.keep), linear(y2, lay.put))
 
@@ -349,7 +355,8 @@ def _block(block: InvertibleBlock, z: Zonotope, shape: Shape, out: Ranges) -> Zo
         res = linear(z, _conv1x1_dense(block, m, shape))
         if e == 0:
             return res
-        extra = up(e * float(torch.linalg.vector_norm(z.mag())) * (1 + 4 * U))
+        norm = torch.linalg.vector_norm(z.mag(), dim=-1, keepdim=True)
+        extra = up_tensor(e * norm * (1 + gamma(z.c.shape[-1] + 4)), 2)
         return Zonotope(res.c, res.g, _inflate(res.e + extra, 2))
     if isinstance(block, (Permutation, Squeeze)):
         from .jacobian import _rearrangement_matrix
