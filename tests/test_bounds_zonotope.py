@@ -159,6 +159,14 @@ MODELS = {
 }
 
 
+def _shapes(blocks, shape):
+    """The per-sample shapes before each block and after the last."""
+    shapes = [tuple(shape)]
+    for b in blocks:
+        shapes.append(tuple(block_rule(b).out_shape(b, shapes[-1])))
+    return shapes
+
+
 def _prefix_outputs(net: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
     out = []
     for layer in net:
@@ -171,9 +179,7 @@ def _prefix_outputs(net: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
 def test_boxes_hold_sampled_values_between_blocks_and_inside_subnetworks(name):
     model, shape = MODELS[name]()
     blocks = model.flat_blocks()
-    shapes = [shape]
-    for b in blocks:
-        shapes.append(tuple(block_rule(b).out_shape(b, shapes[-1])))
+    shapes = _shapes(blocks, shape)
     gen = torch.Generator().manual_seed(8)
     centre = torch.rand((1, *shape), generator=gen, dtype=torch.float64)
     half = 0.05
@@ -208,9 +214,7 @@ def _glow_cell():
 def test_much_tighter_than_interval_propagation_on_a_dequantization_cell():
     model, x = _glow_cell()
     blocks = model.flat_blocks()
-    shapes = [(3, 8, 8)]
-    for b in blocks:
-        shapes.append(tuple(block_rule(b).out_shape(b, shapes[-1])))
+    shapes = _shapes(blocks, (3, 8, 8))
     r = 0.5 / 256
     box = Box(x - r, x + r)
     ranges = zonotope_ranges(blocks, shapes, box)
@@ -257,9 +261,7 @@ def test_too_large_a_network_ends_the_pass_with_a_reason(monkeypatch):
     import lipbound.bounds.zonotope as zonotope
     model, shape = MODELS["glow_1x1"]()
     blocks = model.flat_blocks()
-    shapes = [shape]
-    for b in blocks:
-        shapes.append(tuple(block_rule(b).out_shape(b, shapes[-1])))
+    shapes = _shapes(blocks, shape)
     monkeypatch.setattr(zonotope, "MAX_ENTRIES", 100)
     ranges = zonotope_ranges(blocks, shapes, Box.uniform(0, 0.01, shape))
     assert "too large for the zonotope pass" in ranges.reason
@@ -269,9 +271,7 @@ def test_too_large_a_network_ends_the_pass_with_a_reason(monkeypatch):
 def test_a_batch_of_boxes_gives_each_box_its_own_ranges():
     model, shape = MODELS["glow_lu_softclamp"]()
     blocks = model.flat_blocks()
-    shapes = [shape]
-    for b in blocks:
-        shapes.append(tuple(block_rule(b).out_shape(b, shapes[-1])))
+    shapes = _shapes(blocks, shape)
     gen = torch.Generator().manual_seed(10)
     centres = torch.rand((3, *shape), generator=gen, dtype=torch.float64)
     half = torch.tensor([1e-3, 0.02, 0.1], dtype=torch.float64).reshape(3, 1, 1, 1)
