@@ -288,3 +288,72 @@ def test_a_batch_of_boxes_gives_each_box_its_own_ranges():
     # the smallest box gives the narrowest ranges
     width = (together.boxes[-1].hi - together.boxes[-1].lo).flatten(1).amax(1)
     assert bool((width[0] < width[1]) & (width[1] < width[2]))
+
+
+def _shared_block_model(scaling):
+    torch.set_default_dtype(torch.float32)  # the weights of the case found in review
+    torch.manual_seed(26)
+    s = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))
+    torch.set_default_dtype(torch.float64)
+    c = AdditiveCoupling(halves(2), s)
+    tied = AdditiveCoupling(halves(2), s)  # another block, the same sub-network module
+    return (InvertibleSequential(c, DiagonalScaling(torch.tensor(scaling)), c).double().eval(),
+            InvertibleSequential(c, DiagonalScaling(torch.tensor(scaling)), tied).double().eval())
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_subnetwork_used_twice_gets_ranges_that_hold_for_both_uses(which):
+    from torch.func import jacrev, vmap
+    model = _shared_block_model([1.5, 1.0])[which]
+    x0 = torch.tensor([[-0.7074359821902302, -0.5640318342929853]], dtype=torch.float64)
+    r = 0.3
+    x = x0 + r * (torch.rand(20000, 2, dtype=torch.float64) * 2 - 1)
+    with torch.no_grad():
+        jac = vmap(jacrev(lambda v: model(v[None])[0]))(x)
+    measured = torch.linalg.matrix_norm(jac, 2).max()
+    bound = jacobian_bounds(model.flat_blocks(), [(2,)] * 4, Box(x0 - r, x0 + r)).forward
+    assert float(measured) > 1.53 and bound >= float(measured)
+    # with ranges that are disjoint between the uses: a number, never a crash
+    far = _shared_block_model([-3.0, 5.0])[which]
+    jac = jacobian_bounds(far.flat_blocks(), [(2,)] * 4, Box(x0 - 1e-3, x0 + 1e-3))
+    assert jac.forward is not None and jac.forward >= 5.0
+
+
+def test_leaky_relu_slopes_stay_float64_with_a_float32_default():
+    from lipbound.bounds.jacobian import subnet_jacobian
+    from lipbound.bounds.relax import relaxed_box
+    torch.set_default_dtype(torch.float32)  # as in a user's session (the fixture restores)
+    l1, l2 = nn.Linear(1, 1), nn.Linear(1, 1)
+    with torch.no_grad():
+        l1.weight.fill_(1.0)
+        l1.bias.fill_(-5.0)
+        l2.weight.fill_(1e5)
+        l2.bias.fill_(0.0)
+    net = nn.Sequential(l1, nn.LeakyReLU(0.01), l2).double()
+    box = Box(torch.tensor([[-0.5]], dtype=torch.float64), torch.tensor([[0.5]],
+                                                                       dtype=torch.float64))
+    # net(x) = 1000 (x - 5): derivative exactly 1000, range [-5500, -4500]
+    jac, _ = subnet_jacobian(net, box)
+    assert float(jac.mid - jac.rad) <= 1000 <= float(jac.mid + jac.rad)
+    out = relaxed_box(net, box)
+    assert float(out.lo) <= -5500 and float(out.hi) >= -4500
+    model = InvertibleSequential(AdditiveCoupling(halves(2), net)).double().eval()
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    bound = jacobian_bounds(model.flat_blocks(), [(2,), (2,)], Box(x - 1e-3, x + 1e-3))
+    assert bound.forward >= 1000.0 and bound.inverse >= 1000.0
+
+
+def test_error_terms_do_not_grow_block_after_block_on_a_deep_glow():
+    model = _noisy(glow_like((3, 8, 8), 1, 16, 16, "affine"), 0.1, 0)
+    x = torch.rand((1, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    blocks = model.flat_blocks()
+    r = 1 / 512
+    ranges = zonotope_ranges(blocks, _shapes(blocks, (3, 8, 8)), Box(x - r, x + r))
+    assert ranges.reason is None
+    with torch.no_grad():
+        y = model(x + r * torch.sign(torch.randn((2000, 3, 8, 8), dtype=torch.float64)))
+    last = ranges.boxes[-1]
+    assert bool(((y >= last.lo) & (y <= last.hi)).all())
+    # after 49 blocks the box is within 20x of the sampled spread (it was 1e171x with the error
+    # terms carried as |W| e)
+    assert float((last.hi - last.lo).max()) < 20 * float((y.amax(0) - y.amin(0)).max())

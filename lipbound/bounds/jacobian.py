@@ -258,8 +258,10 @@ def _piecewise_linear(layer: nn.Module, z: Box) -> Box:
     needs) where the range reaches the kink at 0."""
     a = 0.0 if type(layer) is nn.ReLU else float(layer.negative_slope)
     low, high = min(a, 1.0), max(a, 1.0)
-    lo = torch.where(z.lo > 0, 1.0, torch.where(z.hi < 0, a, low)).to(torch.float64)
-    hi = torch.where(z.lo > 0, 1.0, torch.where(z.hi < 0, a, high)).to(torch.float64)
+    # float64 tensors: torch.where of two python numbers is float32 (0.01 -> 0.0099999998)
+    one, slope = (torch.full(z.lo.shape, v, dtype=torch.float64) for v in (1.0, a))
+    lo = torch.where(z.lo > 0, one, torch.where(z.hi < 0, slope, low))
+    hi = torch.where(z.lo > 0, one, torch.where(z.hi < 0, slope, high))
     return Box(lo, hi)
 
 

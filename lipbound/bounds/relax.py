@@ -123,8 +123,11 @@ def _lines(lo: Tensor, hi: Tensor, a: float) -> tuple[Tensor, Tensor, Tensor]:
     beta = torch.maximum(at_lo, at_hi) + pad
     beta = torch.where((hi <= 0) | (lo >= 0), torch.zeros_like(lo), beta)  # exact lines
     beta = torch.nextafter(beta, torch.full_like(beta, math.inf))
-    alpha = torch.where(hi <= 0, a, torch.where(lo >= 0, 1.0, torch.where(hi >= -lo, 1.0, a)))
-    return alpha.to(torch.float64), s, beta
+    # float64 tensors: torch.where of two python numbers is float32 (0.01 -> 0.0099999998)
+    one, slope = torch.ones_like(lo), torch.full_like(lo, a)
+    alpha = torch.where(hi <= 0, slope,
+                        torch.where(lo >= 0, one, torch.where(hi >= -lo, one, slope)))
+    return alpha, s, beta
 
 
 def _lower(mats: list[tuple[Tensor, Tensor]], slopes: list[float], pre: list[tuple[Tensor, Tensor]],

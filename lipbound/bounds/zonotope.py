@@ -25,17 +25,26 @@ boxes (the dequantization cell of a data point).
 * any other differentiable elementwise map ``f`` (tanh, sigmoid, the coupling scale ``g`` of eq. 4)
   by the mean-value form ``f(z) = f(c) + f'(xi)(z - c)``: with ``f'`` enclosed in ``[lambda - rho,
   lambda + rho]`` over the range, ``f(z) = f(c) + lambda (z - c) + d``, ``|d| <= rho rad(z)``, a new
-  generator per coordinate (second order in the radius on small boxes).
+  generator per coordinate (second order in the radius on small boxes); where the interval image
+  of the range is less than half as wide (large boxes: the mean-value form grows without limit,
+  ``f`` does not), the coordinate is that interval instead, a fresh generator
+  (:meth:`Zonotope.clipped`).
+
+After each block the error terms ``e`` that are more than 0.1% of their coordinate's radius become
+generators (:meth:`Zonotope.errors_as_generators`): carried as ``e`` they would grow by ``|W|``
+at every later layer (on a 97-block Glow-like model, 1e171 times the sampled spread after 48
+blocks; as generators, 9 times).
 
 **Floating point.** Every float product and sum is charged its error bound (Higham, eq. 3.5:
 ``|fl(W G) - W G| <= gamma(k) |W| |G|``, so the set moves by at most ``gamma(k) |W| (|G| 1)`` per
 row), added to ``e`` and rounded up, as in :mod:`.relax`. Values of library functions at the
 centre come from enclosures (:func:`.interval.monotone_map`, :func:`.scales.g_box` in ``arb``).
 
-Generators are capped at :data:`MAX_GENERATORS` between blocks: beyond it the smallest are folded
-into ``e`` (sound, a little looser); new generators are appended last, so zonotopes derived from
-a common one inside a block share their first columns. Blocks without a zonotope rule (i-ResNet,
-neural ODE) end the pass: the
+Generators are capped at :data:`MAX_GENERATORS` between blocks, and before a coupling at what
+its widest sub-network layer allows within :data:`MAX_ENTRIES`: beyond it the smallest are folded
+into ``e`` (sound, a little looser); new generators are appended last, so zonotopes derived from a
+common one inside a block share their first columns. All of it runs on a batch of boxes at once
+(a leading dimension). Blocks without a zonotope rule (i-ResNet, neural ODE) end the pass: the
 boxes after them are ``None`` and :mod:`.jacobian` carries them by its own means.
 """
 
@@ -115,21 +124,59 @@ class Zonotope:
         """An upper bound on ``|z|`` per coordinate."""
         return _inflate(self.c.abs() + self.radius(), 2)
 
-    def box(self, shape: Shape) -> Box:
-        """The enclosing box, per-sample ``shape`` with the batch first."""
+    def box(self, shape: Shape | None = None) -> Box:
+        """The enclosing box (rounded outward), per-sample ``shape`` (default: flat) with the
+        batch first; :class:`Unsupported` once it is not finite (an overflow)."""
         r = self.radius()
         inf = torch.full_like(r, math.inf)
         lo = torch.nextafter(self.c - r, -inf)
         hi = torch.nextafter(self.c + r, inf)
+        if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            raise Unsupported("the zonotope overflowed")
+        shape = (self.c.shape[-1],) if shape is None else shape
         return Box(lo.reshape(-1, *shape), hi.reshape(-1, *shape))
+
+    def clipped(self, box: Box, factor: float = 0.5) -> Zonotope:
+        """The same values, each coordinate whose other enclosure ``box`` is narrower than
+        ``factor`` times the zonotope's own range replaced by that interval (a fresh generator
+        of its radius; the dependence on the input is lost there, hence the factor): not an
+        affine operation, but sound, and it stops the mean-value form of a bounded map from
+        growing past the map's range."""
+        lo, hi = (t.reshape(self.c.shape) for t in (box.lo, box.hi))
+        mid = (lo + hi) / 2
+        rad = up_tensor(torch.maximum(hi - mid, mid - lo))
+        swap = rad < factor * self.radius()
+        if not bool(swap.any()):
+            return self
+        c = torch.where(swap, mid, self.c)
+        g = torch.where(swap[..., None], torch.zeros_like(self.g), self.g)
+        e = torch.where(swap, torch.zeros_like(self.e), self.e)
+        return Zonotope(c, g, e).with_new(torch.where(swap, rad, torch.zeros_like(rad)))
+
+    def errors_as_generators(self, share: float = 0.001) -> Zonotope:
+        """The error terms ``e`` that are more than ``share`` of their coordinate's radius as
+        generators of their own (the same set): through later linear maps ``W diag(e)`` keeps
+        its signs where ``|W| e`` would not, so ``e`` does not grow by ``|W|`` block after
+        block. The rest (rounding charges) stay in ``e``."""
+        move = self.e > share * _rows(self.g)
+        if not bool(move.any()):
+            return self
+        zero = torch.zeros_like(self.e)
+        return Zonotope(self.c, self.g, torch.where(move, zero, self.e)).with_new(
+            torch.where(move, self.e, zero))
 
     def pad(self, m: int) -> Zonotope:
         """The same set with zero generators up to ``m`` (new generators are appended last, so
         zonotopes derived from a common one share the first columns)."""
-        if m == self.n_gens:
+        return self.insert(self.n_gens, m - self.n_gens)
+
+    def insert(self, at: int, k: int) -> Zonotope:
+        """The same set with ``k`` zero generators inserted before column ``at``."""
+        if not k:
             return self
-        extra = self.g.new_zeros(*self.c.shape, m - self.n_gens)
-        return Zonotope(self.c, torch.cat([self.g, extra], -1), self.e)
+        extra = self.g.new_zeros(*self.c.shape, k)
+        return Zonotope(self.c, torch.cat([self.g[..., :at], extra, self.g[..., at:]], -1),
+                        self.e)
 
     def with_new(self, magnitude: Tensor) -> Zonotope:
         """Each coordinate ``i`` widened by its own new generator of size ``magnitude_i``
@@ -142,11 +189,13 @@ class Zonotope:
         return Zonotope(self.c, torch.cat([self.g, cols], -1), self.e)
 
 
-def _reduced(z: Zonotope) -> Zonotope:
-    if z.n_gens <= MAX_GENERATORS:
+def _reduced(z: Zonotope, most: int = MAX_GENERATORS) -> Zonotope:
+    """At most ``most`` generators: beyond it the smallest (over the batch) are folded into
+    ``e``, keeping three quarters."""
+    if z.n_gens <= most:
         return z
     size = z.g.abs().sum(1).amax(0)
-    keep = torch.topk(size, MAX_GENERATORS * 3 // 4).indices.sort().values
+    keep = torch.topk(size, max(1, most * 3 // 4)).indices.sort().values
     drop = torch.ones(z.n_gens, dtype=torch.bool)
     drop[keep] = False
     folded = _inflate(z.e + z.g[..., drop].abs().sum(-1), int(drop.sum()) + 1)
@@ -166,7 +215,7 @@ def linear(z: Zonotope, w: Tensor, b: Tensor | None = None) -> Zonotope:
     g = torch.matmul(w, z.g)
     spread = _rows(z.g) * (1 + gamma(z.n_gens + 1))
     charge = gamma(k + 2) * ((z.c.abs() + spread) @ aw.T + (0 if b is None else b.abs()))
-    return Zonotope(c, g, _inflate(z.e @ aw.T + charge, k + 4))
+    return Zonotope(c, g, _inflate(z.e @ aw.T + charge, (k + 4) * (z.n_gens + 1)))
 
 
 def add(a: Zonotope, b: Zonotope) -> Zonotope:
@@ -245,10 +294,10 @@ def _activation(layer: nn.Module, z: Zonotope) -> Zonotope:
     fns = {nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}
     if type(layer) not in fns:
         raise Unsupported(f"no zonotope rule for the activation {type(layer).__name__}")
-    r = z.radius()
-    rng = Box(z.c - r, z.c + r)
+    rng = z.box()
     value = monotone_map(Box.point(z.c), fns[type(layer)])
-    return mean_value(z, value, _DERIVATIVES[type(layer)](layer, rng))
+    out = mean_value(z, value, _DERIVATIVES[type(layer)](layer, rng))
+    return out.clipped(monotone_map(rng, fns[type(layer)]))
 
 
 @dataclass
@@ -259,17 +308,32 @@ class Ranges:
         boxes: the boxes before each block and after the last (``None`` after a block without a
             rule); per-sample shapes with a batch dimension of 1.
         pre: ``(sub-network, i) -> Box``: the range of the output of the sub-network's first
-            ``i`` layers, for the couplings reached.
+            ``i`` layers, for the couplings reached; a sub-network used in several places (one
+            block twice, tied weights) gets the hull of its ranges over all its uses, or none if
+            its input shapes differ.
+        nets: the sub-networks of ``pre`` (holding them keeps their ``id`` keys unique).
         reason: why the pass stopped early (``None``: it went through).
     """
 
     boxes: list[Box | None]
-    pre: dict[tuple[int, int], Box] = field(default_factory=dict)
+    pre: dict[tuple[int, int], Box | None] = field(default_factory=dict)
     nets: list[nn.Module] = field(default_factory=list)
     reason: str | None = None
 
     def range_of(self, net: nn.Module, i: int) -> Box | None:
+        """The range of ``net``'s first ``i`` layers over every use of ``net`` (or ``None``)."""
         return self.pre.get((id(net), i))
+
+    def record(self, net: nn.Module, i: int, box: Box) -> None:
+        key = (id(net), i)
+        if key not in self.pre:
+            self.pre[key] = box
+            return
+        old = self.pre[key]
+        if old is None or old.lo.shape != box.lo.shape:
+            self.pre[key] = None
+            return
+        self.pre[key] = Box(torch.minimum(old.lo, box.lo), torch.maximum(old.hi, box.hi))
 
 
 def _subnet(net: nn.Module, z: Zonotope, shape: Shape, out: Ranges) -> Zonotope:
@@ -291,7 +355,7 @@ def _subnet(net: nn.Module, z: Zonotope, shape: Shape, out: Ranges) -> Zonotope:
             z, shape = linear(z, w, b), nxt
         else:
             z = _activation(layer, z)
-        out.pre[(id(net), i + 1)] = z.box(shape)
+        out.record(net, i + 1, z.box(shape))
     return z
 
 
@@ -318,12 +382,12 @@ def _coupling(block: AdditiveCoupling | AffineCoupling, z: Zonotope, shape: Shap
     if isinstance(block, AdditiveCoupling):
         y2 = add(active, t)
     else:
-        h = part(block.s, cond.pad(t.n_gens))
-        r = h.radius()
-        rng = Box(h.c - r, h.c + r)
-        if not rng.is_finite():
-            raise Unsupported("the range of s is not finite")
+        h = part(block.s, cond)
+        # columns: cond's, then t's new ones, then s's new ones (s ran without t's, all zero)
+        h = h.insert(cond.n_gens, t.n_gens - cond.n_gens)
+        rng = h.box()
         gz = mean_value(h, g_box(block.scale, Box.point(h.c)), dg_box(block.scale, rng))
+        gz = gz.clipped(g_box(block.scale, rng))
         y2 = add(multiply(active, gz), t)
     return add(linear(z, lay.keep), linear(y2, lay.put))
 
@@ -333,8 +397,23 @@ def _per_channel(v: Tensor, shape: Shape) -> Tensor:
     return v.reshape(view).expand(shape).reshape(-1)
 
 
+def _widest(block: AdditiveCoupling | AffineCoupling, shape: Shape) -> int:
+    """The most outputs of one layer in the block's sub-networks (1 if none)."""
+    from .jacobian import _layout
+    widest, cond_shape = 1, _layout(block, shape).cond_shape
+    for net in (block.t, getattr(block, "s", None)):
+        sub = cond_shape
+        for layer in net if isinstance(net, nn.Sequential) else ():
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                sub = layer_out_shape(layer, sub) or sub
+                widest = max(widest, math.prod(sub))
+    return widest
+
+
 def _block(block: InvertibleBlock, z: Zonotope, shape: Shape, out: Ranges) -> Zonotope:
     if isinstance(block, (AdditiveCoupling, AffineCoupling)):
+        # room for the generators the sub-networks add (at most one per neuron)
+        z = _reduced(z, max(1, MAX_ENTRIES // (2 * _widest(block, shape))))
         return _coupling(block, z, shape, out)
     if isinstance(block, ActNorm):
         ls = block.log_scale.detach().to(torch.float64).reshape(1, -1)
@@ -375,10 +454,8 @@ def zonotope_ranges(blocks: Sequence[InvertibleBlock], shapes: Sequence[Shape],
         z = Zonotope.of_box(box)
         for k, block in enumerate(blocks):
             try:
-                z = _reduced(_block(block, z, tuple(shapes[k]), out))
+                z = _reduced(_block(block, z, tuple(shapes[k]), out).errors_as_generators())
                 nxt = z.box(tuple(shapes[k + 1]))
-                if not nxt.is_finite():
-                    raise Unsupported("the zonotope overflowed")
             except (Unsupported, ValueError) as err:
                 out.reason = f"{err} (at block {k})"
                 out.boxes += [None] * (len(blocks) - k)
