@@ -347,9 +347,10 @@ def _subnet(net: nn.Module, z: Zonotope, shape: Shape, out: Ranges) -> Zonotope:
             nxt = layer_out_shape(layer, shape)
             if nxt is None:
                 raise Unsupported(f"layer {layer} is not a plain linear or stride-1 convolution")
-            if math.prod(nxt) * max(math.prod(shape), z.n_gens) > MAX_ENTRIES:
+            if math.prod(nxt) * max(math.prod(shape), len(z.c) * z.n_gens) > MAX_ENTRIES:
                 raise Unsupported(f"layer {layer} on {shape} is too large for the zonotope pass "
-                                  f"(more than {MAX_ENTRIES} entries)")
+                                  f"({len(z.c)} box(es), {z.n_gens} generators: more than "
+                                  f"{MAX_ENTRIES} entries)")
             w, b, _ = _shared(("zono-dense", layer, shape),
                               lambda lay=layer, sh=shape: dense_matrix(lay, sh))
             z, shape = linear(z, w, b), nxt
@@ -413,7 +414,7 @@ def _widest(block: AdditiveCoupling | AffineCoupling, shape: Shape) -> int:
 def _block(block: InvertibleBlock, z: Zonotope, shape: Shape, out: Ranges) -> Zonotope:
     if isinstance(block, (AdditiveCoupling, AffineCoupling)):
         # room for the generators the sub-networks add (at most one per neuron)
-        z = _reduced(z, max(1, MAX_ENTRIES // (2 * _widest(block, shape))))
+        z = _reduced(z, max(1, MAX_ENTRIES // (2 * _widest(block, shape) * len(z.c))))
         return _coupling(block, z, shape, out)
     if isinstance(block, ActNorm):
         ls = block.log_scale.detach().to(torch.float64).reshape(1, -1)
@@ -454,7 +455,8 @@ def zonotope_ranges(blocks: Sequence[InvertibleBlock], shapes: Sequence[Shape],
         z = Zonotope.of_box(box)
         for k, block in enumerate(blocks):
             try:
-                z = _reduced(_block(block, z, tuple(shapes[k]), out).errors_as_generators())
+                z = _block(block, z, tuple(shapes[k]), out).errors_as_generators()
+                z = _reduced(z, min(MAX_GENERATORS, MAX_ENTRIES // z.c.numel()))
                 nxt = z.box(tuple(shapes[k + 1]))
             except (Unsupported, ValueError) as err:
                 out.reason = f"{err} (at block {k})"
