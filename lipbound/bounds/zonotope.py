@@ -180,26 +180,34 @@ class Zonotope:
 
     def with_new(self, magnitude: Tensor) -> Zonotope:
         """Each coordinate ``i`` widened by its own new generator of size ``magnitude_i``
-        (``(B, n)``; a column where any box of the batch needs one)."""
-        idx = torch.nonzero((magnitude > 0).any(0)).reshape(-1)
-        if not len(idx):
+        (``(B, n)``). The boxes of a batch are independent zonotopes, so each box packs its new
+        generators into the first of the new columns (as many columns as the box that needs
+        the most)."""
+        need = magnitude > 0
+        k = int(need.sum(-1).max()) if need.numel() else 0
+        if not k:
             return self
-        cols = self.g.new_zeros(*self.c.shape, len(idx))
-        cols[:, idx, torch.arange(len(idx))] = up_tensor(magnitude[:, idx])
+        slot = need.cumsum(-1) - 1
+        b, i = torch.nonzero(need, as_tuple=True)
+        cols = self.g.new_zeros(*self.c.shape, k)
+        cols[b, i, slot[b, i]] = up_tensor(magnitude[b, i])
         return Zonotope(self.c, torch.cat([self.g, cols], -1), self.e)
 
 
 def _reduced(z: Zonotope, most: int = MAX_GENERATORS) -> Zonotope:
-    """At most ``most`` generators: beyond it the smallest (over the batch) are folded into
-    ``e``, keeping three quarters."""
+    """At most ``most`` generators: beyond it each box keeps its largest three quarters (its
+    columns reordered: only between blocks, where no other zonotope shares them) and folds the
+    rest into ``e``."""
     if z.n_gens <= most:
         return z
-    size = z.g.abs().sum(1).amax(0)
-    keep = torch.topk(size, max(1, most * 3 // 4)).indices.sort().values
-    drop = torch.ones(z.n_gens, dtype=torch.bool)
-    drop[keep] = False
-    folded = _inflate(z.e + z.g[..., drop].abs().sum(-1), int(drop.sum()) + 1)
-    return Zonotope(z.c, z.g[..., keep], folded)
+    size = z.g.abs().sum(-2)
+    order = torch.argsort(size, dim=-1, descending=True)
+    keep, drop = order[:, : max(1, most * 3 // 4)], order[:, max(1, most * 3 // 4):]
+    n = z.c.shape[-1]
+    kept = torch.gather(z.g, -1, keep[:, None, :].expand(-1, n, -1))
+    dropped = torch.gather(z.g, -1, drop[:, None, :].expand(-1, n, -1))
+    folded = _inflate(z.e + dropped.abs().sum(-1), drop.shape[-1] + 1)
+    return Zonotope(z.c, kept, folded)
 
 
 def _rows(x: Tensor) -> Tensor:
