@@ -314,23 +314,36 @@ class Ranges:
 
     Attributes:
         boxes: the boxes before each block and after the last (``None`` after a block without a
-            rule); per-sample shapes with a batch dimension of 1.
+            rule); per-sample shapes with the batch of boxes first (of all the boxes, also in a
+            selection).
         pre: ``(sub-network, i) -> Box``: the range of the output of the sub-network's first
             ``i`` layers, for the couplings reached; a sub-network used in several places (one
             block twice, tied weights) gets the hull of its ranges over all its uses, or none if
             its input shapes differ.
         nets: the sub-networks of ``pre`` (holding them keeps their ``id`` keys unique).
         reason: why the pass stopped early (``None``: it went through).
+        index: the boxes of the batch that :meth:`range_of` answers for (``None``: all).
     """
 
     boxes: list[Box | None]
     pre: dict[tuple[int, int], Box | None] = field(default_factory=dict)
     nets: list[nn.Module] = field(default_factory=list)
     reason: str | None = None
+    index: Tensor | None = None
 
     def range_of(self, net: nn.Module, i: int) -> Box | None:
-        """The range of ``net``'s first ``i`` layers over every use of ``net`` (or ``None``)."""
-        return self.pre.get((id(net), i))
+        """The range of ``net``'s first ``i`` layers over every use of ``net`` (or ``None``),
+        for the selected boxes."""
+        box = self.pre.get((id(net), i))
+        if box is None or self.index is None:
+            return box
+        return Box(box.lo[self.index], box.hi[self.index])
+
+    def select(self, index: Tensor) -> Ranges:
+        """The same ranges, :meth:`range_of` answering for the boxes ``index`` of the current
+        selection (a view: nothing is copied)."""
+        index = index if self.index is None else self.index[index]
+        return Ranges(self.boxes, self.pre, self.nets, self.reason, index)
 
     def record(self, net: nn.Module, i: int, box: Box) -> None:
         key = (id(net), i)
