@@ -58,10 +58,12 @@ def _inflate(t: Tensor, n: int) -> Tensor:
 
 @dataclass(frozen=True)
 class IntervalMatrix:
-    """The matrices ``A`` with ``|A - mid| <= rad`` entrywise (float64, ``rad >= 0``)."""
+    """The matrices ``A`` with ``|A - mid| <= rad`` entrywise (float64, ``rad >= 0``);
+    ``is_diagonal``: both are zero off the diagonal (products are then row scalings)."""
 
     mid: Tensor
     rad: Tensor
+    is_diagonal: bool = False
 
     @classmethod
     def point(cls, m: Tensor) -> IntervalMatrix:
@@ -78,7 +80,8 @@ class IntervalMatrix:
     @classmethod
     def diagonal(cls, lo: Tensor, hi: Tensor) -> IntervalMatrix:
         """``diag([lo_i, hi_i])``."""
-        return cls.from_ends(torch.diag(lo.reshape(-1)), torch.diag(hi.reshape(-1)))
+        m = cls.from_ends(torch.diag(lo.reshape(-1)), torch.diag(hi.reshape(-1)))
+        return cls(m.mid, m.rad, True)
 
     @classmethod
     def diagonals(cls, lo: Tensor, hi: Tensor) -> IntervalMatrix:
@@ -87,11 +90,16 @@ class IntervalMatrix:
         if lo.shape[0] == 1:
             return cls.diagonal(lo, hi)
         c, r = Box(lo, hi).center_radius()  # as from_ends does, on the diagonals alone
-        return cls(torch.diag_embed(c.reshape(len(c), -1)), torch.diag_embed(r.reshape(len(r), -1)))
+        return cls(torch.diag_embed(c.reshape(len(c), -1)), torch.diag_embed(r.reshape(len(r), -1)),
+                   True)
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.mid.shape)
+
+    def midpoint(self) -> IntervalMatrix:
+        """The exact matrix ``M`` (radius 0; a diagonal one stays marked diagonal)."""
+        return IntervalMatrix(self.mid, torch.zeros_like(self.mid), self.is_diagonal)
 
     def ends(self) -> tuple[Tensor, Tensor]:
         """Entrywise ``[lo, hi]`` holding the interval (outward rounded)."""
@@ -119,7 +127,7 @@ class IntervalMatrix:
         """The matrices ``keep`` (an index or mask) of a batch; a single matrix stays as is."""
         def rows(t: Tensor) -> Tensor:
             return t[keep] if t.dim() > 2 else t
-        return IntervalMatrix(rows(self.mid), rows(self.rad))
+        return IntervalMatrix(rows(self.mid), rows(self.rad), self.is_diagonal)
 
     def finite_each(self) -> Tensor:
         """Per matrix of a batch, whether all its entries are finite."""
@@ -130,13 +138,20 @@ class IntervalMatrix:
         if isinstance(other, Tensor):
             other = IntervalMatrix.point(other)
         n = self.mid.shape[-1]
-        mid = self.mid @ other.mid
-        a_abs, b_abs = self.mid.abs(), other.mid.abs()
-        rad = gamma(n) * (a_abs @ b_abs)
+        a_mid, a_rad, product = self.mid, self.rad, torch.matmul
+        if self.is_diagonal:
+            # each entry is one product (the sum's other terms are exact zeros): the rule with
+            # n = 1, the products as row scalings
+            n, product = 1, torch.mul
+            a_mid, a_rad = (torch.diagonal(t, dim1=-2, dim2=-1).unsqueeze(-1)
+                            for t in (self.mid, self.rad))
+        mid = product(a_mid, other.mid)
+        a_abs, b_abs = a_mid.abs(), other.mid.abs()
+        rad = gamma(n) * product(a_abs, b_abs)
         if bool(other.rad.any()):
-            rad = rad + a_abs @ other.rad
-        if bool(self.rad.any()):
-            rad = rad + self.rad @ up_tensor(b_abs + other.rad)
+            rad = rad + product(a_abs, other.rad)
+        if bool(a_rad.any()):
+            rad = rad + product(a_rad, up_tensor(b_abs + other.rad))
         return IntervalMatrix(mid, _inflate(rad, n))
 
     def __rmatmul__(self, other: Tensor) -> IntervalMatrix:
@@ -148,7 +163,7 @@ class IntervalMatrix:
         return IntervalMatrix(mid, rad)
 
     def __neg__(self) -> IntervalMatrix:
-        return IntervalMatrix(-self.mid, self.rad)
+        return IntervalMatrix(-self.mid, self.rad, self.is_diagonal)
 
     def scale_rows(self, lo: Tensor, hi: Tensor) -> IntervalMatrix:
         """``diag([lo, hi]) A`` for every ``A`` in the interval (end-point products)."""

@@ -483,7 +483,7 @@ class ChainProduct:
 
     def push(self, jac: IntervalMatrix) -> None:
         """Append ``[J_{k+1}]``."""
-        mid = IntervalMatrix.point(jac.mid)
+        mid = jac.midpoint()
         self.mid = mid @ self.mid
         if self.old_err is not None:
             self.old_err = _inflate(mid.abs_upper() @ self.old_err, jac.shape[-1])
