@@ -543,6 +543,8 @@ class ChainProduct:
         n = r.shape[-1]
         inflate = 1 + 3 * (n + 4) * U
         entrywise = matvec(self.best.abs_upper(), r)
+        if not self.norms:
+            return up_tensor(entrywise * inflate + (n + 4) * 2.0 ** -1070)
         r2 = torch.linalg.vector_norm(r, dim=-1) * inflate
         telescoped = matvec(self.mid.abs_upper(), r) + up_tensor(self.eps * r2).unsqueeze(-1)
         return up_tensor(torch.minimum(entrywise, telescoped) * inflate + (n + 4) * 2.0 ** -1070)

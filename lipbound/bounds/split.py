@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -100,15 +101,14 @@ def _one_by_one(model: InvertibleBlock, shape: tuple[int, ...],
     (the per-block rows cost time and are looser on small boxes), else :func:`bound_model`."""
     def leaves(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         out = torch.full((2, len(lo)), math.inf, dtype=torch.float64)
-        with shared_propagation():
-            for i in range(len(lo)):
-                sub = Box(lo[i:i + 1], hi[i:i + 1])
-                jac = jacobian_bounds(blocks, shapes, sub)
-                if jac.forward is None or jac.inverse is None:
-                    net = bound_model(model, shape, sub)
-                    jac = net if net.forward is not None and net.inverse is not None else jac
-                for j, v in enumerate((jac.forward, jac.inverse)):
-                    out[j, i] = math.inf if v is None else v
+        for i in range(len(lo)):
+            sub = Box(lo[i:i + 1], hi[i:i + 1])
+            jac = jacobian_bounds(blocks, shapes, sub)
+            if jac.forward is None or jac.inverse is None:
+                net = bound_model(model, shape, sub)
+                jac = net if net.forward is not None and net.inverse is not None else jac
+            for j, v in enumerate((jac.forward, jac.inverse)):
+                out[j, i] = math.inf if v is None else v
         return out[0], out[1]
     return leaves
 
@@ -152,8 +152,11 @@ def split_bounds(model: InvertibleBlock, shape: Sequence[int], box: BoxLike,
     bounds = torch.tensor([[math.inf if v is None else v] for v in (first.forward, first.inverse)],
                           dtype=torch.float64)
     rounds = 0
-    with tqdm(total=round(budget, 1), desc="splitting", unit="s", disable=not progress,
-              leave=False) as bar:
+    # one box at a time: share the sub-network boxes and block constants over all of them; a
+    # batch shares within itself (a scope over all batches would keep every batch's boxes)
+    scope = nullcontext() if reason is None else shared_propagation()
+    with scope, tqdm(total=round(budget, 1), desc="splitting", unit="s", disable=not progress,
+                     leave=False) as bar:
         while budget > 0 and (rounds == 0 or time.perf_counter() - start < budget):
             top = bounds.max(dim=1, keepdim=True).values
             score = torch.where(torch.isinf(top), (bounds == top).double(),
