@@ -156,3 +156,18 @@ def test_too_many_coordinates_are_refused():
     with pytest.raises(ValueError, match="input splitting is for low dimensions: the input has "
                                          "18 coordinates, at most 16"):
         split_bounds(model, (18,), (-0.5, 0.5), 1.0)
+
+
+def test_cli_shows_the_splitting_progress_on_stderr(tmp_path, capsys):
+    from lipbound.cli import main
+    from lipbound.io import save_model
+
+    path = tmp_path / "m.pt"
+    save_model(MODELS["affine_relu_sigmoid"](), path)
+    assert main(["bounds", str(path), "--box", "-0.5", "0.5", "--split-budget", "0.5"]) == 0
+    captured = capsys.readouterr()
+    assert "splitting" in captured.err and "boxes, Lip(F) <=" in captured.err
+    assert "input splitting (" in captured.out
+    assert main(["bounds", str(path), "--box", "-0.5", "0.5", "--split-budget", "0.5",
+                 "--no-progress"]) == 0
+    assert "splitting" not in capsys.readouterr().err
