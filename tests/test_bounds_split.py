@@ -171,3 +171,38 @@ def test_cli_shows_the_splitting_progress_on_stderr(tmp_path, capsys):
     assert main(["bounds", str(path), "--box", "-0.5", "0.5", "--split-budget", "0.5",
                  "--no-progress"]) == 0
     assert "splitting" not in capsys.readouterr().err
+
+
+def test_batched_interval_matrices_hold_their_samples_and_match_one_at_a_time():
+    from lipbound.bounds.intervalmatrix import IntervalMatrix
+
+    gen = torch.Generator().manual_seed(3)
+
+    def interval(*shape: int, scale: float) -> IntervalMatrix:
+        return IntervalMatrix(torch.randn(shape, generator=gen, dtype=torch.float64),
+                              scale * torch.rand(shape, generator=gen, dtype=torch.float64))
+
+    def samples(im: IntervalMatrix, k: int) -> torch.Tensor:  # (k, *shape), vertices half
+        u = torch.rand((k, *im.mid.shape), generator=gen, dtype=torch.float64) * 2 - 1
+        u[: k // 2] = torch.sign(u[: k // 2])
+        return im.mid + u * im.rad
+
+    a, b = interval(5, 4, 4, scale=0.05), interval(5, 4, 3, scale=0.1)
+    lo = torch.rand((5, 4), generator=gen, dtype=torch.float64) + 0.5
+    d = IntervalMatrix.diagonals(lo, lo + 0.2 * torch.rand((5, 4), generator=gen,
+                                                          dtype=torch.float64))
+    assert d.is_diagonal and d.mid.shape == (5, 4, 4)
+    sa, sb, sd = samples(a, 200), samples(b, 200), samples(d, 200)
+    for prod, exact in ((a @ b, sa @ sb), (d @ b, sd @ sb), (d @ a, sd @ sa)):
+        lo_p, hi_p = prod.ends()
+        assert bool(((exact >= lo_p) & (exact <= hi_p)).all())
+    norms, inverses = a.norm_upper_each(), a.inverse_norm_upper_each()
+    found = torch.linalg.matrix_norm(sa, 2).amax(0)
+    found_inverse = torch.linalg.matrix_norm(torch.linalg.inv(sa), 2).amax(0)
+    assert bool((found <= norms).all() & (found_inverse <= inverses).all())
+    for i in range(5):
+        one = IntervalMatrix(a.mid[i], a.rad[i])
+        assert one.norm_upper() * (1 - 1e-3) <= float(norms[i]) <= one.norm_upper() * (1 + 1e-12)
+        assert float(inverses[i]) <= one.inverse_norm_upper() * (1 + 1e-12)
+        assert float(a.cheap_norm_upper_each()[i]) == pytest.approx(one.cheap_norm_upper(),
+                                                                    rel=1e-12)
