@@ -45,6 +45,7 @@ from ..blocks.reshape import Permutation
 from ..blocks.subnets import Constant
 from .blocks import block_rule, shared_propagation
 from .interval import Box
+from .intervalmatrix import IntervalMatrix
 from .jacobian import GIVE_UP, Centred, ChainProduct, Unsupported, _rule, jacobian_bounds
 from .rounding import widen
 
@@ -128,15 +129,49 @@ def _forward(blocks: Sequence[InvertibleBlock], shapes: Sequence[Shape], box: Bo
     return chain, boxes, forms, alive
 
 
+def _jacobians(rule: Callable[[Tensor], IntervalMatrix], index: Tensor
+               ) -> tuple[IntervalMatrix | None, Tensor]:
+    """``rule`` (a block rule on the boxes ``index`` of a batch) on all of them, or where it
+    refuses one (a scale interval reaching 0), on halves down to single boxes: the Jacobians of
+    the boxes it takes, concatenated, and their indices (``None`` and none if it takes none)."""
+    try:
+        return rule(index), index
+    except (Unsupported, ValueError):
+        if len(index) == 1:
+            return None, index[:0]
+    half = len(index) // 2
+    parts = [_jacobians(rule, part) for part in (index[:half], index[half:])]
+    parts = [(jac, idx) for jac, idx in parts if jac is not None]
+    if not parts:
+        return None, index[:0]
+    n = parts[0][0].mid.shape[-2:]
+    mats = [(jac.mid.expand(len(idx), *n), jac.rad.expand(len(idx), *n)) for jac, idx in parts]
+    return (IntervalMatrix(torch.cat([m for m, _ in mats]), torch.cat([r for _, r in mats])),
+            torch.cat([idx for _, idx in parts]))
+
+
 def _inverse_product(blocks: Sequence[InvertibleBlock], shapes: Sequence[Shape],
                      boxes: Sequence[Box], forms: Sequence[Centred]) -> Tensor:
     """``||[J_1^-1] ... [J_L^-1]||`` per box (:func:`.jacobian._inverse_product`; ``inf`` for a
-    box whose factor or prefix bound passes :data:`.jacobian.GIVE_UP`)."""
+    box whose factor a rule refuses or whose factor or prefix bound passes
+    :data:`.jacobian.GIVE_UP`)."""
     out = torch.full((len(boxes[0].lo),), math.inf, dtype=torch.float64)
     alive = torch.arange(len(out))
     chain = ChainProduct(math.prod(shapes[0]))
     for k in reversed(range(len(blocks))):
-        jac = _rule(blocks[k]).inverse(blocks[k], boxes[k + 1], shapes[k + 1], forms[k])
+        def rule(i: Tensor, block: InvertibleBlock = blocks[k], y: Box = boxes[k + 1],
+                 shape: Shape = shapes[k + 1], form: Centred = forms[k]) -> IntervalMatrix:
+            if len(i) < len(y.lo):
+                y, form = _select(y, i), _select_form(form, i)
+            return _rule(block).inverse(block, y, shape, form)
+
+        jac, taken = _jacobians(rule, torch.arange(len(alive)))
+        if jac is None:
+            return out
+        if len(taken) < len(alive):
+            alive, chain = alive[taken], chain.select(taken)
+            boxes = [_select(b, taken) for b in boxes]
+            forms = [_select_form(f, taken) for f in forms]
         for step in range(2):
             keep = ((jac.cheap_norm_upper_each() if step == 0 else chain.beta) <= GIVE_UP
                     ).expand(len(alive))
@@ -175,12 +210,8 @@ def _bounds(blocks: Sequence[InvertibleBlock], shapes: Sequence[Shape], box: Box
     if not len(alive):
         return forward, inverse
     forward[alive] = chain.norm_upper_each().expand(len(alive))
-    inverse[alive] = chain.inverse_norm_upper_each().expand(len(alive))
-    products = _bisect(lambda i: (_inverse_product(blocks, shapes, [_select(b, i) for b in boxes],
-                                                   [_select_form(f, i) for f in forms]),),
-                       torch.arange(len(alive)),
-                       lambda i: (torch.full((1,), math.inf, dtype=torch.float64),))[0]
-    inverse[alive] = torch.minimum(inverse[alive], products)
+    inverse[alive] = torch.minimum(chain.inverse_norm_upper_each().expand(len(alive)),
+                                   _inverse_product(blocks, shapes, boxes, forms))
     return forward, inverse
 
 
