@@ -14,9 +14,10 @@
   (interval matrices through the chain rule, zonotope and centred-form boxes; Shi et al., 2022),
   forward and inverse, beside the product of per-block bounds (:class:`NetworkBound` reports the
   tighter and names it); :mod:`.zonotope`, the value ranges by affine arithmetic; :mod:`.split`,
-  input splitting with a time budget (:func:`split_bounds`).
+  input splitting with a time budget (:func:`split_bounds`), whose sub-boxes :mod:`.batched`
+  bounds many at a time (the same rules on a leading batch of boxes).
 * :mod:`.scales`: the sups of Lemma 6 and the interval images of the affine couplings' scale
-  functions, in ball arithmetic (:func:`register_scale`).
+  functions, in ball arithmetic (:func:`register_scale`; float interval arithmetic on batches).
 * :mod:`.rounding`, :mod:`.evaluate`: the one rounding policy (every bound rounded up, every
   lower bound down) and ball-arithmetic evaluation of the bound expressions.
 * :mod:`.empirical`: the largest Jacobian norm found by sampling and gradient ascent, to hold the

@@ -109,7 +109,8 @@ def _split(args: argparse.Namespace) -> SplitBound:
     if args.around is not None or args.output_box is not None:
         raise InputError("--split-budget splits --box: leave out --around and --output-box")
     model = load_model(args.source)
-    return split_bounds(model, model_shape(model, args.shape), tuple(args.box), args.split_budget)
+    return split_bounds(model, model_shape(model, args.shape), tuple(args.box), args.split_budget,
+                        not args.no_progress)
 
 
 def run(args: argparse.Namespace) -> int:

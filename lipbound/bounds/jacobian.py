@@ -52,8 +52,10 @@ composed bound, and the report names the method that gave each number.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -65,17 +67,16 @@ from ..blocks.coupling import AdditiveCoupling, AffineCoupling
 from ..blocks.linear import ActNorm, DiagonalScaling, Invertible1x1Conv
 from ..blocks.reshape import Permutation, Squeeze
 from ..blocks.subnets import Constant
-from ..errors import InputError
 from .blocks import _contents, _conv1x1_inverse, _shared, _shared_matrix, _subnet_box, block_rule
 from .interval import Box, monotone_map
-from .intervalmatrix import IntervalMatrix, _inflate
+from .intervalmatrix import IntervalMatrix, _inflate, matvec
 from .layers import ibp, lipschitz
-from .norms import certified_inverse, spectral_norm_upper
+from .norms import certified_inverse_each, spectral_norm_upper_each
 from .registry import TypeRegistry
 from .relax import dense_matrix, out_shape, relaxed_box
 from .relax import supports as relax_supports
-from .rounding import LIB_ULPS, U, up, up_tensor, widen
-from .scales import dg_box, g_box
+from .rounding import LIB_ULPS, U, up_tensor, widen
+from .scales import dg_box, even_bump_box, g_box
 from .zonotope import Ranges, zonotope_ranges
 
 __all__ = ["MAX_DIM", "METHOD", "ChainProduct", "JacobianBound", "JacobianRule", "jacobian_bounds",
@@ -94,10 +95,11 @@ class Unsupported(Exception):
 
 
 def _spread(jac: IntervalMatrix, radius: Tensor) -> Tensor:
-    """Per row, an upper bound on ``|(A v)_i|`` over ``A`` in ``jac`` and ``|v| <= radius``."""
-    r = radius.reshape(-1)
-    n = r.numel()
-    return up_tensor((jac.abs_upper() @ r) * (1 + 3 * (n + 4) * U) + (n + 4) * 2.0 ** -1070)
+    """Per row, an upper bound on ``|(A v)_i|`` over ``A`` in ``jac`` and ``|v| <= radius``
+    (``radius`` of shape ``(B, ...)``, one per box of a batch; ``(B, rows)``)."""
+    r = radius.reshape(len(radius), -1)
+    n = r.shape[-1]
+    return up_tensor(matvec(jac.abs_upper(), r) * (1 + 3 * (n + 4) * U) + (n + 4) * 2.0 ** -1070)
 
 
 @dataclass(frozen=True)
@@ -243,13 +245,8 @@ def _sigmoid_prime(z: Tensor) -> Tensor:
 def _even_bump(fn: Callable[[Tensor], Tensor]) -> Callable[[nn.Module, Box], Box]:
     """Derivative ranges of activations whose derivative is even and decreasing in ``|z|``
     (``fn`` evaluates it): max at the point of ``[lo, hi]`` nearest 0, min at the farther end;
-    each value relatively accurate to a few ulps, widened."""
-    def rule(layer: nn.Module, z: Box) -> Box:
-        near = torch.where((z.lo <= 0) & (z.hi >= 0), torch.zeros_like(z.lo),
-                           torch.minimum(z.lo.abs(), z.hi.abs()))
-        far = torch.maximum(z.lo.abs(), z.hi.abs())
-        return Box(*widen(fn(far), fn(near), (2 * LIB_ULPS + 4) * U))
-    return rule
+    each value relatively accurate to a few ulps, widened (:func:`.scales.even_bump_box`)."""
+    return lambda layer, z: even_bump_box(fn, z, 2 * LIB_ULPS + 4)
 
 
 def _piecewise_linear(layer: nn.Module, z: Box) -> Box:
@@ -308,7 +305,7 @@ def subnet_jacobian(net: nn.Module, box: Box, centred: Centred | None = None
             raise Unsupported(f"sub-network {type(net).__name__} is not a chain of linear layers "
                               "and activations")
         layers, shape = list(net), box.shape
-        chain = ChainProduct(math.prod(shape))
+        chain = ChainProduct(math.prod(shape), norms=False)
 
         def value_range(i: int) -> Box:
             if centred is None:
@@ -331,7 +328,7 @@ def subnet_jacobian(net: nn.Module, box: Box, centred: Centred | None = None
                 shape = shape_out
             else:
                 d = _derivative_box(layer, value_range(i))
-                chain.push(IntervalMatrix.diagonal(d.lo, d.hi))
+                chain.push(IntervalMatrix.diagonals(d.lo, d.hi))
         return chain.best, value_range(len(layers))
     if centred is not None:
         return compute()
@@ -340,6 +337,17 @@ def subnet_jacobian(net: nn.Module, box: Box, centred: Centred | None = None
 
 #: The zonotope ranges (:mod:`.zonotope`) of the forward pass being bounded, while it runs.
 _RANGES: ContextVar[Ranges | None] = ContextVar("_RANGES", default=None)
+
+
+@contextmanager
+def using_ranges(ranges: Ranges | None) -> Iterator[None]:
+    """``ranges`` (of the boxes being bounded) as the zonotope ranges the sub-network rules
+    intersect in, within the scope."""
+    token = _RANGES.set(ranges)
+    try:
+        yield
+    finally:
+        _RANGES.reset(token)
 
 
 def _known_range(net: nn.Module, i: int) -> Box | None:
@@ -394,10 +402,10 @@ def _net_parts(net: nn.Module, cond: Box, layout: _Layout, centred: Centred | No
         inner = Centred(centred.point, IntervalMatrix.point(layout.cond) @ centred.jac,
                         centred.radius)
     jac, out = subnet_jacobian(net, cond, inner)
-    if jac.shape[0] != n_a:
+    if jac.shape[-2] != n_a:
         raise Unsupported("sub-network output is broadcast, not of the active part's shape")
-    return jac @ layout.cond, Box(out.lo.reshape(1, *layout.active_shape),
-                                  out.hi.reshape(1, *layout.active_shape))
+    return jac @ layout.cond, Box(out.lo.reshape(-1, *layout.active_shape),
+                                  out.hi.reshape(-1, *layout.active_shape))
 
 
 def _coupling(inverse: bool) -> Callable[..., IntervalMatrix]:
@@ -494,74 +502,116 @@ class ChainProduct:
     ``||M_k|| e`` (``|M S| <= |M| |S|``, ``||M S|| <= ||M|| ||S||``), so ``k`` pushes cost
     ``O(k window)`` products. Every product of exact factors is itself enclosed
     (:class:`IntervalMatrix` products carry their rounding error).
+
+    Factors may be batches (``(B, m, n)``, one per box, :mod:`.batched`): the product is then a
+    batch too, ``eps`` and ``beta`` are tensors with one entry per box (0-dimensional without a
+    batch), and the ``*_each`` bounds give one number per box. With ``norms=False`` only the
+    enclosure :attr:`best` is kept (no ``eps``: the norm bounds and :meth:`spread` use the
+    entrywise enclosure alone).
     """
 
-    def __init__(self, n: int, window: int = 32) -> None:
+    def __init__(self, n: int, window: int = 32, norms: bool = True) -> None:
         eye = IntervalMatrix.point(torch.eye(n, dtype=torch.float64))
         self.best = eye
         self.mid = eye
         #: (M_k .. M_{j+1} or None for I, R_j |best_{j-1}|, ||R_j|| beta_{j-1}) per recent j
-        self.suffixes: list[tuple[IntervalMatrix | None, Tensor, float]] = []
+        self.suffixes: list[tuple[IntervalMatrix | None, Tensor, Tensor | None]] = []
         #: the terms of older j, carried as |M_k| old and ||M_k|| old (window: O(k) products)
         self.window = window
         self.old_err: Tensor | None = None
-        self.old_eps = 0.0
-        self.beta = 1.0
-        self.eps = 0.0
+        zero = torch.zeros((), dtype=torch.float64)
+        self.old_eps = zero
+        self.beta = zero + 1.0
+        self.eps = zero if norms else zero + math.inf  # untracked: the telescoped forms are off
+        self.norms = norms
 
     def push(self, jac: IntervalMatrix) -> None:
         """Append ``[J_{k+1}]``."""
-        mid = IntervalMatrix.point(jac.mid)
+        mid = jac.midpoint()
         self.mid = mid @ self.mid
         if self.old_err is not None:
-            self.old_err = _inflate(mid.abs_upper() @ self.old_err, jac.shape[1])
-            self.old_eps = up(self.old_eps * mid.cheap_norm_upper())
+            self.old_err = _inflate(mid.abs_upper() @ self.old_err, jac.shape[-1])
+            if self.norms:
+                self.old_eps = up_tensor(self.old_eps * mid.cheap_norm_upper_each())
         self.suffixes = [(mid if s is None else mid @ s, g, w) for s, g, w in self.suffixes]
         if bool(jac.rad.any()):
-            a = IntervalMatrix(torch.zeros_like(jac.rad), jac.rad).cheap_norm_upper()
-            g = _inflate(jac.rad @ self.best.abs_upper(), jac.shape[1])
-            self.suffixes.append((None, g, up(a * self.beta)))
+            g = _inflate(jac.rad @ self.best.abs_upper(), jac.shape[-1])
+            w = None
+            if self.norms:
+                a = IntervalMatrix(torch.zeros_like(jac.rad), jac.rad).cheap_norm_upper_each()
+                w = up_tensor(a * self.beta)
+            self.suffixes.append((None, g, w))
         while len(self.suffixes) > self.window:
             s, g, w = self.suffixes.pop(0)
-            term = _inflate(s.abs_upper() @ g, g.shape[0])
+            term = _inflate(s.abs_upper() @ g, g.shape[-2])
             self.old_err = term if self.old_err is None else up_tensor(self.old_err + term)
-            self.old_eps = up(self.old_eps + up(s.cheap_norm_upper() * w))
+            if self.norms:
+                self.old_eps = up_tensor(self.old_eps + up_tensor(s.cheap_norm_upper_each() * w))
         plain = jac @ self.best
         err = self.mid.rad if self.old_err is None else self.mid.rad + self.old_err
         eps = self.old_eps
         for s, g, w in self.suffixes:
-            err = err + (g if s is None else _inflate(s.abs_upper() @ g, g.shape[0]))
-            eps = up(eps + up((1.0 if s is None else s.cheap_norm_upper()) * w))
+            err = err + (g if s is None else _inflate(s.abs_upper() @ g, g.shape[-2]))
+            if self.norms:
+                eps = up_tensor(eps + up_tensor((1.0 if s is None else s.cheap_norm_upper_each())
+                                                * w))
         err = up_tensor(err * (1 + 4 * (len(self.suffixes) + 2) * U))
-        self.best = plain.intersect(IntervalMatrix(self.mid.mid, err))
-        self.eps = eps
-        if not self.best.is_finite() or not math.isfinite(eps):
+        self.best = plain.intersect(IntervalMatrix(*torch.broadcast_tensors(self.mid.mid, err)))
+        if not self.best.is_finite():
             raise Unsupported("the interval Jacobian overflowed")
-        self.beta = min(self.best.cheap_norm_upper(), up(self.mid.cheap_norm_upper() + eps))
+        if self.norms:
+            self.eps = eps
+            if not bool(torch.isfinite(eps).all()):
+                raise Unsupported("the interval Jacobian overflowed")
+            self.beta = torch.minimum(self.best.cheap_norm_upper_each(),
+                                      up_tensor(self.mid.cheap_norm_upper_each() + eps))
+
+    def select(self, keep: Tensor) -> ChainProduct:
+        """The chain of the boxes ``keep`` (an index or mask) of a batch."""
+        def rows(v: Tensor) -> Tensor:  # one number per box, or one for all
+            return v[keep] if v.dim() else v
+
+        out = copy.copy(self)
+        out.best, out.mid = self.best.select(keep), self.mid.select(keep)
+        out.suffixes = [(None if m is None else m.select(keep), g if g.dim() < 3 else g[keep],
+                         None if w is None else rows(w)) for m, g, w in self.suffixes]
+        if self.old_err is not None and self.old_err.dim() > 2:
+            out.old_err = self.old_err[keep]
+        out.old_eps, out.beta, out.eps = rows(self.old_eps), rows(self.beta), rows(self.eps)
+        return out
 
     def spread(self, radius: Tensor) -> Tensor:
-        """Per output coordinate, a bound on ``|(J (x - c))_i|`` for ``|x - c| <= radius``."""
-        r = radius.reshape(-1)
-        n = r.numel()
+        """Per output coordinate, a bound on ``|(J (x - c))_i|`` for ``|x - c| <= radius``
+        (``radius`` of shape ``(B, ...)``, one per box; ``(B, rows)``)."""
+        r = radius.reshape(len(radius), -1)
+        n = r.shape[-1]
         inflate = 1 + 3 * (n + 4) * U
-        entrywise = self.best.abs_upper() @ r
-        r2 = float(torch.linalg.vector_norm(r)) * inflate
-        telescoped = self.mid.abs_upper() @ r + up(self.eps * r2)
+        entrywise = matvec(self.best.abs_upper(), r)
+        if not self.norms:
+            return up_tensor(entrywise * inflate + (n + 4) * 2.0 ** -1070)
+        r2 = torch.linalg.vector_norm(r, dim=-1) * inflate
+        telescoped = matvec(self.mid.abs_upper(), r) + up_tensor(self.eps * r2).unsqueeze(-1)
         return up_tensor(torch.minimum(entrywise, telescoped) * inflate + (n + 4) * 2.0 ** -1070)
 
     def norm_upper(self) -> float:
-        """An upper bound on ``||J_k ... J_1||_2``."""
-        return min(self.best.norm_upper(), up(self.mid.norm_upper() + self.eps))
+        """An upper bound on ``||J_k ... J_1||_2`` (the largest over a batch)."""
+        return float(self.norm_upper_each().max())
+
+    def norm_upper_each(self) -> Tensor:
+        """:meth:`norm_upper` per box of a batch."""
+        return torch.minimum(self.best.norm_upper_each(),
+                             up_tensor(self.mid.norm_upper_each() + self.eps))
 
     def inverse_norm_upper(self) -> float:
-        """An upper bound on ``||(J_k ... J_1)^-1||_2`` (``inf`` when not certified)."""
-        best = self.best.inverse_norm_upper()
-        try:
-            err = up(spectral_norm_upper(self.mid.rad) + self.eps)
-            best = min(best, certified_inverse(self.mid.mid, error=err)[1])
-        except InputError:
-            pass
-        return best
+        """An upper bound on ``||(J_k ... J_1)^-1||_2`` (``inf`` when not certified; the largest
+        over a batch)."""
+        return float(self.inverse_norm_upper_each().max())
+
+    def inverse_norm_upper_each(self) -> Tensor:
+        """:meth:`inverse_norm_upper` per box of a batch."""
+        err = up_tensor(spectral_norm_upper_each(self.mid.rad) + self.eps)
+        return torch.minimum(self.best.inverse_norm_upper_each(),
+                             certified_inverse_each(self.mid.mid, error=err)[1])
 
 
 #: A prefix bound above this is of no use: the chain stops (the boxes go on by intervals).
@@ -659,8 +709,7 @@ def jacobian_bounds(blocks: Sequence[InvertibleBlock], shapes: Sequence[Shape], 
                   lambda x, b=b: block_rule(b).forward_box(b, x))
                  for b, s in zip(blocks, shapes, strict=False)]
         ranges = zonotope_ranges(blocks, shapes, box)
-        token = _RANGES.set(ranges)
-        try:
+        with using_ranges(ranges):
             with torch.no_grad():
                 done = _chain(steps, box, ranges.boxes)
             boxes = inverse_boxes = tuple(done.boxes)
@@ -676,8 +725,6 @@ def jacobian_bounds(blocks: Sequence[InvertibleBlock], shapes: Sequence[Shape], 
                         inverse = min(inverse, product.norm_upper())
                     elif not math.isfinite(inverse):
                         reasons.append(f"inverse: {why}")
-        finally:
-            _RANGES.reset(token)
     if output_box is not None:
         order = list(reversed(range(len(blocks))))
         steps = [(lambda y, f, k=k: _rule(blocks[k]).inverse(blocks[k], y, shapes[k + 1], f),

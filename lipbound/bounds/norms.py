@@ -46,9 +46,11 @@ from .rounding import ETA, U, gamma, up, up_tensor
 
 __all__ = [
     "certified_inverse",
+    "certified_inverse_each",
     "conv2d_norm_upper",
     "frobenius_upper",
     "spectral_norm_upper",
+    "spectral_norm_upper_each",
 ]
 
 #: Largest number of matrix entries squared at once (memory bound of the batched squarings).
@@ -79,9 +81,10 @@ def _product_gamma(n: int, complex_: bool) -> float:
     return up(2 * gamma(n + 4)) if complex_ else gamma(n)
 
 
-def _norm_upper_batch(w: Tensor, rtol: float, max_squarings: int) -> Tensor:
+def _norm_upper_batch(w: Tensor, rtol: float, max_squarings: int, each: bool = False) -> Tensor:
     """Certified upper bounds on ``||w[i]||_2`` for a batch ``(P, m, n)`` in float64/complex128;
-    squarings stop when the largest bound is within ``rtol`` of the largest estimate."""
+    squarings stop when the largest bound is within ``rtol`` of the largest estimate (``each``:
+    when every bound is within ``rtol`` of its own estimate)."""
     if w.shape[-2] < w.shape[-1]:
         w = w.mH
     m, n = w.shape[-2:]
@@ -105,7 +108,11 @@ def _norm_upper_batch(w: Tensor, rtol: float, max_squarings: int) -> Tensor:
             rho = up_tensor(rho)
         bound = up_tensor(torch.sqrt(up_tensor(rho + err0)))
         bound = torch.where(zero, torch.zeros_like(bound), bound)
-        if float(bound.max()) <= float(estimate.max()) * (1 + rtol) or len(scales) >= max_squarings:
+        if each:
+            done = bool((bound <= estimate * (1 + rtol)).all())
+        else:
+            done = float(bound.max()) <= float(estimate.max()) * (1 + rtol)
+        if done or len(scales) >= max_squarings:
             return bound
         e = torch.floor(torch.log2(fb.clamp_min(2.0 ** -1000))).to(torch.int64)
         scales.append(e)
@@ -138,6 +145,47 @@ def spectral_norm_upper(w: Tensor, rtol: float = 1e-4, max_squarings: int = 40) 
     return best
 
 
+def spectral_norm_upper_each(w: Tensor, rtol: float = 1e-4, max_squarings: int = 40) -> Tensor:
+    """Certified upper bounds on ``||w[i]||_2``, one per matrix of a batch ``(..., m, n)`` (shape
+    ``(...)``), each within about ``rtol`` of its own norm (:func:`spectral_norm_upper` stops
+    when the largest is); ``inf`` for a matrix that is not finite or too large to bound."""
+    w = w.detach().to(torch.complex128 if w.is_complex() else torch.float64)
+    flat = w.reshape(-1, *w.shape[-2:])
+    finite = torch.isfinite(flat).flatten(1).all(dim=1)
+    finite = finite & (frobenius_upper(torch.where(finite[:, None, None], flat, 0)) <= 2.0 ** 500)
+    out = torch.full(finite.shape, math.inf, dtype=torch.float64)
+    if flat.shape[-1] * flat.shape[-2] == 0:
+        out.zero_()
+    elif bool(finite.any()):
+        out[finite] = _norm_upper_batch(flat[finite], rtol, max_squarings, each=True)
+    return out.reshape(w.shape[:-2])
+
+
+def certified_inverse_each(w: Tensor, rtol: float = 1e-4, error: Tensor | float = 0.0
+                           ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`certified_inverse` for a batch of square matrices ``(..., n, n)`` (``error`` a
+    float or one per matrix): the float inverses ``X`` and, per matrix, the bounds on
+    ``||W^-1||_2`` (``inf`` where not certified) and on ``||I - W X||_2`` (``inf`` where ``w``
+    is singular or not finite)."""
+    w = w.detach().to(torch.float64)
+    n = w.shape[-1]
+    x, info = torch.linalg.inv_ex(w)
+    ok = (info == 0) & torch.isfinite(x).flatten(-2).all(-1) & \
+        torch.isfinite(w).flatten(-2).all(-1)
+    x = torch.where(ok[..., None, None], x, torch.zeros_like(x))
+    w = torch.where(ok[..., None, None], w, torch.zeros_like(w))
+    r = torch.eye(n, dtype=w.dtype) - w @ x
+    err_r = up_tensor(gamma(n + 1) * up_tensor(frobenius_upper(w.abs() @ x.abs()) + math.sqrt(n)))
+    r_norm = up_tensor(spectral_norm_upper_each(r, rtol=1e-2) + err_r)
+    x_norm = spectral_norm_upper_each(x, rtol)
+    r_norm = torch.where(torch.as_tensor(error) > 0, up_tensor(r_norm + up_tensor(error * x_norm)),
+                         r_norm)
+    inf = torch.full_like(r_norm, math.inf)
+    r_norm = torch.where(ok, r_norm, inf)
+    inv = up_tensor(up_tensor(x_norm) / (1.0 - r_norm), 2)
+    return x, torch.where(r_norm < 1, inv, inf), r_norm
+
+
 def certified_inverse(w: Tensor, rtol: float = 1e-4,
                       error: float = 0.0) -> tuple[Tensor, float, float]:
     """The float inverse ``X`` of a square matrix, a certified upper bound on ``||W^-1||_2`` (which
@@ -150,23 +198,16 @@ def certified_inverse(w: Tensor, rtol: float = 1e-4,
     """
     if w.dim() != 2 or w.shape[0] != w.shape[1]:
         raise InputError(f"w must be a square matrix, got shape {tuple(w.shape)}")
-    w = w.detach().to(torch.float64)
-    n = w.shape[0]
-    try:
-        x = torch.linalg.inv(w)
-    except torch.linalg.LinAlgError as err:
-        raise InputError(f"w is singular, no inverse norm bound ({err})") from err
-    r = torch.eye(n, dtype=w.dtype) - w @ x
-    err_r = up(gamma(n + 1) * up(float(frobenius_upper(w.abs() @ x.abs())) + math.sqrt(n)))
-    r_norm = up(spectral_norm_upper(r, rtol=1e-2) + err_r)
-    x_norm = spectral_norm_upper(x, rtol)
-    if error:
-        r_norm = up(r_norm + up(error * x_norm))
-    if not r_norm < 1:
+    if not bool(torch.isfinite(w).all()):
+        raise InputError("w must be finite to bound its inverse (found NaN or Inf)")
+    x, inv, r_norm = certified_inverse_each(w, rtol, error)
+    if math.isinf(float(r_norm)):
+        raise InputError("w is singular, no inverse norm bound")
+    if not float(r_norm) < 1:
         raise InputError(
-            f"w is too ill-conditioned for a certified inverse bound (||I - W W^-1|| <= {r_norm})"
-        )
-    return x, up(up(x_norm) / (1.0 - r_norm), 2), r_norm
+            f"w is too ill-conditioned for a certified inverse bound (||I - W W^-1|| <= "
+            f"{float(r_norm)})")
+    return x, float(inv), float(r_norm)
 
 
 def _phases(k: int, size: int) -> Tensor:

@@ -25,6 +25,9 @@ enclosures of ``h``; the same for the products with slopes and intercepts, the s
 constant terms and the final evaluation at the box. The sum of these charges, rounded up, is
 subtracted.
 
+Boxes may be batches (``(B, ...)``, one relaxation per box, :mod:`.batched`): the backward
+coefficients then carry the batch dimension.
+
 Supported: ``nn.Sequential`` of ``nn.Linear`` / ``nn.Conv2d`` (stride 1, zero padding, as dense
 matrices, exact: a convolution of a one-hot input is one weight) alternating with ``nn.ReLU`` /
 ``nn.LeakyReLU``, ending with a linear layer, up to :data:`MAX_ENTRIES` entries per matrix; other
@@ -39,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from .interval import Box
+from .intervalmatrix import matvec
 from .layers import ibp
 from .rounding import ETA, U, gamma
 
@@ -147,22 +151,23 @@ def _lower(mats: list[tuple[Tensor, Tensor]], slopes: list[float], pre: list[tup
         sums = sums + const.abs()
         charge = charge + gamma(w.shape[0] + 1) * (lam.abs() @ b.abs())
         m = lam @ w
-        charge = charge + gamma(w.shape[0] + 1) * ((lam.abs() @ w.abs()) @ mags[j])
+        charge = charge + gamma(w.shape[0] + 1) * matvec(lam.abs() @ w.abs(), mags[j])
         if j == 0:
             lam = m
             break
         lo, hi = pre[j - 1]
         alpha, s, beta = _lines(lo, hi, slopes[j - 1])
         pos, neg = m.clamp(min=0), m.clamp(max=0)
-        lam = pos * alpha + neg * s
-        const = const + neg @ beta
+        lam = pos * alpha.unsqueeze(-2) + neg * s.unsqueeze(-2)
+        const = const + matvec(neg, beta)
         sums = sums + const.abs()
         z_mag = torch.maximum(lo.abs(), hi.abs())
-        charge = charge + U * (lam.abs() @ z_mag) + gamma(n + 1) * (neg.abs() @ beta.abs())
-    n = lam.shape[1]
-    value = lam @ center - lam.abs() @ radius + const
-    charge = charge + gamma(n + 2) * (lam.abs() @ center.abs() + lam.abs() @ radius
-                                       + const.abs()) + U * sums
+        charge = charge + U * matvec(lam.abs(), z_mag) + gamma(n + 1) * matvec(neg.abs(),
+                                                                              beta.abs())
+    n = lam.shape[-1]
+    value = matvec(lam, center) - matvec(lam.abs(), radius) + const
+    charge = charge + gamma(n + 2) * (matvec(lam.abs(), center.abs())
+                                       + matvec(lam.abs(), radius) + const.abs()) + U * sums
     charge = charge * (1 + gamma(4 * n + 4 * k + 8)) + ETA
     return torch.nextafter(value - charge, torch.full_like(value, -math.inf))
 
@@ -185,14 +190,15 @@ def relaxed_box(net: nn.Module, box: Box) -> Box | None:
                 slopes.append(_slope(layer))
             interval.append(ibp(layer, interval[-1]))
         c, r = box.center_radius()
-        center, radius = c.reshape(-1), r.reshape(-1)
+        batch = len(c)
+        center, radius = c.reshape(batch, -1), r.reshape(batch, -1)
         pre: list[tuple[Tensor, Tensor]] = []
         for k in range(len(mats)):
             z_ibp = interval[2 * k + 1]
             if not z_ibp.is_finite():
                 return None
             # |h_{k-1}|: its interval enclosure, or sigma of the relaxed range of z_{k-1}
-            mags = [torch.maximum(box.lo.abs(), box.hi.abs()).reshape(-1)]
+            mags = [torch.maximum(box.lo.abs(), box.hi.abs()).reshape(batch, -1)]
             for j in range(1, k + 1):
                 lo, hi = pre[j - 1]
                 a = slopes[j - 1]
@@ -200,8 +206,8 @@ def relaxed_box(net: nn.Module, box: Box) -> Box | None:
                                           torch.maximum(hi, a * hi).abs()))
             lo = _lower(mats, slopes, pre, mags, center, radius, k, 1.0)
             hi = -_lower(mats, slopes, pre, mags, center, radius, k, -1.0)
-            lo = torch.maximum(lo, z_ibp.lo.reshape(-1))
-            hi = torch.minimum(hi, z_ibp.hi.reshape(-1))
+            lo = torch.maximum(lo, z_ibp.lo.reshape(batch, -1))
+            hi = torch.minimum(hi, z_ibp.hi.reshape(batch, -1))
             if bool((lo > hi).any()):
                 raise RuntimeError("the linear relaxation and interval propagation disagree: "
                                    "one of them is unsound")

@@ -29,6 +29,13 @@ scale                    ``|g'|`` peaks at            ``|(1/g)'|`` peaks at
 ``IdentityScale``        constant 1                   at ``min |h|`` (refused when 0 is inside)
 =======================  ===========================  ===========================================
 
+**Batches of boxes** (input splitting, :mod:`.batched`) need ``g`` and ``g'`` on thousands of
+intervals at once: for ``SigmoidScale`` and ``ExpScale`` the rule also has ``float_boxes``, the
+same enclosures in vectorised float64 interval arithmetic (:mod:`.interval`: the argument
+``h + shift`` rounded outward, ``sigmoid`` and ``exp`` trusted to :data:`~.rounding.LIB_ULPS`
+ulps as for the activations, ``g'`` of the sigmoid, even in ``z = h + shift`` and decreasing in
+``|z|``, by :func:`even_bump_box`), which :func:`g_box` and :func:`dg_box` use on batches.
+
 (``SigmoidScale``: ``g = low + k u`` with ``u = sigmoid(h + shift)``, ``k = high - low``,
 ``g' = k u (1 - u)``, ``|(1/g)'| = k u (1 - u) / (low + k u)^2``. ``SoftClampScale``:
 ``g = e^{c}``, ``c = alpha (2/pi) atan(h/alpha)``, ``c' = (2/pi) / (1 + (h/alpha)^2)``,
@@ -50,10 +57,12 @@ from torch import Tensor
 from ..blocks.scale import ExpScale, IdentityScale, ScaleFunction, SigmoidScale, SoftClampScale
 from ..errors import InputError
 from .evaluate import ball_lower, ball_upper, working_precision
-from .interval import Box
+from .interval import Box, monotone_map
 from .registry import TypeRegistry
+from .rounding import LIB_ULPS, U, widen
 
-__all__ = ["SUPS", "ScaleRule", "dg_box", "g_box", "register_scale", "scale_rule", "scale_sup"]
+__all__ = ["SUPS", "ScaleRule", "dg_box", "even_bump_box", "g_box", "register_scale",
+           "scale_rule", "scale_sup"]
 
 #: The four sups of Lemma 6, by name: ``sup |g|``, ``sup |g'|``, ``sup |1/g|``, ``sup |(1/g)'|``.
 SUPS = ("g", "dg", "inv_g", "d_inv_g")
@@ -73,6 +82,8 @@ class ScaleRule:
         dg: ``(scale, h) -> g'(h)`` for an ``arb`` ball ``h`` (``g' >= 0`` is unimodal, so its
             inf over ``[lo, hi]`` is at an end: :func:`dg_box`); ``None``: only ``g' >= 0``
             is used.
+        float_boxes: ``(scale, box of h) -> (box of g, box of g')`` in float64 interval
+            arithmetic, for batches of boxes (module docstring); ``None``: ``arb`` only.
     """
 
     value: Callable[[ScaleFunction, arb], arb]
@@ -81,6 +92,7 @@ class ScaleRule:
     sup_inv_g: ArbFn
     sup_d_inv_g: ArbFn
     dg: Callable[[ScaleFunction, arb], arb] | None = None
+    float_boxes: Callable[[ScaleFunction, Box], tuple[Box, Box]] | None = None
 
 
 _RULES = TypeRegistry(
@@ -118,9 +130,22 @@ def scale_sup(scale: ScaleFunction, which: str, lo: float, hi: float) -> float:
         return ball_upper(abs(fn(scale, lo, hi)))
 
 
+def _float_boxes(scale: ScaleFunction, h: Box) -> tuple[Box, Box] | None:
+    """The rule's float enclosures of ``g`` and ``g'`` where ``h`` is a batch of boxes and the
+    rule has them (module docstring)."""
+    rule = scale_rule(scale)
+    if rule.float_boxes is None or h.lo.shape[0] == 1:
+        return None
+    return rule.float_boxes(scale, h)
+
+
 def g_box(scale: ScaleFunction, h: Box) -> Box:
     """A box holding ``g(h)`` for every ``h`` in the box: ``[g(lo), g(hi)]`` per coordinate
-    (``g`` is increasing), each end evaluated in ``arb`` and rounded outward."""
+    (``g`` is increasing), each end evaluated in ``arb`` and rounded outward (batches of boxes:
+    float interval arithmetic where the rule has it)."""
+    fast = _float_boxes(scale, h)
+    if fast is not None:
+        return fast[0]
     value = scale_rule(scale).value
 
     def ends(t: Tensor, end: Callable[[arb], float]) -> Tensor:
@@ -135,7 +160,11 @@ def g_box(scale: ScaleFunction, h: Box) -> Box:
 def dg_box(scale: ScaleFunction, h: Box) -> Box:
     """A box holding ``g'(h)`` for every ``h`` in the box: per coordinate ``[min(g'(lo),
     g'(hi)), sup g']`` (``g'`` is unimodal, so its inf is at an end; ``0`` where the rule has
-    no ``dg``), each end in ``arb`` and rounded outward."""
+    no ``dg``), each end in ``arb`` and rounded outward (batches of boxes: float interval
+    arithmetic where the rule has it)."""
+    fast = _float_boxes(scale, h)
+    if fast is not None:
+        return fast[1]
     rule = scale_rule(scale)
     pairs = torch.stack([h.lo.reshape(-1), h.hi.reshape(-1)], dim=1)
     unique, where = torch.unique(pairs, dim=0, return_inverse=True)
@@ -161,6 +190,20 @@ def _unimodal_sup(f: Callable[[arb], arb], peak: arb | None, lo: float, hi: floa
     if peak > arb(hi):
         return f(arb(hi))
     return f(peak)  # inside, or too close to an end to tell: the global sup
+
+
+def even_bump_box(fn: Callable[[Tensor], Tensor], z: Box, ulps: float) -> Box:
+    """The range of an even function decreasing in ``|z|`` (``fn`` evaluates it, each value
+    within ``ulps`` ulps) over the box ``z``: max at the point nearest 0, min at the farther
+    end, widened."""
+    near = torch.where((z.lo <= 0) & (z.hi >= 0), torch.zeros_like(z.lo),
+                       torch.minimum(z.lo.abs(), z.hi.abs()))
+    far = torch.maximum(z.lo.abs(), z.hi.abs())
+    return Box(*widen(fn(far), fn(near), ulps * U))
+
+
+def _scalar(v: float) -> Box:
+    return Box.scalar(v, v)
 
 
 # --- SigmoidScale ------------------------------------------------------------------------------
@@ -205,6 +248,16 @@ def _sigmoid_d_inv_peak(scale: SigmoidScale) -> arb | None:
     return (arb(scale.low) / arb(scale.high)).log() - arb(scale.shift)
 
 
+def _sigmoid_float_boxes(scale: SigmoidScale, h: Box) -> tuple[Box, Box]:
+    """``g = low + k sigmoid(z)`` and ``g' = k sigmoid(z) sigmoid(-z)``, ``z = h + shift``, in
+    float interval arithmetic (``sigmoid`` within :data:`LIB_ULPS` ulps)."""
+    z = h + _scalar(scale.shift)
+    k = _scalar(scale.high) - _scalar(scale.low)
+    u = monotone_map(z, torch.sigmoid)
+    bump = even_bump_box(lambda v: torch.sigmoid(v) * torch.sigmoid(-v), z, 2 * LIB_ULPS + 4)
+    return _scalar(scale.low) + k * u, k * bump
+
+
 register_scale(SigmoidScale, ScaleRule(
     value=_sigmoid_value,
     sup_g=lambda s, lo, hi: _sigmoid_value(s, arb(hi)),
@@ -213,6 +266,7 @@ register_scale(SigmoidScale, ScaleRule(
     sup_d_inv_g=lambda s, lo, hi: _unimodal_sup(lambda h: _sigmoid_d_inv(s, h),
                                                 _sigmoid_d_inv_peak(s), lo, hi),
     dg=_sigmoid_dg,
+    float_boxes=_sigmoid_float_boxes,
 ))
 
 
@@ -225,6 +279,7 @@ register_scale(ExpScale, ScaleRule(
     sup_inv_g=lambda s, lo, hi: (-arb(lo)).exp(),
     sup_d_inv_g=lambda s, lo, hi: (-arb(lo)).exp(),
     dg=lambda s, h: h.exp(),
+    float_boxes=lambda s, h: (monotone_map(h, torch.exp),) * 2,
 ))
 
 
