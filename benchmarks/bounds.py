@@ -16,7 +16,7 @@ Glow from its weights. The last line is one JSON object: ``{"tightness": {kind: 
 "seconds_100_blocks": {...}, "tightness_affine_mlp_8": ..., ...}``.
 
 Run: ``PYTHONPATH=. python benchmarks/bounds.py [--cifar] [--split-budget SECONDS]`` (input
-splitting of the affine MLPs: 60 s each by default, 0 turns it off).
+splitting of the affine MLPs: 60 s for 8 blocks, 240 s for 32 by default, 0 turns it off).
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ from lipbound.io import load_model, save_model
 from lipbound.jsonio import jsonable
 
 SEARCH = {"n_samples": 128, "n_starts": 4, "n_steps": 30}
-#: Seconds of input splitting per affine MLP of issue 11 (``--split-budget``).
-SPLIT_BUDGET = 60.0
+#: Seconds of input splitting per affine MLP of issue 11, by number of blocks (``--split-budget``
+#: sets one budget for both): 32 blocks need sub-boxes of radius ~0.1 everywhere (~2000).
+SPLIT_BUDGET = {8: 60.0, 32: 240.0}
 #: The 2-level Glow-like models (d = 128): a lighter search, per block lighter still.
 SEARCH_GLOW = {"n_samples": 32, "n_starts": 2, "n_steps": 10}
 SEARCH_BLOCK = {"n_samples": 16, "n_starts": 2, "n_steps": 5}
@@ -168,7 +169,7 @@ def seconds_100_blocks() -> dict[str, float]:
     return {"symbolic": symbolic, "numeric": numeric, "numeric_cpu": cpu}
 
 
-def issue11(cifar: bool, split_budget: float = SPLIT_BUDGET) -> dict[str, float | None]:
+def issue11(cifar: bool, split_budget: float | None = None) -> dict[str, float | None]:
     """The keys of issue 11 that are computable now (goals in brackets): deep affine couplings on
     ``[-1, 1]^4`` (8 blocks <= 10, 32 blocks <= 1e3), a Glow-like model on the dequantization cell
     of one point (forward <= 3, inverse finite and <= 10, in < 60 s) and, with ``--cifar``, the
@@ -179,11 +180,13 @@ def issue11(cifar: bool, split_budget: float = SPLIT_BUDGET) -> dict[str, float 
     bound reached: the whole box's (the tightest method of ``bound_model``,
     :attr:`NetworkBound.forward_method` names it; ``*_whole`` alone, ``*_composed`` the product
     of per-block bounds alone) or, with ``split_budget > 0`` seconds (default
-    :data:`SPLIT_BUDGET`), the bound input splitting reaches (:func:`split_bounds`: ``*_split``,
-    with ``split_boxes_affine_mlp_{n}`` sub-boxes in ``split_seconds_affine_mlp_{n}`` s, of which
-    ``split_cpu_seconds_affine_mlp_{n}`` CPU), whichever is smaller."""
+    :data:`SPLIT_BUDGET` by model), the bound input splitting reaches (:func:`split_bounds`:
+    ``*_split``, with ``split_boxes_affine_mlp_{n}`` sub-boxes in
+    ``split_seconds_affine_mlp_{n}`` s, of which ``split_cpu_seconds_affine_mlp_{n}`` CPU),
+    whichever is smaller."""
     out: dict[str, float | None] = {}
     for n in (8, 32):
+        budget = SPLIT_BUDGET[n] if split_budget is None else split_budget
         torch.manual_seed(0)  # the builders draw their initialisation from the global generator
         model = _noise(coupling_mlp(4, n, 32, "affine"), 0.1)
         box = Box.uniform(-1, 1, (4,))
@@ -198,9 +201,9 @@ def issue11(cifar: bool, split_budget: float = SPLIT_BUDGET) -> dict[str, float 
               f"{fwd:.4g} = {net.forward / fwd:.4g}; inverse {net.inverse:.4g} / {inv:.4g} = "
               f"{net.inverse / inv:.4g} (forward: {net.forward_method}; product of per-block "
               f"bounds {net.forward_composed:.4g})")
-        if split_budget:
+        if budget:
             t0, c0 = time.perf_counter(), time.process_time()
-            split = split_bounds(model, (4,), box, split_budget)
+            split = split_bounds(model, (4,), box, budget)
             seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
             split_fwd = math.inf if split.forward is None else split.forward
             split_inv = math.inf if split.inverse is None else split.inverse
@@ -210,7 +213,7 @@ def issue11(cifar: bool, split_budget: float = SPLIT_BUDGET) -> dict[str, float 
             out[f"split_boxes_affine_mlp_{n}"] = split.boxes
             out[f"split_seconds_affine_mlp_{n}"] = seconds
             out[f"split_cpu_seconds_affine_mlp_{n}"] = cpu
-            print(f"  input splitting, {split_budget:g} s budget ({seconds:.3g} s, {cpu:.3g} s of "
+            print(f"  input splitting, {budget:g} s budget ({seconds:.3g} s, {cpu:.3g} s of "
                   f"CPU, {split.boxes} sub-boxes{'' if split.batched else ', one at a time'}): "
                   f"forward {split_fwd:.4g} / {fwd:.4g} = {split_fwd / fwd:.4g}; inverse "
                   f"{split_inv:.4g} / {inv:.4g} = {split_inv / inv:.4g}")
@@ -286,9 +289,10 @@ if __name__ == "__main__":
     parser.add_argument("--cifar", action="store_true",
                         help="also time the CIFAR-size Glow from its weights (minutes; default: "
                              "off, seconds_glow_cifar_weights null)")
-    parser.add_argument("--split-budget", type=float, default=SPLIT_BUDGET, metavar="SECONDS",
+    parser.add_argument("--split-budget", type=float, default=None, metavar="SECONDS",
                         help="split the box of each affine MLP for SECONDS (default: "
-                             f"{SPLIT_BUDGET:g}; 0: the whole box only)")
+                             f"{SPLIT_BUDGET[8]:g} for 8 blocks, {SPLIT_BUDGET[32]:g} for 32; "
+                             "0: the whole box only)")
     cli = parser.parse_args()
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)  # many threads are much slower on a busy machine
