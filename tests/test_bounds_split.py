@@ -32,6 +32,7 @@ from lipbound.bounds.empirical import max_jacobian_norm
 from lipbound.bounds.interval import Box
 from lipbound.bounds.jacobian import jacobian_bounds
 from lipbound.bounds.split import _halves, split_bounds
+from lipbound.errors import InputError
 
 SEARCH = {"n_samples": 32, "n_starts": 2, "n_steps": 10}
 
@@ -206,3 +207,57 @@ def test_batched_interval_matrices_hold_their_samples_and_match_one_at_a_time():
         assert float(inverses[i]) <= one.inverse_norm_upper() * (1 + 1e-12)
         assert float(a.cheap_norm_upper_each()[i]) == pytest.approx(one.cheap_norm_upper(),
                                                                     rel=1e-12)
+
+
+def test_leaky_relu_models_under_a_float32_default_are_split_soundly():
+    torch.set_default_dtype(torch.float32)  # as in a user's session (the fixture restores)
+    torch.manual_seed(5)
+    model = randomize_parameters(coupling_mlp(4, 3, 16, "affine", activation="leaky_relu"),
+                                 0.1, torch.Generator().manual_seed(5)).eval()
+    blocks, shapes = model.flat_blocks(), _shapes(model, (4,))
+    lo = torch.full((3, 4), -0.3)  # float32 ends are accepted
+    hi = lo + torch.tensor([0.05, 0.2, 0.6])[:, None]
+    forward, inverse = batch_jacobian_bounds(blocks, shapes, lo, hi)
+    for i in range(3):
+        one = jacobian_bounds(blocks, shapes, Box(lo[i:i + 1].double(), hi[i:i + 1].double()))
+        assert float(forward[i]) <= one.forward * (1 + 1e-12)
+        box = Box(lo[i:i + 1].double(), hi[i:i + 1].double())
+        assert max_jacobian_norm(model.double(), box, **SEARCH) <= float(forward[i])
+        assert max_jacobian_norm(model.double(), box, invert=True, **SEARCH) <= float(inverse[i])
+
+
+def test_batched_bounds_refuse_boxes_of_the_wrong_shape():
+    model = MODELS["affine_relu_sigmoid"]()
+    blocks, shapes = model.flat_blocks(), _shapes(model, (4,))
+    with pytest.raises(InputError, match=r"lo must be a tensor of shape \(B, 4\) with B >= 1"):
+        batch_jacobian_bounds(blocks, shapes, torch.zeros(0, 4), torch.zeros(0, 4))
+    with pytest.raises(InputError, match=r"hi must be a tensor of shape \(B, 4\)"):
+        batch_jacobian_bounds(blocks, shapes, torch.zeros(2, 4), torch.zeros(2, 3))
+
+
+def test_a_box_that_cannot_be_halved_is_not_split():
+    model = MODELS["affine_relu_sigmoid"]()
+    split = split_bounds(model, (4,), (0.5, 0.5), 5.0)
+    assert split.boxes == 1 and split.rounds == 0 and split.seconds < 5.0
+    assert split.forward == split.start.forward
+
+
+def test_library_functions_that_underflow_early_stay_enclosed():
+    """torch's sigmoid is 0 below -709.8 where the true value is a subnormal: every enclosure
+    built on it allows that (2^-1021 absolute)."""
+    from lipbound.blocks.scale import make_scale
+    from lipbound.bounds.interval import monotone_map
+    from lipbound.bounds.jacobian import _DERIVATIVES
+    from lipbound.bounds.scales import dg_box, g_box
+    lo = torch.tensor([[-745.0, -722.0, -709.5]], dtype=torch.float64)
+    hi = lo + 0.5
+    true_at_hi = [math.exp(float(v)) for v in hi[0]]  # sigmoid(z) < e^z, > e^z / 2 here
+    box = monotone_map(Box(lo, hi), torch.sigmoid)
+    assert all(float(box.hi[0, j]) >= true_at_hi[j] for j in range(3))
+    derivative = _DERIVATIVES[nn.Sigmoid](nn.Sigmoid(), Box(lo, hi))
+    assert all(float(derivative.hi[0, j]) >= true_at_hi[j] / 2 for j in range(3))
+    scale = make_scale("sigmoid")  # g(h) = sigmoid(h + 2); batches use float enclosures
+    h = Box(lo.repeat(2, 1) - 2, hi.repeat(2, 1) - 2)
+    g, dg = g_box(scale, h), dg_box(scale, h)
+    assert bool((g.hi[:, :] >= torch.tensor(true_at_hi)).all())
+    assert bool((dg.hi >= torch.tensor(true_at_hi) / 2).all())

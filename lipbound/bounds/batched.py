@@ -45,6 +45,7 @@ from ..blocks.coupling import AdditiveCoupling, AffineCoupling
 from ..blocks.linear import ActNorm, DiagonalScaling, Invertible1x1Conv
 from ..blocks.reshape import Permutation
 from ..blocks.subnets import Constant
+from ..errors import InputError
 from .blocks import block_rule, shared_propagation
 from .interval import Box
 from .intervalmatrix import IntervalMatrix
@@ -241,7 +242,16 @@ def batch_jacobian_bounds(blocks: Sequence[InvertibleBlock], shapes: Sequence[Sh
     """Upper bounds on ``||J_F||_2`` over each box ``[lo[i], hi[i]]`` and on ``||J_{F^-1}||_2``
     over its forward image (shapes ``(B,)``; ``inf`` where the method gives no number) for
     ``blocks`` with per-sample shapes ``shapes`` (one more than blocks) that
-    :func:`batch_reason` takes; ``lo``, ``hi`` of shape ``(B, *shapes[0])``."""
+    :func:`batch_reason` takes; ``lo``, ``hi`` of shape ``(B, *shapes[0])``, ``B >= 1``
+    (converted to float64)."""
+    want = ", ".join(map(str, shapes[0]))
+    for name, t in (("lo", lo), ("hi", hi)):
+        if not isinstance(t, Tensor) or tuple(t.shape[1:]) != tuple(shapes[0]) or not len(t):
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise InputError(f"{name} must be a tensor of shape (B, {want}) with B >= 1 boxes, "
+                             f"got {got}")
+    lo, hi = (t.detach().to("cpu", torch.float64) for t in (lo, hi))
+
     def alone(i: int) -> tuple[Tensor, Tensor]:
         one = jacobian_bounds(blocks, shapes, Box(lo[i:i + 1], hi[i:i + 1]))
         return tuple(torch.tensor([math.inf if v is None else v], dtype=torch.float64)

@@ -155,9 +155,15 @@ def affine_map(box: Box, op: Callable[[Tensor, Tensor, Tensor | None], Tensor], 
     return Box(*widen(center - radius, center + radius, 2 * g))
 
 
+#: Absolute error allowed to library functions besides their relative error: below the smallest
+#: normal float a result may underflow early (torch's sigmoid is 0 below z = -709.8, where the true
+#: value is a subnormal up to 2.2e-308).
+UNDERFLOW = 2.0 ** -1021
+
+
 def monotone_map(box: Box, fn: Callable[[Tensor], Tensor], ulps: int = LIB_ULPS,
                  absolute: float = 0.0) -> Box:
     """The box of an increasing elementwise ``fn``, its values widened by ``ulps`` ulps (and
-    ``absolute``) to cover the library function's error."""
+    ``absolute``, at least :data:`UNDERFLOW`) to cover the library function's error."""
     lo, hi = fn(box.lo.to(torch.float64)), fn(box.hi.to(torch.float64))
-    return Box(*widen(lo, hi, ulps * U, absolute))
+    return Box(*widen(lo, hi, ulps * U, max(absolute, UNDERFLOW)))

@@ -57,7 +57,7 @@ from torch import Tensor
 from ..blocks.scale import ExpScale, IdentityScale, ScaleFunction, SigmoidScale, SoftClampScale
 from ..errors import InputError
 from .evaluate import ball_lower, ball_upper, working_precision
-from .interval import Box, monotone_map
+from .interval import UNDERFLOW, Box, monotone_map
 from .registry import TypeRegistry
 from .rounding import LIB_ULPS, U, widen
 
@@ -199,7 +199,7 @@ def even_bump_box(fn: Callable[[Tensor], Tensor], z: Box, ulps: float) -> Box:
     near = torch.where((z.lo <= 0) & (z.hi >= 0), torch.zeros_like(z.lo),
                        torch.minimum(z.lo.abs(), z.hi.abs()))
     far = torch.maximum(z.lo.abs(), z.hi.abs())
-    return Box(*widen(fn(far), fn(near), ulps * U))
+    return Box(*widen(fn(far), fn(near), ulps * U, UNDERFLOW))
 
 
 def _scalar(v: float) -> Box:

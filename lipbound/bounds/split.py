@@ -80,14 +80,28 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _halves(lo: Tensor, hi: Tensor, full: Tensor) -> tuple[Tensor, Tensor]:
-    """The boxes ``[lo[i], hi[i]]`` (shape ``(K, ...)``) cut in two along their widest coordinate
-    relative to ``full``'s widths: ``(lo, hi)`` of the ``2K`` halves (first halves first)."""
+def _cut(lo: Tensor, hi: Tensor, full: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For boxes ``(K, ...)``: flattened ends, the coordinate to cut (the widest relative to
+    ``full``'s widths, ``(K, 1)``) and its midpoint."""
     k = len(lo)
     lo2, hi2 = lo.reshape(k, -1), hi.reshape(k, -1)
     rel = (hi2 - lo2) / full.reshape(1, -1).clamp_min(1e-300)
     i = rel.argmax(dim=1, keepdim=True)
-    mid = (lo2.gather(1, i) + hi2.gather(1, i)) / 2
+    return lo2, hi2, i, (lo2.gather(1, i) + hi2.gather(1, i)) / 2
+
+
+def _splittable(lo: Tensor, hi: Tensor, full: Tensor) -> Tensor:
+    """Whether halving each box makes two smaller ones (not so for a point, or once the widest
+    coordinate is one ulp wide)."""
+    lo2, hi2, i, mid = _cut(lo, hi, full)
+    return ((mid > lo2.gather(1, i)) & (mid < hi2.gather(1, i))).reshape(-1)
+
+
+def _halves(lo: Tensor, hi: Tensor, full: Tensor) -> tuple[Tensor, Tensor]:
+    """The boxes ``[lo[i], hi[i]]`` (shape ``(K, ...)``) cut in two along their widest coordinate
+    relative to ``full``'s widths: ``(lo, hi)`` of the ``2K`` halves (first halves first)."""
+    k = len(lo)
+    lo2, hi2, i, mid = _cut(lo, hi, full)
     first_hi, second_lo = hi2.clone(), lo2.clone()
     first_hi.scatter_(1, i, mid)
     second_lo.scatter_(1, i, mid)
@@ -122,7 +136,8 @@ def split_bounds(model: InvertibleBlock, shape: Sequence[int], box: BoxLike,
         shape: the per-sample input shape, at most :data:`MAX_SPLIT_DIM` entries.
         box: the input box, in any form :func:`.compose.as_box` takes.
         budget: seconds to spend splitting (``0``: the whole box only; any ``budget > 0``
-            splits at least once).
+            splits at least once, unless no sub-box can be halved: a point, or widths of one
+            ulp, which also ends the splitting early).
         progress: show a progress bar (seconds of the budget, sub-boxes, bounds) on stderr.
     """
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget >= 0):
@@ -161,7 +176,11 @@ def split_bounds(model: InvertibleBlock, shape: Sequence[int], box: BoxLike,
             top = bounds.max(dim=1, keepdim=True).values
             score = torch.where(torch.isinf(top), (bounds == top).double(),
                                 bounds / top.clamp_min(1e-300)).max(dim=0).values
+            score = torch.where(_splittable(lo, hi, full), score, -math.inf)
             pick = score.topk(min(per_round, len(score))).indices
+            pick = pick[torch.isfinite(score[pick])]
+            if not len(pick):
+                break  # nothing left to halve
             keep = torch.ones(len(score), dtype=torch.bool)
             keep[pick] = False
             lo_new, hi_new = _halves(lo[pick], hi[pick], full)
