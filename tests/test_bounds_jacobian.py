@@ -302,7 +302,8 @@ def test_cli_names_the_method_and_splits(tmp_path, capsys):
     assert main(["bounds", str(path), "--box", "-0.5", "0.5", "--split-budget", "0.5",
                  "--format", "json", "--no-progress"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["split"]["boxes"] >= 2
+    assert out["split"]["boxes"] >= 2 and out["split"]["rounds"] >= 1
+    assert out["split"]["batched"] is True and out["split"]["reason"] is None
     assert out["split"]["forward"] <= out["network"]["forward"]
     assert main(["bounds", str(path), "--box", "-0.5", "0.5", "--split-budget", "0.2",
                  "--no-progress"]) == 0

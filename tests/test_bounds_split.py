@@ -168,7 +168,7 @@ def test_cli_shows_the_splitting_progress_on_stderr(tmp_path, capsys):
     assert main(["bounds", str(path), "--box", "-0.5", "0.5", "--split-budget", "0.5"]) == 0
     captured = capsys.readouterr()
     assert "splitting" in captured.err and "boxes, Lip(F) <=" in captured.err
-    assert "input splitting (" in captured.out
+    assert "input splitting (" in captured.out and "rounds, in batches;" in captured.out
     assert main(["bounds", str(path), "--box", "-0.5", "0.5", "--split-budget", "0.5",
                  "--no-progress"]) == 0
     assert "splitting" not in capsys.readouterr().err

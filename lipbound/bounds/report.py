@@ -280,14 +280,18 @@ def format_local(local: LocalBounds, fmt: str = "text") -> str:
 def format_split(split: SplitBound, fmt: str = "text") -> str:
     """The report on the whole box (:func:`format_report`) followed by the bounds input
     splitting reached (JSON: a ``"split"`` object ``{"forward", "inverse", "boxes",
-    "seconds"}``)."""
+    "seconds", "rounds", "batched", "reason"}``; ``reason``: why the sub-boxes were bounded one
+    at a time, ``null`` when in batches)."""
     fields = {"forward": jsonable(split.forward), "inverse": jsonable(split.inverse),
-              "boxes": split.boxes, "seconds": split.seconds}
+              "boxes": split.boxes, "seconds": split.seconds, "rounds": split.rounds,
+              "batched": split.batched, "reason": split.reason}
     if fmt == "json":
         return json.dumps({**to_json(split.start), "split": fields}, indent=2)
     prefix = "% " if fmt == "latex" else ""
+    how = "in batches" if split.batched else f"one at a time: {split.reason}"
     return "\n".join([
         format_report(split.start, fmt), "",
-        f"{prefix}input splitting ({split.boxes} sub-boxes, {split.seconds:.3g} s): "
+        f"{prefix}input splitting ({split.boxes} sub-boxes in {split.rounds} rounds, {how}; "
+        f"{split.seconds:.3g} s): "
         f"Lip(F) <= {format_bound(split.forward)}, Lip(F^-1) <= {format_bound(split.inverse)} "
         "(the maximum over the sub-boxes; the inverse on the forward image)"])
