@@ -72,15 +72,13 @@ from .relax import out_shape as layer_out_shape
 from .rounding import ETA, U, gamma, up_tensor
 from .scales import dg_box, g_box
 
-__all__ = ["MAX_GENERATORS", "METHOD", "Ranges", "Zonotope", "zonotope_ranges"]
+__all__ = ["MAX_GENERATORS", "Ranges", "Zonotope", "zonotope_ranges"]
 
 #: Most generators a zonotope keeps; the smallest beyond it are folded into the error term.
 MAX_GENERATORS = 16384
 #: Largest generator matrix (entries) the pass builds; larger networks are left to the other
 #: methods (the pass stops with a reason).
 MAX_ENTRIES = 16_000_000
-#: The method's name, as reports state it.
-METHOD = "affine arithmetic (zonotopes)"
 
 Shape = tuple[int, ...]
 
