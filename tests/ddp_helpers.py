@@ -42,6 +42,7 @@ def ddp_worker(rank, rendezvous, out):
             loss(ddp, ddp_data(rank)).backward()
             grads[name] = [p.grad.clone() for p in flow.parameters()]
         torch.save(grads, f"{out}/rank{rank}.pt")
+        dist.barrier()  # leave together: a rank that tears Gloo down early can abort the other
     finally:
         dist.destroy_process_group()
 
@@ -79,5 +80,6 @@ def trainer_worker(rank, rendezvous, out, runs):
                 trainer.close()
             (folder / f"rank{rank}.json").write_text(json.dumps(
                 {"batches": seen, "net": type(trainer.net).__name__, "status": status}))
+        dist.barrier()  # leave together: a rank that tears Gloo down early can abort the other
     finally:
         dist.destroy_process_group()

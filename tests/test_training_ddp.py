@@ -128,6 +128,7 @@ def _bf16_batch_norm_worker(rank, rendezvous, out):
         y.float().square().sum().backward()
         torch.save({"y": y.detach(), "grad": x.grad, "mean": bn.running_mean,
                     "var": bn.running_var}, f"{out}/bn{rank}.pt")
+        dist.barrier()  # leave together: a rank that tears Gloo down early can abort the other
     finally:
         dist.destroy_process_group()
 
